@@ -1,0 +1,216 @@
+// The vhost-vdpa character device: open/close, ioctl, IOTLB message writes and
+// doorbell (notification area) mappings. No virtio or vhost policy lives here;
+// request numbers, struct layouts and validation are owned by lib/.
+#include <fcntl.h>
+#include <sys/ioctl.h>
+#include <sys/mman.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <cstdint>
+#include <string>
+
+#include "errors.h"
+#include "state.h"
+#include "unique_fd.h"
+
+namespace vdpa {
+
+namespace {
+
+uint64_t ToU64(const Napi::Value& value, const char* what) {
+  if (value.IsBigInt()) {
+    bool lossless = false;
+    uint64_t v = value.As<Napi::BigInt>().Uint64Value(&lossless);
+    if (!lossless) throw Napi::RangeError::New(value.Env(), std::string(what) + " does not fit in 64 bits");
+    return v;
+  }
+  if (value.IsNumber()) {
+    double d = value.As<Napi::Number>().DoubleValue();
+    if (d < 0 || d > 9007199254740991.0 || d != static_cast<double>(static_cast<uint64_t>(d))) {
+      throw Napi::RangeError::New(value.Env(), std::string(what) + " must be a non-negative integer");
+    }
+    return static_cast<uint64_t>(d);
+  }
+  throw Napi::TypeError::New(value.Env(), std::string(what) + " must be a number or bigint");
+}
+
+// A mapped notification page. Stores are volatile so the compiler emits exactly
+// one store of the requested width, which is what the device decodes.
+class Doorbell : public Napi::ObjectWrap<Doorbell> {
+ public:
+  static void Init(Napi::Env env, Napi::Object exports) {
+    Napi::Function cls = DefineClass(env, "Doorbell",
+                                     {InstanceMethod<&Doorbell::Notify16>("notify16"),
+                                      InstanceMethod<&Doorbell::Notify32>("notify32"),
+                                      InstanceMethod<&Doorbell::Unmap>("unmap"),
+                                      InstanceAccessor<&Doorbell::Mapped>("mapped")});
+    State(env)->doorbellClass = Napi::Persistent(cls);
+    exports.Set("Doorbell", cls);
+  }
+
+  explicit Doorbell(const Napi::CallbackInfo& info) : Napi::ObjectWrap<Doorbell>(info) {}
+  ~Doorbell() override { Release(); }
+
+  void Attach(void* addr, size_t length) {
+    addr_ = addr;
+    length_ = length;
+  }
+
+ private:
+  void EnsureMapped(Napi::Env env) {
+    if (addr_ == nullptr) throw Napi::Error::New(env, "doorbell is unmapped");
+  }
+
+  Napi::Value Notify16(const Napi::CallbackInfo& info) {
+    EnsureMapped(info.Env());
+    *static_cast<volatile uint16_t*>(addr_) = static_cast<uint16_t>(info[0].As<Napi::Number>().Uint32Value());
+    return info.Env().Undefined();
+  }
+
+  Napi::Value Notify32(const Napi::CallbackInfo& info) {
+    EnsureMapped(info.Env());
+    *static_cast<volatile uint32_t*>(addr_) = info[0].As<Napi::Number>().Uint32Value();
+    return info.Env().Undefined();
+  }
+
+  Napi::Value Unmap(const Napi::CallbackInfo& info) {
+    Release();
+    return info.Env().Undefined();
+  }
+
+  Napi::Value Mapped(const Napi::CallbackInfo& info) { return Napi::Boolean::New(info.Env(), addr_ != nullptr); }
+
+  void Release() {
+    if (addr_ != nullptr) {
+      munmap(addr_, length_);
+      addr_ = nullptr;
+    }
+  }
+
+  void* addr_ = nullptr;
+  size_t length_ = 0;
+};
+
+class DeviceHandle : public Napi::ObjectWrap<DeviceHandle> {
+ public:
+  static void Init(Napi::Env env, Napi::Object exports) {
+    Napi::Function cls = DefineClass(env, "DeviceHandle",
+                                     {InstanceMethod<&DeviceHandle::Ioctl>("ioctl"),
+                                      InstanceMethod<&DeviceHandle::WriteMessages>("writeMessages"),
+                                      InstanceMethod<&DeviceHandle::MapDoorbell>("mapDoorbell"),
+                                      InstanceMethod<&DeviceHandle::Close>("close"),
+                                      InstanceAccessor<&DeviceHandle::Fd>("fd"),
+                                      InstanceAccessor<&DeviceHandle::Path>("path")});
+    exports.Set("DeviceHandle", cls);
+  }
+
+  // new DeviceHandle(path): open(path, O_RDWR | O_CLOEXEC). The finalizer
+  // (destructor) closes the fd if JavaScript never called close().
+  explicit DeviceHandle(const Napi::CallbackInfo& info) : Napi::ObjectWrap<DeviceHandle>(info) {
+    Napi::Env env = info.Env();
+    if (info.Length() < 1 || !info[0].IsString()) throw Napi::TypeError::New(env, "path must be a string");
+    path_ = info[0].As<Napi::String>().Utf8Value();
+    int fd = ::open(path_.c_str(), O_RDWR | O_CLOEXEC);
+    if (fd < 0) ThrowErrno(env, errno, "open", path_);
+    fd_ = UniqueFd(fd);
+  }
+
+ private:
+  int CheckedFd(Napi::Env env, const std::string& syscall) {
+    if (!fd_.Valid()) ThrowErrno(env, EBADF, syscall, path_);
+    return fd_.Get();
+  }
+
+  // ioctl(request, name, arg?) → return value. `arg` is a Uint8Array whose
+  // bytes are the ioctl's in/out struct (the kernel reads and writes it in
+  // place), or omitted for _IO requests. `name` is only used in errors.
+  Napi::Value Ioctl(const Napi::CallbackInfo& info) {
+    Napi::Env env = info.Env();
+    const unsigned long request = static_cast<unsigned long>(ToU64(info[0], "request"));
+    const std::string syscall = "ioctl(" + (info[1].IsString() ? info[1].As<Napi::String>().Utf8Value() : "?") + ")";
+    int fd = CheckedFd(env, syscall);
+    void* arg = nullptr;
+    if (info.Length() > 2 && !info[2].IsUndefined() && !info[2].IsNull()) {
+      if (!info[2].IsTypedArray()) throw Napi::TypeError::New(env, "ioctl argument must be a Uint8Array");
+      Napi::Uint8Array bytes = info[2].As<Napi::Uint8Array>();
+      arg = bytes.Data();
+    }
+    int ret;
+    do {
+      ret = ::ioctl(fd, request, arg);
+    } while (ret < 0 && errno == EINTR);
+    if (ret < 0) ThrowErrno(env, errno, syscall, path_);
+    return Napi::Number::New(env, ret);
+  }
+
+  // writeMessages(bytes, messageSize, name) writes `bytes` as consecutive
+  // messages of `messageSize` bytes, one write() each (the vhost chardev takes
+  // exactly one message per write). On failure the Error carries `index`, the
+  // number of messages that had been accepted.
+  Napi::Value WriteMessages(const Napi::CallbackInfo& info) {
+    Napi::Env env = info.Env();
+    const std::string syscall = "write(" + (info[2].IsString() ? info[2].As<Napi::String>().Utf8Value() : "?") + ")";
+    int fd = CheckedFd(env, syscall);
+    if (!info[0].IsTypedArray()) throw Napi::TypeError::New(env, "messages must be a Uint8Array");
+    Napi::Uint8Array bytes = info[0].As<Napi::Uint8Array>();
+    const size_t size = info[1].As<Napi::Number>().Uint32Value();
+    if (size == 0 || bytes.ByteLength() % size != 0) {
+      throw Napi::RangeError::New(env, "messages length must be a multiple of messageSize");
+    }
+    const size_t count = bytes.ByteLength() / size;
+    for (size_t i = 0; i < count; i++) {
+      ssize_t n;
+      do {
+        n = ::write(fd, bytes.Data() + i * size, size);
+      } while (n < 0 && errno == EINTR);
+      if (n < 0 || static_cast<size_t>(n) != size) {
+        Napi::Error error = ErrnoError(env, n < 0 ? errno : EIO, syscall, path_);
+        error.Set("index", Napi::Number::New(env, static_cast<double>(i)));
+        throw error;
+      }
+    }
+    return Napi::Number::New(env, static_cast<double>(count));
+  }
+
+  // mapDoorbell(queueIndex, pageSize) → Doorbell: mmap(PROT_WRITE, MAP_SHARED)
+  // at offset queueIndex * pageSize, as vhost_vdpa_mmap() requires.
+  Napi::Value MapDoorbell(const Napi::CallbackInfo& info) {
+    Napi::Env env = info.Env();
+    const std::string syscall = "mmap(doorbell)";
+    int fd = CheckedFd(env, syscall);
+    const uint64_t index = ToU64(info[0], "queueIndex");
+    const uint64_t page = ToU64(info[1], "pageSize");
+    void* addr = mmap(nullptr, page, PROT_WRITE, MAP_SHARED, fd, static_cast<off_t>(index * page));
+    if (addr == MAP_FAILED) ThrowErrno(env, errno, syscall, path_);
+    Napi::Object object = State(env)->doorbellClass.New({});
+    Doorbell::Unwrap(object)->Attach(addr, page);
+    return object;
+  }
+
+  Napi::Value Close(const Napi::CallbackInfo& info) {
+    fd_.Reset();
+    return info.Env().Undefined();
+  }
+
+  Napi::Value Fd(const Napi::CallbackInfo& info) { return Napi::Number::New(info.Env(), fd_.Get()); }
+  Napi::Value Path(const Napi::CallbackInfo& info) { return Napi::String::New(info.Env(), path_); }
+
+  std::string path_;
+  UniqueFd fd_;
+};
+
+// pageSize() → sysconf(_SC_PAGESIZE): the doorbell mmap stride.
+Napi::Value PageSize(const Napi::CallbackInfo& info) {
+  return Napi::Number::New(info.Env(), static_cast<double>(sysconf(_SC_PAGESIZE)));
+}
+
+}  // namespace
+
+void InitDevice(Napi::Env env, Napi::Object exports) {
+  Doorbell::Init(env, exports);
+  DeviceHandle::Init(env, exports);
+  exports.Set("pageSize", Napi::Function::New(env, PageSize, "pageSize"));
+}
+
+}  // namespace vdpa

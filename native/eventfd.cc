@@ -1,0 +1,177 @@
+// eventfd(2) objects for kick, call and config notifications, with an optional
+// uv_poll watcher that reads the counter on the loop thread and hands the count
+// to a JavaScript callback (one crossing per wake-up, however many signals).
+#include <sys/eventfd.h>
+#include <unistd.h>
+#include <uv.h>
+
+#include <cerrno>
+#include <cstdint>
+
+#include "errors.h"
+#include "unique_fd.h"
+
+namespace vdpa {
+
+namespace {
+
+class EventFd : public Napi::ObjectWrap<EventFd> {
+ public:
+  static void Init(Napi::Env env, Napi::Object exports) {
+    Napi::Function cls = DefineClass(env, "EventFd",
+                                     {InstanceMethod<&EventFd::Signal>("signal"),
+                                      InstanceMethod<&EventFd::Read>("read"),
+                                      InstanceMethod<&EventFd::Watch>("watch"),
+                                      InstanceMethod<&EventFd::Unwatch>("unwatch"),
+                                      InstanceMethod<&EventFd::SetRef>("setRef"),
+                                      InstanceMethod<&EventFd::Close>("close"),
+                                      InstanceAccessor<&EventFd::Fd>("fd")});
+    exports.Set("EventFd", cls);
+  }
+
+  // new EventFd(): non-blocking, close-on-exec, counter starts at 0.
+  explicit EventFd(const Napi::CallbackInfo& info) : Napi::ObjectWrap<EventFd>(info) {
+    int fd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+    if (fd < 0) ThrowErrno(info.Env(), errno, "eventfd");
+    fd_ = UniqueFd(fd);
+  }
+
+  ~EventFd() override { StopPoll(); }
+
+ private:
+  int CheckedFd(Napi::Env env, const char* syscall) {
+    if (!fd_.Valid()) ThrowErrno(env, EBADF, syscall);
+    return fd_.Get();
+  }
+
+  // signal(value = 1): add to the counter (this is a kick).
+  Napi::Value Signal(const Napi::CallbackInfo& info) {
+    Napi::Env env = info.Env();
+    int fd = CheckedFd(env, "write(eventfd)");
+    uint64_t value = info.Length() > 0 && info[0].IsNumber() ? info[0].As<Napi::Number>().Int64Value() : 1;
+    ssize_t n;
+    do {
+      n = ::write(fd, &value, sizeof(value));
+    } while (n < 0 && errno == EINTR);
+    if (n < 0) ThrowErrno(env, errno, "write(eventfd)");
+    return env.Undefined();
+  }
+
+  // read() → counter value (number), or 0 when nothing was signalled.
+  Napi::Value Read(const Napi::CallbackInfo& info) {
+    Napi::Env env = info.Env();
+    int fd = CheckedFd(env, "read(eventfd)");
+    return Napi::Number::New(env, static_cast<double>(Drain(env, fd)));
+  }
+
+  uint64_t Drain(Napi::Env env, int fd) {
+    uint64_t value = 0;
+    ssize_t n;
+    do {
+      n = ::read(fd, &value, sizeof(value));
+    } while (n < 0 && errno == EINTR);
+    if (n < 0) {
+      if (errno == EAGAIN) return 0;
+      ThrowErrno(env, errno, "read(eventfd)");
+    }
+    return value;
+  }
+
+  // watch(callback): call callback(count) on the loop whenever the eventfd
+  // becomes readable. The object stays alive while watched.
+  Napi::Value Watch(const Napi::CallbackInfo& info) {
+    Napi::Env env = info.Env();
+    int fd = CheckedFd(env, "uv_poll_start(eventfd)");
+    if (info.Length() < 1 || !info[0].IsFunction()) throw Napi::TypeError::New(env, "callback must be a function");
+    callback_ = Napi::Persistent(info[0].As<Napi::Function>());
+    if (poll_ == nullptr) {
+      uv_loop_t* loop = nullptr;
+      if (napi_get_uv_event_loop(env, &loop) != napi_ok) throw Napi::Error::New(env, "no libuv loop");
+      poll_ = new uv_poll_t;
+      int rc = uv_poll_init(loop, poll_, fd);
+      if (rc < 0) {
+        delete poll_;
+        poll_ = nullptr;
+        ThrowErrno(env, -rc, "uv_poll_init(eventfd)");
+      }
+      poll_->data = this;
+      rc = uv_poll_start(poll_, UV_READABLE, OnReadable);
+      if (rc < 0) {
+        StopPoll();
+        ThrowErrno(env, -rc, "uv_poll_start(eventfd)");
+      }
+      Ref();
+      if (!referenced_) uv_unref(reinterpret_cast<uv_handle_t*>(poll_));
+    }
+    return env.Undefined();
+  }
+
+  static void OnReadable(uv_poll_t* handle, int status, int /*events*/) {
+    auto* self = static_cast<EventFd*>(handle->data);
+    Napi::Env env = self->Env();
+    Napi::HandleScope scope(env);
+    if (status < 0 || !self->fd_.Valid()) return;
+    uint64_t count = 0;
+    try {
+      count = self->Drain(env, self->fd_.Get());
+    } catch (const Napi::Error& error) {
+      self->callback_.MakeCallback(env.Global(), {env.Undefined(), error.Value()});
+      return;
+    }
+    if (count == 0) return;
+    // MakeCallback runs microtasks afterwards, so promise continuations that
+    // a completion resolves run before the next wake-up.
+    self->callback_.MakeCallback(env.Global(), {Napi::Number::New(env, static_cast<double>(count))});
+  }
+
+  Napi::Value Unwatch(const Napi::CallbackInfo& info) {
+    StopPoll();
+    return info.Env().Undefined();
+  }
+
+  // setRef(bool): whether a watch keeps the event loop alive (like timer.unref()).
+  Napi::Value SetRef(const Napi::CallbackInfo& info) {
+    referenced_ = info.Length() < 1 || info[0].ToBoolean().Value();
+    if (poll_ != nullptr) {
+      auto* handle = reinterpret_cast<uv_handle_t*>(poll_);
+      if (referenced_) {
+        uv_ref(handle);
+      } else {
+        uv_unref(handle);
+      }
+    }
+    return info.Env().Undefined();
+  }
+
+  void StopPoll() {
+    if (poll_ == nullptr) return;
+    uv_poll_stop(poll_);
+    poll_->data = nullptr;
+    uv_close(reinterpret_cast<uv_handle_t*>(poll_),
+             [](uv_handle_t* handle) { delete reinterpret_cast<uv_poll_t*>(handle); });
+    poll_ = nullptr;
+    callback_.Reset();
+    // Balance the Ref() taken in Watch(); safe here because we are called from
+    // JavaScript (Unwatch/Close), never from the destructor while watched.
+    Unref();
+  }
+
+  Napi::Value Close(const Napi::CallbackInfo& info) {
+    StopPoll();
+    fd_.Reset();
+    return info.Env().Undefined();
+  }
+
+  Napi::Value Fd(const Napi::CallbackInfo& info) { return Napi::Number::New(info.Env(), fd_.Get()); }
+
+  UniqueFd fd_;
+  uv_poll_t* poll_ = nullptr;
+  bool referenced_ = true;
+  Napi::FunctionReference callback_;
+};
+
+}  // namespace
+
+void InitEventFd(Napi::Env env, Napi::Object exports) { EventFd::Init(env, exports); }
+
+}  // namespace vdpa
