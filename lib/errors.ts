@@ -1,0 +1,54 @@
+/**
+ * The library's one Error class. Failures of system calls carry the
+ * Node-core-shaped properties (`code`, `errno`, `syscall`, `path`); failures of
+ * validation done in TypeScript carry an `ERR_*` code and no errno.
+ */
+export class VdpaError extends Error {
+  /** `'EINVAL'`, `'EBUSY'`, `'ENOTSUPP'` (kernel errno 524) … or an `ERR_*` code for validation failures. */
+  readonly code: string;
+  /** The positive errno value, when the failure came from the kernel. */
+  readonly errno?: number;
+  /** The failed call, e.g. `ioctl(VHOST_VDPA_GET_CONFIG)` or `write(IOTLB)`. */
+  readonly syscall?: string;
+  /** The device (or other file) the call was made on. */
+  readonly path?: string;
+
+  constructor(
+    message: string,
+    options: { code: string; errno?: number; syscall?: string; path?: string; cause?: unknown },
+  ) {
+    super(message, options.cause === undefined ? undefined : { cause: options.cause });
+    this.name = 'VdpaError';
+    this.code = options.code;
+    if (options.errno !== undefined) this.errno = options.errno;
+    if (options.syscall !== undefined) this.syscall = options.syscall;
+    if (options.path !== undefined) this.path = options.path;
+  }
+}
+
+/** Validation error codes raised before the kernel is asked anything. */
+export const ErrorCodes = {
+  /** An argument has the wrong type or value. */
+  INVALID_ARG: 'ERR_INVALID_ARG',
+  /** A value is outside the range the device or kernel accepts. */
+  OUT_OF_RANGE: 'ERR_OUT_OF_RANGE',
+  /** The object was closed or freed. */
+  CLOSED: 'ERR_CLOSED',
+  /** Memory that is not fd-backed shared memory was offered for DMA. */
+  NOT_DMA_MEMORY: 'ERR_NOT_DMA_MEMORY',
+  /** An IOVA range overlaps an existing mapping. */
+  IOVA_OVERLAP: 'ERR_IOVA_OVERLAP',
+  /** An address or size is not aligned as required. */
+  MISALIGNED: 'ERR_MISALIGNED',
+  /** The device refused a negotiation step (features, status). */
+  NEGOTIATION: 'ERR_NEGOTIATION',
+  /** The device lacks a feature or operation the caller needs. */
+  UNSUPPORTED: 'ERR_UNSUPPORTED',
+  /** The memlock budget (RLIMIT_MEMLOCK) would be exceeded. */
+  MEMLOCK: 'ERR_MEMLOCK',
+} as const;
+
+/** True when `error` is a VdpaError (or error-like object) with this `code`. */
+export function hasCode(error: unknown, ...codes: string[]): boolean {
+  return typeof error === 'object' && error !== null && codes.includes((error as { code?: unknown }).code as string);
+}

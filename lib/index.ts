@@ -1,0 +1,23 @@
+/**
+ * vhost-vdpa: drive Linux vDPA devices (/dev/vhost-vdpa-N) from Node.js.
+ * @packageDocumentation
+ */
+export { VdpaError, ErrorCodes, hasCode } from './errors';
+export * from './uapi';
+export * from './features';
+export { DmaRegion, DmaRegionOptions, IovaAllocator, IovaRange, HUGE_PAGE_SIZE } from './memory';
+export { EventFd, EventFdListener } from './eventfd';
+export {
+  VhostVdpaDevice,
+  Doorbell,
+  DeviceCapabilities,
+  DmaAccess,
+  IotlbMapping,
+  MapOptions,
+  MemlockPolicy,
+  Negotiation,
+  OpenOptions,
+  RawMemory,
+  UNSUPPORTED_ERRNO_CODES,
+} from './device';
+export { PAGE_SIZE } from './native';
