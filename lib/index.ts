@@ -21,3 +21,4 @@ export {
   UNSUPPORTED_ERRNO_CODES,
 } from './device';
 export { PAGE_SIZE } from './native';
+export * from './virtio-config';
