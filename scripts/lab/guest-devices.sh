@@ -1,0 +1,116 @@
+#!/bin/sh
+# Creates the lab's vDPA devices (run inside the guest by guest-run.sh) and writes their description as JSON
+# to $1 (default /run/vdpa-lab.json).
+#
+# Order matters: vhost-vdpa minors are allocated in creation order, and only vhost_vdpa is loaded as a vdpa
+# bus driver at this point, so the numbers are stable:
+#   blk0   vdpasim_blk                          -> /dev/vhost-vdpa-0
+#   vduse0 VDUSE block, qemu-storage-daemon     -> /dev/vhost-vdpa-1
+#   net0   vdpasim_net                          -> /dev/vhost-vdpa-2
+# The actual char devices are resolved from sysfs, never assumed. A device that cannot be created is left out
+# of the JSON and reported loudly (LAB-WARN on the console, dmesg tail on stderr); the command still runs.
+OUT=${1:-/run/vdpa-lab.json}
+VDUSE_IMG=/var/tmp/vduse0.img # on the overlay's tmpfs upper layer, never on the 9p project share
+VDUSE_SIZE=64M
+
+entries=""
+failed=""
+
+say() { echo "[lab] devices: $*" >&2; }
+
+fail() { # name reason
+  failed="$failed $1"
+  say "FAILED to create $1: $2"
+  echo "LAB-WARN device $1 not created: $2" >/dev/console
+  dmesg | tail -n 20 | sed 's/^/[lab]   dmesg: /' >&2
+}
+
+# The one place that creates a device. iproute2's `vdpa` for now; set VDPA_LAB_DEVTOOL=cli to use the
+# project's own CLI instead, once `vhost-vdpa dev add` exists with the same arguments.
+dev_add() { # name mgmtdev
+  if [ "${VDPA_LAB_DEVTOOL:-iproute2}" = cli ] && [ -f "$LAB_PROJECT/dist/cli/main.js" ]; then
+    node "$LAB_PROJECT/dist/cli/main.js" dev add name "$1" mgmtdev "$2"
+  else
+    vdpa dev add name "$1" mgmtdev "$2"
+  fi
+}
+
+# Prints /dev/vhost-vdpa-N of vdpa device $1 once devtmpfs has created the node (there is no udev).
+chardev_of() {
+  i=0
+  while [ $i -lt 100 ]; do
+    for d in /sys/bus/vdpa/devices/"$1"/vhost-vdpa-*; do
+      [ -e "$d" ] || continue
+      node="/dev/${d##*/}"
+      if [ -c "$node" ]; then
+        echo "$node"
+        return 0
+      fi
+    done
+    sleep 0.1
+    i=$((i + 1))
+  done
+  return 1
+}
+
+add_entry() { # json-object
+  entries="$entries${entries:+, }$1"
+}
+
+create() { # name mgmtdev class [extra-json]
+  if ! err=$(dev_add "$1" "$2" 2>&1); then
+    fail "$1" "vdpa dev add: $err"
+    return 1
+  fi
+  if ! cdev=$(chardev_of "$1"); then
+    fail "$1" "no /dev/vhost-vdpa-N appeared (driver: $(readlink /sys/bus/vdpa/devices/"$1"/driver 2>/dev/null || echo none))"
+    return 1
+  fi
+  add_entry "{\"name\":\"$1\",\"mgmtdev\":\"$2\",\"class\":\"$3\",\"chardev\":\"$cdev\"$4}"
+  say "$1 ($2) -> $cdev"
+}
+
+# VDUSE: qemu-storage-daemon is the device; `vdpa dev add` only works once it has created /dev/vduse/vduse0.
+# It is started before blk0 is created because it takes ~2 s to start under TCG; that does not disturb the
+# numbering, since the vhost-vdpa minor is allocated by `vdpa dev add`, not by the VDUSE device.
+start_vduse() {
+  mkdir -p "${VDUSE_IMG%/*}"
+  rm -f "$VDUSE_IMG"
+  truncate -s "$VDUSE_SIZE" "$VDUSE_IMG" || return 1
+  setsid qemu-storage-daemon \
+    --blockdev "driver=file,node-name=file0,filename=$VDUSE_IMG" \
+    --export type=vduse-blk,id=exp0,node-name=file0,name=vduse0,writable=on,num-queues=1,queue-size=256 \
+    --pidfile /run/qsd-vduse0.pid \
+    </dev/null >/run/qsd-vduse0.log 2>&1 &
+  qsd_pid=$!
+}
+
+wait_vduse() {
+  [ -n "$qsd_pid" ] || return 1
+  i=0
+  while [ ! -e /dev/vduse/vduse0 ]; do
+    if [ $i -ge 300 ] || ! kill -0 "$qsd_pid" 2>/dev/null; then
+      sed 's/^/[lab]   qemu-storage-daemon: /' /run/qsd-vduse0.log >&2
+      return 1
+    fi
+    sleep 0.1
+    i=$((i + 1))
+  done
+}
+
+qsd_pid=""
+start_vduse || say "cannot create $VDUSE_IMG"
+create blk0 vdpasim_blk block
+if wait_vduse; then
+  create vduse0 vduse block ",\"backingFile\":\"$VDUSE_IMG\""
+else
+  fail vduse0 "qemu-storage-daemon did not create /dev/vduse/vduse0"
+fi
+create net0 vdpasim_net net
+
+printf '[%s]\n' "$entries" >"$OUT"
+if [ -n "$failed" ]; then
+  echo "LAB-MARK devices FAILED:$failed" >/dev/console
+  exit 1
+fi
+echo "LAB-MARK devices ready" >/dev/console

@@ -1,0 +1,45 @@
+#!/bin/sh
+# Second stage of the lab guest, run by /init inside the chroot (the host's root via 9p + overlay, so this is
+# the host's /bin/sh and tools). Creates the vDPA devices, loads the virtio_vdpa stack, then runs the command.
+#
+# /run/lab is the per-run directory shared with the host (9p, read-write):
+#   config.sh  LAB_* settings written by the host     env.sh   the caller's environment (export lines)
+#   command.sh the command (an exec line)              stdout, stderr  streamed to the host while they grow
+#   status     the command's exit status, written last
+. /run/lab/config.sh
+
+mark() { echo "LAB-MARK $*" >/dev/console; }
+
+# Everything this script (and guest-devices.sh) says goes to the command's stderr stream, so the host
+# shows it live and interleaved with the command's own diagnostics.
+exec </dev/null 2>>/run/lab/stderr
+
+export PATH="$LAB_PATH" HOME=/root LANG=C.UTF-8 TERM=dumb
+export USER=root LOGNAME=root SHELL=/bin/sh
+cd /
+hostname vdpa-lab 2>/dev/null
+ip link set lo up 2>/dev/null
+# Pinned DMA buffers (IOTLB updates pin user pages) count against RLIMIT_MEMLOCK.
+ulimit -l unlimited
+
+mark "devices"
+sh "$LAB_SCRIPTS/guest-devices.sh" /run/vdpa-lab.json >&2
+# Loaded only now, so that every device above bound to vhost_vdpa; tests can rebind one to virtio_vdpa.
+modprobe -a virtio_vdpa virtio_blk virtio_net || echo "LAB-WARN modprobe virtio_vdpa virtio_blk virtio_net failed" >/dev/console
+
+idle=$(sed -n 's/.*\bidle=\([^ ]*\).*/\1/p' /proc/cmdline)
+export VDPA_LAB=1
+export VDPA_LAB_DEVICES="$(cat /run/vdpa-lab.json 2>/dev/null || echo '[]')"
+export VDPA_LAB_KERNEL="$(uname -r)"
+export VDPA_LAB_IDLE="${idle:-default}"
+. /run/lab/env.sh
+
+cd "$LAB_PROJECT" || exit 1
+mark "command-start"
+sh /run/lab/command.sh </dev/null >>/run/lab/stdout 2>>/run/lab/stderr
+rc=$?
+# Written before the marker: the host treats a missing status file as "the guest died".
+echo "$rc" >/run/lab/status
+mark "command-exit $rc"
+sync
+exit 0
