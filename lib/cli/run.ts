@@ -1,0 +1,125 @@
+/**
+ * The CLI dispatcher: finds the command, prints help, runs it, and turns
+ * errors into a message on stderr (plus a JSON error with --json) and an exit
+ * code scripts can test.
+ * @module
+ */
+import { VdpaError } from '../errors';
+import { packageVersion } from '../service/methods';
+import { parseArgs, UsageError } from './args';
+import { defaultContext, type CliContext, type Command } from './context';
+import { devAdd, devBind, devConfig, devDel, devList, devSet, devShow, devStats } from './dev';
+import { info } from './info';
+import { mgmtdevList, mgmtdevShow } from './mgmtdev';
+import { exitCodeFor, ExitCode, toJson } from './output';
+import { serve } from './serve';
+
+/** Every command, in help order. */
+export const COMMANDS: readonly Command[] = [
+  mgmtdevList,
+  mgmtdevShow,
+  devList,
+  devShow,
+  devAdd,
+  devDel,
+  devConfig,
+  devStats,
+  devSet,
+  devBind,
+  info,
+  serve,
+];
+
+const EXIT_CODES_HELP = `Exit codes: 0 ok, 1 failure, 2 usage error, 3 not found, 4 permission denied (run as root),
+5 busy or already exists, 6 timeout, 7 not supported.`;
+
+function topHelp(): string {
+  const width = Math.max(...COMMANDS.map((c) => c.name.length));
+  return (
+    'Usage: vhost-vdpa COMMAND [ARGS] [--json] [--help]\n\n' +
+    'Manage vDPA devices through the kernel\'s vdpa netlink interface and inspect /dev/vhost-vdpa-N.\n\n' +
+    'Commands:\n' +
+    COMMANDS.map((c) => `  ${c.name.padEnd(width)}  ${c.summary}`).join('\n') +
+    '\n\nOptions: --json (machine-readable output), --help (per command), --version.\n' +
+    EXIT_CODES_HELP +
+    '\n'
+  );
+}
+
+function groupHelp(group: string): string {
+  const commands = COMMANDS.filter((c) => c.name.startsWith(`${group} `));
+  const width = Math.max(...commands.map((c) => c.name.length));
+  return (
+    `Usage: vhost-vdpa ${group} SUBCOMMAND [ARGS] [--json] [--help]\n\nSubcommands:\n` +
+    commands.map((c) => `  ${c.name.padEnd(width)}  ${c.summary}`).join('\n') +
+    '\n'
+  );
+}
+
+function commandHelp(command: Command): string {
+  const options = Object.entries(command.options)
+    .map(([name, kind]) => `  --${name}${kind === 'string' ? ' VALUE' : ''}`)
+    .join('\n');
+  return (
+    `Usage: ${command.usage}\n\n${command.summary}.\n\n${command.details}\n\n` +
+    (options.length > 0 ? `Options:\n${options}\n` : '') +
+    '  --json    machine-readable output\n  --help    this text\n\n' +
+    EXIT_CODES_HELP +
+    '\n'
+  );
+}
+
+const GROUPS = ['mgmtdev', 'dev'];
+const ALIASES: Record<string, string> = { 'dev vstats': 'dev stats', 'mgmtdev ls': 'mgmtdev list', 'dev ls': 'dev list' };
+
+/** Runs the CLI with `argv` (without node and script); resolves with the exit code. */
+export async function runCli(argv: readonly string[], ctx: CliContext = defaultContext()): Promise<number> {
+  const json = argv.includes('--json') || argv.includes('-j');
+  try {
+    const [first, second] = argv;
+    if (first === undefined || first === '--help' || first === '-h' || first === 'help') {
+      ctx.stdout(topHelp());
+      return first === undefined ? ExitCode.USAGE : ExitCode.OK;
+    }
+    if (first === '--version' || first === '-V') {
+      ctx.stdout(`${packageVersion()}\n`);
+      return ExitCode.OK;
+    }
+    let command: Command | undefined;
+    let rest: readonly string[];
+    if (GROUPS.includes(first)) {
+      if (second === undefined || second === '--help' || second === '-h') {
+        ctx.stdout(groupHelp(first));
+        return second === undefined ? ExitCode.USAGE : ExitCode.OK;
+      }
+      const name = ALIASES[`${first} ${second}`] ?? `${first} ${second}`;
+      command = COMMANDS.find((c) => c.name === name);
+      if (command === undefined) throw new UsageError(`unknown command "${first} ${second}"; see \`vhost-vdpa ${first} --help\``);
+      rest = argv.slice(2);
+    } else {
+      command = COMMANDS.find((c) => c.name === first);
+      if (command === undefined) throw new UsageError(`unknown command "${first}"; see \`vhost-vdpa --help\``);
+      rest = argv.slice(1);
+    }
+    const parsed = parseArgs(rest, command.options);
+    if (parsed.options.help === true) {
+      ctx.stdout(commandHelp(command));
+      return ExitCode.OK;
+    }
+    try {
+      return await command.run(parsed, ctx);
+    } catch (error) {
+      if (error instanceof UsageError) error.message += `\nusage: ${command.usage.split('\n')[0] as string}`;
+      throw error;
+    }
+  } catch (error) {
+    const code = error instanceof VdpaError ? error.code : undefined;
+    const message = error instanceof Error ? error.message : String(error);
+    ctx.stderr(`vhost-vdpa: ${message}\n`);
+    if (json) {
+      const details = error instanceof VdpaError ? { errno: error.errno, syscall: error.syscall, path: error.path } : {};
+      ctx.stdout(toJson({ error: { code: code ?? 'ERR_UNEXPECTED', message, ...details } }) + '\n');
+    }
+    return exitCodeFor(code);
+  }
+}
