@@ -16,11 +16,12 @@ VDUSE_SIZE=64M
 entries=""
 failed=""
 
-say() { echo "[lab] devices: $*" >&2; }
+# Progress goes to the console (the host shows it unless --quiet); problems go to stderr, always shown.
+say() { echo "LAB-INFO $*" >/dev/console; }
 
 fail() { # name reason
   failed="$failed $1"
-  say "FAILED to create $1: $2"
+  echo "[lab] devices: FAILED to create $1: $2" >&2
   echo "LAB-WARN device $1 not created: $2" >/dev/console
   dmesg | tail -n 20 | sed 's/^/[lab]   dmesg: /' >&2
 }
@@ -99,7 +100,7 @@ wait_vduse() {
 }
 
 qsd_pid=""
-start_vduse || say "cannot create $VDUSE_IMG"
+start_vduse || echo "[lab] devices: cannot create $VDUSE_IMG" >&2
 create blk0 vdpasim_blk block
 if wait_vduse; then
   create vduse0 vduse block ",\"backingFile\":\"$VDUSE_IMG\""

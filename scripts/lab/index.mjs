@@ -7,7 +7,7 @@ import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { prepare } from './prepare.mjs';
 import { createLogger, shQuote } from './util.mjs';
-import { bootOnce, chooseAccel, recordAccel } from './vm.mjs';
+import { bootOnce, chooseAccel, liveRunDirs, recordAccel } from './vm.mjs';
 
 const LAB_DIR = path.dirname(fileURLToPath(import.meta.url));
 /** The repository root (holds package.json): mounted read-write in the guest at the same path. */
@@ -16,6 +16,8 @@ export const PROJECT_ROOT = path.resolve(LAB_DIR, '..', '..');
 /** Exit code when the lab itself failed (guest panic, QEMU error), as `docker run` uses it. */
 export const LAB_FAILURE_EXIT = 125;
 export const TIMEOUT_EXIT = 124;
+
+const STD_PATH = ['/usr/local/sbin', '/usr/local/bin', '/usr/sbin', '/usr/bin', '/sbin', '/bin'];
 
 export { prepare } from './prepare.mjs';
 
@@ -45,6 +47,7 @@ export async function runInLab(opts) {
   log(`prepared (${(prepareMs / 1000).toFixed(1)}s): kernel ${assets.kver}`);
 
   const runDir = fs.mkdtempSync(path.join(os.tmpdir(), 'vdpa-lab-'));
+  liveRunDirs.add(runDir);
   let keepRunDir = false;
   try {
     writeRunFiles(runDir, assets, o);
@@ -91,6 +94,7 @@ export async function runInLab(opts) {
       timings: { prepareMs, bootMs: res.bootMs, commandMs: res.commandMs, totalMs },
     };
   } finally {
+    liveRunDirs.delete(runDir);
     if (!keepRunDir) fs.rmSync(runDir, { recursive: true, force: true });
   }
 }
@@ -128,7 +132,7 @@ function writeRunFiles(runDir, assets, o) {
       assign('LAB_SCRIPTS', LAB_DIR) +
       assign('LAB_MODULE_TREE', assets.moduleTree) +
       // The host's node first, wherever it is installed (nvm, /usr/local, /usr/bin).
-      assign('LAB_PATH', [path.dirname(process.execPath), '/usr/local/sbin', '/usr/local/bin', '/usr/sbin', '/usr/bin', '/sbin', '/bin'].join(':')),
+      assign('LAB_PATH', [...new Set([path.dirname(process.execPath), ...STD_PATH])].join(':')),
   );
   fs.writeFileSync(
     path.join(runDir, 'env.sh'),

@@ -320,9 +320,12 @@ async function buildInitramfs(log, dir, { kver }, target) {
   });
   fs.renameSync(tmp, target);
   fs.rmSync(stage, { recursive: true, force: true });
-  // Older initramfs images (from other versions of init.sh) are dead weight.
+  // Images built for other versions of init.sh are dead weight once nobody boots them; a day's grace keeps
+  // a concurrent run of another checkout from losing its image between check and boot.
   for (const f of fs.readdirSync(dir)) {
-    if (/^initramfs-[0-9a-f]+\.cpio$/.test(f) && path.join(dir, f) !== target) fs.rmSync(path.join(dir, f), { force: true });
+    const file = path.join(dir, f);
+    if (/^initramfs-[0-9a-f]+\.cpio$/.test(f) && file !== target && Date.now() - fs.statSync(file).mtimeMs > 86_400_000)
+      fs.rmSync(file, { force: true });
   }
   log(`initramfs ready: ${names.length} modules (${((Date.now() - t) / 1000).toFixed(1)}s)`);
 }

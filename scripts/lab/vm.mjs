@@ -94,11 +94,12 @@ class FileFollower {
 
 /** Splits the serial console into lines, keeps the last ones, and reports markers and kernel panics. */
 class ConsoleWatcher {
-  constructor({ onMarker, onWarn, verbose }) {
+  constructor({ onMarker, onInfo, onWarn, verbose }) {
     this.partial = '';
     this.tail = [];
     this.panic = false;
     this.onMarker = onMarker;
+    this.onInfo = onInfo;
     this.onWarn = onWarn;
     this.verbose = verbose;
   }
@@ -120,6 +121,7 @@ class ConsoleWatcher {
     if (this.verbose) process.stderr.write(`[console] ${line}\n`);
     let m;
     if ((m = /LAB-MARK (.*)$/.exec(line))) this.onMarker(m[1].trim());
+    else if ((m = /LAB-INFO (.*)$/.exec(line))) this.onInfo(m[1].trim());
     else if ((m = /LAB-(WARN|FAIL) (.*)$/.exec(line))) this.onWarn(m[2].trim(), m[1]);
     if (/Kernel panic - not syncing/.test(line)) this.panic = true;
   }
@@ -151,6 +153,8 @@ function qemuArgs({ accel, assets, runDir, projectRoot, memoryMiB, cpus, kernelA
 
 /** QEMU processes of this Node process, killed on exit and on SIGINT/SIGTERM. */
 const liveVms = new Set();
+/** Run directories to delete if a signal ends us mid-run (process.exit skips the callers' finally blocks). */
+export const liveRunDirs = new Set();
 let handlersInstalled = false;
 
 function installCleanupHandlers() {
@@ -162,6 +166,7 @@ function installCleanupHandlers() {
   for (const sig of ['SIGINT', 'SIGTERM', 'SIGHUP']) {
     process.on(sig, () => {
       for (const vm of liveVms) vm.kill('SIGKILL');
+      for (const dir of liveRunDirs) fs.rmSync(dir, { recursive: true, force: true });
       process.stderr.write(`[lab] ${sig}: QEMU killed\n`);
       process.exit(128 + ({ SIGHUP: 1, SIGINT: 2, SIGTERM: 15 }[sig] ?? 0));
     });
@@ -201,11 +206,12 @@ export function bootOnce({ accel, allowKvmFallback, assets, runDir, projectRoot,
         if (word === 'init') log(`guest /init running (${accel}, ${((Date.now() - t0) / 1000).toFixed(1)}s after QEMU start)`);
         else if (word === 'chroot') log('host root mounted, entering chroot');
         else if (word === 'devices' && m === 'devices') log('creating vDPA devices');
-        else if (m === 'devices ready') log('devices ready: blk0, vduse0, net0');
+        else if (m === 'devices ready') log('devices ready');
         else if (m.startsWith('devices FAILED')) log.warn(`device creation failed for${m.slice('devices FAILED:'.length)} (see stderr above)`);
         else if (word === 'command-start') log(`running command (boot took ${((Date.now() - t0) / 1000).toFixed(1)}s)`);
         else if (word === 'command-exit') log(`command exited with ${m.split(' ')[1]}`);
       },
+      onInfo: (msg) => log(msg),
       onWarn: (msg, kind) => {
         if (kind === 'FAIL') failure = msg;
         log.warn(msg);
