@@ -22,3 +22,4 @@ export {
 } from './device';
 export { PAGE_SIZE } from './native';
 export * from './virtio-config';
+export * from './virtqueue';
