@@ -46,6 +46,12 @@ export const ErrorCodes = {
   UNSUPPORTED: 'ERR_UNSUPPORTED',
   /** The memlock budget (RLIMIT_MEMLOCK) would be exceeded. */
   MEMLOCK: 'ERR_MEMLOCK',
+  /** A write-type request on a read-only device (VIRTIO_BLK_F_RO) or a device opened read-only. */
+  READ_ONLY: 'ERR_READ_ONLY',
+  /** The device wrote an impossible value into a used ring (id, length or index). */
+  QUEUE_CORRUPT: 'ERR_QUEUE_CORRUPT',
+  /** The device answered a request with VIRTIO_BLK_S_UNSUPP. */
+  DEVICE_UNSUPP: 'ERR_DEVICE_UNSUPP',
 } as const;
 
 /** True when `error` is a VdpaError (or error-like object) with this `code`. */
