@@ -40,11 +40,10 @@ uint64_t ToU64(const Napi::Value& value, const char* what) {
 class Doorbell : public Napi::ObjectWrap<Doorbell> {
  public:
   static void Init(Napi::Env env, Napi::Object exports) {
-    Napi::Function cls = DefineClass(env, "Doorbell",
-                                     {InstanceMethod<&Doorbell::Notify16>("notify16"),
-                                      InstanceMethod<&Doorbell::Notify32>("notify32"),
-                                      InstanceMethod<&Doorbell::Unmap>("unmap"),
-                                      InstanceAccessor<&Doorbell::Mapped>("mapped")});
+    Napi::Function cls = DefineClass(
+        env, "Doorbell",
+        {InstanceMethod<&Doorbell::Notify16>("notify16"), InstanceMethod<&Doorbell::Notify32>("notify32"),
+         InstanceMethod<&Doorbell::Unmap>("unmap"), InstanceAccessor<&Doorbell::Mapped>("mapped")});
     State(env)->doorbellClass = Napi::Persistent(cls);
     exports.Set("Doorbell", cls);
   }
@@ -79,7 +78,9 @@ class Doorbell : public Napi::ObjectWrap<Doorbell> {
     return info.Env().Undefined();
   }
 
-  Napi::Value Mapped(const Napi::CallbackInfo& info) { return Napi::Boolean::New(info.Env(), addr_ != nullptr); }
+  Napi::Value Mapped(const Napi::CallbackInfo& info) {
+    return Napi::Boolean::New(info.Env(), addr_ != nullptr);
+  }
 
   void Release() {
     if (addr_ != nullptr) {
@@ -95,13 +96,13 @@ class Doorbell : public Napi::ObjectWrap<Doorbell> {
 class DeviceHandle : public Napi::ObjectWrap<DeviceHandle> {
  public:
   static void Init(Napi::Env env, Napi::Object exports) {
-    Napi::Function cls = DefineClass(env, "DeviceHandle",
-                                     {InstanceMethod<&DeviceHandle::Ioctl>("ioctl"),
-                                      InstanceMethod<&DeviceHandle::WriteMessages>("writeMessages"),
-                                      InstanceMethod<&DeviceHandle::MapDoorbell>("mapDoorbell"),
-                                      InstanceMethod<&DeviceHandle::Close>("close"),
-                                      InstanceAccessor<&DeviceHandle::Fd>("fd"),
-                                      InstanceAccessor<&DeviceHandle::Path>("path")});
+    Napi::Function cls =
+        DefineClass(env, "DeviceHandle",
+                    {InstanceMethod<&DeviceHandle::Ioctl>("ioctl"),
+                     InstanceMethod<&DeviceHandle::WriteMessages>("writeMessages"),
+                     InstanceMethod<&DeviceHandle::MapDoorbell>("mapDoorbell"),
+                     InstanceMethod<&DeviceHandle::Close>("close"), InstanceAccessor<&DeviceHandle::Fd>("fd"),
+                     InstanceAccessor<&DeviceHandle::Path>("path")});
     exports.Set("DeviceHandle", cls);
   }
 
@@ -128,7 +129,8 @@ class DeviceHandle : public Napi::ObjectWrap<DeviceHandle> {
   Napi::Value Ioctl(const Napi::CallbackInfo& info) {
     Napi::Env env = info.Env();
     const unsigned long request = static_cast<unsigned long>(ToU64(info[0], "request"));
-    const std::string syscall = "ioctl(" + (info[1].IsString() ? info[1].As<Napi::String>().Utf8Value() : "?") + ")";
+    const std::string syscall =
+        "ioctl(" + (info[1].IsString() ? info[1].As<Napi::String>().Utf8Value() : "?") + ")";
     int fd = CheckedFd(env, syscall);
     void* arg = nullptr;
     if (info.Length() > 2 && !info[2].IsUndefined() && !info[2].IsNull()) {
@@ -150,7 +152,8 @@ class DeviceHandle : public Napi::ObjectWrap<DeviceHandle> {
   // number of messages that had been accepted.
   Napi::Value WriteMessages(const Napi::CallbackInfo& info) {
     Napi::Env env = info.Env();
-    const std::string syscall = "write(" + (info[2].IsString() ? info[2].As<Napi::String>().Utf8Value() : "?") + ")";
+    const std::string syscall =
+        "write(" + (info[2].IsString() ? info[2].As<Napi::String>().Utf8Value() : "?") + ")";
     int fd = CheckedFd(env, syscall);
     if (!info[0].IsTypedArray()) throw Napi::TypeError::New(env, "messages must be a Uint8Array");
     Napi::Uint8Array bytes = info[0].As<Napi::Uint8Array>();

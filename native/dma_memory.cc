@@ -44,13 +44,11 @@ using SharedMapping = std::shared_ptr<Mapping>;
 class DmaMemory : public Napi::ObjectWrap<DmaMemory> {
  public:
   static void Init(Napi::Env env, Napi::Object exports) {
-    Napi::Function cls = DefineClass(env, "DmaMemory",
-                                     {InstanceMethod<&DmaMemory::Free>("free"),
-                                      InstanceAccessor<&DmaMemory::Buffer>("buffer"),
-                                      InstanceAccessor<&DmaMemory::Address>("address"),
-                                      InstanceAccessor<&DmaMemory::Size>("size"),
-                                      InstanceAccessor<&DmaMemory::Fd>("fd"),
-                                      InstanceAccessor<&DmaMemory::Freed>("freed")});
+    Napi::Function cls = DefineClass(
+        env, "DmaMemory",
+        {InstanceMethod<&DmaMemory::Free>("free"), InstanceAccessor<&DmaMemory::Buffer>("buffer"),
+         InstanceAccessor<&DmaMemory::Address>("address"), InstanceAccessor<&DmaMemory::Size>("size"),
+         InstanceAccessor<&DmaMemory::Fd>("fd"), InstanceAccessor<&DmaMemory::Freed>("freed")});
     State(env)->dmaMemoryClass = Napi::Persistent(cls);
     exports.Set("DmaMemory", cls);
   }

@@ -1,10 +1,10 @@
 #include "errors.h"
 
-#include "state.h"
-
 #include <string.h>
 
 #include <cerrno>
+
+#include "state.h"
 
 namespace vdpa {
 
@@ -46,8 +46,7 @@ std::string ErrnoName(int err) {
   return "E" + std::to_string(err);
 }
 
-Napi::Error ErrnoError(Napi::Env env, int err, const std::string& syscall,
-                       const std::string& path) {
+Napi::Error ErrnoError(Napi::Env env, int err, const std::string& syscall, const std::string& path) {
   const std::string code = ErrnoName(err);
   std::string message = syscall + " failed";
   if (!path.empty()) message += " on " + path;
@@ -57,8 +56,7 @@ Napi::Error ErrnoError(Napi::Env env, int err, const std::string& syscall,
   if (state != nullptr && !state->errorFactory.IsEmpty()) {
     Napi::Value made = state->errorFactory.Call(
         {Napi::String::New(env, message), Napi::String::New(env, code), Napi::Number::New(env, err),
-         Napi::String::New(env, syscall),
-         path.empty() ? env.Undefined() : Napi::String::New(env, path)});
+         Napi::String::New(env, syscall), path.empty() ? env.Undefined() : Napi::String::New(env, path)});
     if (made.IsObject()) return Napi::Error(env, made);
   }
   Napi::Error error = Napi::Error::New(env, message);

@@ -18,14 +18,12 @@ namespace {
 class EventFd : public Napi::ObjectWrap<EventFd> {
  public:
   static void Init(Napi::Env env, Napi::Object exports) {
-    Napi::Function cls = DefineClass(env, "EventFd",
-                                     {InstanceMethod<&EventFd::Signal>("signal"),
-                                      InstanceMethod<&EventFd::Read>("read"),
-                                      InstanceMethod<&EventFd::Watch>("watch"),
-                                      InstanceMethod<&EventFd::Unwatch>("unwatch"),
-                                      InstanceMethod<&EventFd::SetRef>("setRef"),
-                                      InstanceMethod<&EventFd::Close>("close"),
-                                      InstanceAccessor<&EventFd::Fd>("fd")});
+    Napi::Function cls =
+        DefineClass(env, "EventFd",
+                    {InstanceMethod<&EventFd::Signal>("signal"), InstanceMethod<&EventFd::Read>("read"),
+                     InstanceMethod<&EventFd::Watch>("watch"), InstanceMethod<&EventFd::Unwatch>("unwatch"),
+                     InstanceMethod<&EventFd::SetRef>("setRef"), InstanceMethod<&EventFd::Close>("close"),
+                     InstanceAccessor<&EventFd::Fd>("fd")});
     exports.Set("EventFd", cls);
   }
 
@@ -82,7 +80,8 @@ class EventFd : public Napi::ObjectWrap<EventFd> {
   Napi::Value Watch(const Napi::CallbackInfo& info) {
     Napi::Env env = info.Env();
     int fd = CheckedFd(env, "uv_poll_start(eventfd)");
-    if (info.Length() < 1 || !info[0].IsFunction()) throw Napi::TypeError::New(env, "callback must be a function");
+    if (info.Length() < 1 || !info[0].IsFunction())
+      throw Napi::TypeError::New(env, "callback must be a function");
     callback_ = Napi::Persistent(info[0].As<Napi::Function>());
     if (poll_ == nullptr) {
       uv_loop_t* loop = nullptr;
