@@ -18,6 +18,8 @@
 #include <fcntl.h>
 #include <getopt.h>
 #include <inttypes.h>
+#include <linux/vhost.h>
+#include <linux/vhost_types.h>
 #include <poll.h>
 #include <stdarg.h>
 #include <stdatomic.h>
@@ -32,9 +34,6 @@
 #include <sys/resource.h>
 #include <time.h>
 #include <unistd.h>
-
-#include <linux/vhost.h>
-#include <linux/vhost_types.h>
 
 // ---- uAPI constants (defined here when the installed headers predate them) -------------------------------
 
@@ -56,7 +55,8 @@
 #define VHOST_BACKEND_F_IOTLB_BATCH 0x2
 #endif
 
-// virtio status bits and feature bits (virtio_config.h / virtio_blk.h), spelled out to keep this file standalone.
+// virtio status bits and feature bits (virtio_config.h / virtio_blk.h), spelled out to keep this file
+// standalone.
 #define VIRTIO_CONFIG_S_ACKNOWLEDGE 1
 #define VIRTIO_CONFIG_S_DRIVER 2
 #define VIRTIO_CONFIG_S_DRIVER_OK 4
@@ -106,8 +106,8 @@ static void die(const char* fmt, ...) {
 }
 
 // ioctl that dies with the request's name and strerror on failure.
-#define XIOCTL(fd, req, arg)                                                  \
-  do {                                                                        \
+#define XIOCTL(fd, req, arg)                                                 \
+  do {                                                                       \
     if (ioctl((fd), (req), (arg)) < 0) die("%s: %s", #req, strerror(errno)); \
   } while (0)
 
@@ -120,7 +120,8 @@ static uint64_t now_ns(void) {
 static uint64_t cpu_us(void) {
   struct rusage ru;
   getrusage(RUSAGE_SELF, &ru);
-  return (uint64_t)(ru.ru_utime.tv_sec + ru.ru_stime.tv_sec) * 1000000ULL + (uint64_t)(ru.ru_utime.tv_usec + ru.ru_stime.tv_usec);
+  return (uint64_t)(ru.ru_utime.tv_sec + ru.ru_stime.tv_sec) * 1000000ULL +
+         (uint64_t)(ru.ru_utime.tv_usec + ru.ru_stime.tv_usec);
 }
 
 static uint64_t xorshift64(uint64_t* s) {  // xorshift64*: fast, good enough to spread offsets
@@ -204,27 +205,44 @@ static double parse_number(const char* name, const char* s, double min, double m
   char* end;
   errno = 0;
   double v = strtod(s, &end);
-  if (errno || end == s || *end || !(v >= min && v <= max)) usage_error("%s: expected a number in [%g, %g], got '%s'", name, min, max, s);
+  if (errno || end == s || *end || !(v >= min && v <= max))
+    usage_error("%s: expected a number in [%g, %g], got '%s'", name, min, max, s);
   return v;
 }
 
 static struct options parse_options(int argc, char** argv) {
   struct options o = {.qd = 1, .seconds = 10, .ramp = 0, .poll_mode = true, .bs = 4096, .seed = 1};
   const char* rw = NULL;
-  static const struct option longopts[] = {
-      {"device", required_argument, 0, 'd'}, {"rw", required_argument, 0, 'r'},   {"qd", required_argument, 0, 'q'},
-      {"seconds", required_argument, 0, 's'}, {"ramp", required_argument, 0, 'R'}, {"mode", required_argument, 0, 'm'},
-      {"bs", required_argument, 0, 'b'},      {"queue-size", required_argument, 0, 'Q'}, {"seed", required_argument, 0, 'S'},
-      {"help", no_argument, 0, 'h'},          {0, 0, 0, 0}};
+  static const struct option longopts[] = {{"device", required_argument, 0, 'd'},
+                                           {"rw", required_argument, 0, 'r'},
+                                           {"qd", required_argument, 0, 'q'},
+                                           {"seconds", required_argument, 0, 's'},
+                                           {"ramp", required_argument, 0, 'R'},
+                                           {"mode", required_argument, 0, 'm'},
+                                           {"bs", required_argument, 0, 'b'},
+                                           {"queue-size", required_argument, 0, 'Q'},
+                                           {"seed", required_argument, 0, 'S'},
+                                           {"help", no_argument, 0, 'h'},
+                                           {0, 0, 0, 0}};
   int c;
   opterr = 0;
   while ((c = getopt_long(argc, argv, "", longopts, NULL)) != -1) {
     switch (c) {
-      case 'd': o.device = optarg; break;
-      case 'r': rw = optarg; break;
-      case 'q': o.qd = (unsigned)parse_number("--qd", optarg, 1, 1024); break;
-      case 's': o.seconds = parse_number("--seconds", optarg, 0.001, 86400); break;
-      case 'R': o.ramp = parse_number("--ramp", optarg, 0, 3600); break;
+      case 'd':
+        o.device = optarg;
+        break;
+      case 'r':
+        rw = optarg;
+        break;
+      case 'q':
+        o.qd = (unsigned)parse_number("--qd", optarg, 1, 1024);
+        break;
+      case 's':
+        o.seconds = parse_number("--seconds", optarg, 0.001, 86400);
+        break;
+      case 'R':
+        o.ramp = parse_number("--ramp", optarg, 0, 3600);
+        break;
       case 'm':
         if (strcmp(optarg, "poll") == 0)
           o.poll_mode = true;
@@ -233,11 +251,20 @@ static struct options parse_options(int argc, char** argv) {
         else
           usage_error("--mode: expected poll or event, got '%s'", optarg);
         break;
-      case 'b': o.bs = (unsigned)parse_number("--bs", optarg, SECTOR_SIZE, 1 << 20); break;
-      case 'Q': o.queue_size = (unsigned)parse_number("--queue-size", optarg, 1, 32768); break;
-      case 'S': o.seed = (uint64_t)parse_number("--seed", optarg, 1, 1e15); break;
-      case 'h': fputs(USAGE, stdout); exit(0);
-      default: usage_error("unknown or incomplete option '%s'", argv[optind - 1]);
+      case 'b':
+        o.bs = (unsigned)parse_number("--bs", optarg, SECTOR_SIZE, 1 << 20);
+        break;
+      case 'Q':
+        o.queue_size = (unsigned)parse_number("--queue-size", optarg, 1, 32768);
+        break;
+      case 'S':
+        o.seed = (uint64_t)parse_number("--seed", optarg, 1, 1e15);
+        break;
+      case 'h':
+        fputs(USAGE, stdout);
+        exit(0);
+      default:
+        usage_error("unknown or incomplete option '%s'", argv[optind - 1]);
     }
   }
   if (optind < argc) usage_error("unexpected argument '%s'", argv[optind]);
@@ -269,11 +296,14 @@ struct device {
   size_t desc_off, avail_off, used_off, hdr_off, status_off, data_off;
 };
 
-static uint64_t iova_of(const struct device* d, const void* p) { return IOVA_BASE + (uint64_t)((const uint8_t*)p - d->mem); }
+static uint64_t iova_of(const struct device* d, const void* p) {
+  return IOVA_BASE + (uint64_t)((const uint8_t*)p - d->mem);
+}
 
 static void set_status(struct device* d, uint8_t s) { XIOCTL(d->fd, VHOST_VDPA_SET_STATUS, &s); }
 
-static void iotlb_write(struct device* d, uint8_t type, uint64_t iova, uint64_t size, uint64_t uaddr, uint8_t perm) {
+static void iotlb_write(struct device* d, uint8_t type, uint64_t iova, uint64_t size, uint64_t uaddr,
+                        uint8_t perm) {
   struct vhost_msg_v2 m;
   memset(&m, 0, sizeof m);
   m.type = VHOST_IOTLB_MSG_V2;
@@ -283,7 +313,8 @@ static void iotlb_write(struct device* d, uint8_t type, uint64_t iova, uint64_t 
   m.iotlb.uaddr = uaddr;
   m.iotlb.perm = perm;
   // Every handler failure comes back as EFAULT (vhost_chr_write_iter), so the message type is the only clue.
-  if (write(d->fd, &m, sizeof m) != (ssize_t)sizeof m) die("IOTLB message type %u: %s", type, strerror(errno));
+  if (write(d->fd, &m, sizeof m) != (ssize_t)sizeof m)
+    die("IOTLB message type %u: %s", type, strerror(errno));
 }
 
 static size_t align_up(size_t v, size_t a) { return (v + a - 1) / a * a; }
@@ -297,8 +328,10 @@ static void device_open(struct device* d, const struct options* o) {
 
   uint64_t backend = 0;
   XIOCTL(d->fd, VHOST_GET_BACKEND_FEATURES, &backend);
-  const uint64_t want_backend = (1ULL << VHOST_BACKEND_F_IOTLB_MSG_V2) | (1ULL << VHOST_BACKEND_F_IOTLB_BATCH);
-  if ((backend & want_backend) != want_backend) die("backend features 0x%" PRIx64 " lack IOTLB_MSG_V2|IOTLB_BATCH", backend);
+  const uint64_t want_backend =
+      (1ULL << VHOST_BACKEND_F_IOTLB_MSG_V2) | (1ULL << VHOST_BACKEND_F_IOTLB_BATCH);
+  if ((backend & want_backend) != want_backend)
+    die("backend features 0x%" PRIx64 " lack IOTLB_MSG_V2|IOTLB_BATCH", backend);
   XIOCTL(d->fd, VHOST_SET_BACKEND_FEATURES, &want_backend);
 
   uint32_t id = 0;
@@ -311,8 +344,10 @@ static void device_open(struct device* d, const struct options* o) {
   uint64_t offered = 0;
   XIOCTL(d->fd, VHOST_GET_FEATURES, &offered);
   const uint64_t required = (1ULL << VIRTIO_F_VERSION_1) | (1ULL << VIRTIO_F_ACCESS_PLATFORM);
-  if ((offered & required) != required) die("device features 0x%" PRIx64 " lack VERSION_1|ACCESS_PLATFORM", offered);
-  const uint64_t optional = (1ULL << VIRTIO_BLK_F_SIZE_MAX) | (1ULL << VIRTIO_BLK_F_SEG_MAX) | (1ULL << VIRTIO_BLK_F_BLK_SIZE) | (1ULL << VIRTIO_BLK_F_FLUSH);
+  if ((offered & required) != required)
+    die("device features 0x%" PRIx64 " lack VERSION_1|ACCESS_PLATFORM", offered);
+  const uint64_t optional = (1ULL << VIRTIO_BLK_F_SIZE_MAX) | (1ULL << VIRTIO_BLK_F_SEG_MAX) |
+                            (1ULL << VIRTIO_BLK_F_BLK_SIZE) | (1ULL << VIRTIO_BLK_F_FLUSH);
   uint64_t features = required | (offered & optional);
   XIOCTL(d->fd, VHOST_SET_FEATURES, &features);
   set_status(d, VIRTIO_CONFIG_S_ACKNOWLEDGE | VIRTIO_CONFIG_S_DRIVER | VIRTIO_CONFIG_S_FEATURES_OK);
@@ -332,14 +367,18 @@ static void device_open(struct device* d, const struct options* o) {
   memcpy(&d->capacity_sectors, cfg.buf, 8);
   memcpy(&d->size_max, cfg.buf + 8, 4);
   if (!(features & (1ULL << VIRTIO_BLK_F_SIZE_MAX))) d->size_max = UINT32_MAX;
-  if (o->bs > d->size_max) die("--bs %u exceeds the device's size_max %u (one data segment per request)", o->bs, d->size_max);
-  if (d->capacity_sectors * SECTOR_SIZE < o->bs) die("device capacity %" PRIu64 " sectors is smaller than one request", d->capacity_sectors);
+  if (o->bs > d->size_max)
+    die("--bs %u exceeds the device's size_max %u (one data segment per request)", o->bs, d->size_max);
+  if (d->capacity_sectors * SECTOR_SIZE < o->bs)
+    die("device capacity %" PRIu64 " sectors is smaller than one request", d->capacity_sectors);
 
   uint16_t max_qsize = 0;
   XIOCTL(d->fd, VHOST_VDPA_GET_VRING_NUM, &max_qsize);
   d->qsize = o->queue_size ? o->queue_size : max_qsize;
-  if (d->qsize > max_qsize || (d->qsize & (d->qsize - 1))) die("queue size %u: must be a power of two ≤ %u", d->qsize, max_qsize);
-  if (o->qd * DESCS_PER_REQ > d->qsize) die("--qd %u needs %u descriptors; the queue has %u", o->qd, o->qd * DESCS_PER_REQ, d->qsize);
+  if (d->qsize > max_qsize || (d->qsize & (d->qsize - 1)))
+    die("queue size %u: must be a power of two ≤ %u", d->qsize, max_qsize);
+  if (o->qd * DESCS_PER_REQ > d->qsize)
+    die("--qd %u needs %u descriptors; the queue has %u", o->qd, o->qd * DESCS_PER_REQ, d->qsize);
 
   // One memfd-backed MAP_SHARED region holds the ring, the request headers, status bytes and data buffers:
   // vdpa_sim (VA mode) only sees file-backed shared memory.
@@ -382,7 +421,8 @@ static void device_open(struct device* d, const struct options* o) {
   XIOCTL(d->fd, VHOST_SET_VRING_CALL, &call);
   struct vhost_vring_state enable = {.index = 0, .num = 1};
   XIOCTL(d->fd, VHOST_VDPA_SET_VRING_ENABLE, &enable);
-  set_status(d, VIRTIO_CONFIG_S_ACKNOWLEDGE | VIRTIO_CONFIG_S_DRIVER | VIRTIO_CONFIG_S_FEATURES_OK | VIRTIO_CONFIG_S_DRIVER_OK);
+  set_status(d, VIRTIO_CONFIG_S_ACKNOWLEDGE | VIRTIO_CONFIG_S_DRIVER | VIRTIO_CONFIG_S_FEATURES_OK |
+                    VIRTIO_CONFIG_S_DRIVER_OK);
   XIOCTL(d->fd, VHOST_VDPA_GET_STATUS, &status);
   if (!(status & VIRTIO_CONFIG_S_DRIVER_OK)) die("device refused DRIVER_OK (status 0x%x)", status);
 }
@@ -402,10 +442,10 @@ struct run {
   struct device* dev;
   const struct options* o;
   uint64_t rng;
-  uint64_t blocks;       // capacity in request-sized blocks
-  uint64_t* submit_ns;   // per slot
-  uint16_t avail_idx;    // next free avail ring position (ours; the device reads the published copy)
-  uint16_t last_used;    // next used ring position to consume
+  uint64_t blocks;      // capacity in request-sized blocks
+  uint64_t* submit_ns;  // per slot
+  uint16_t avail_idx;   // next free avail ring position (ours; the device reads the published copy)
+  uint16_t last_used;   // next used ring position to consume
   unsigned inflight;
   uint64_t errors;
 };
@@ -421,12 +461,15 @@ static void init_slots(struct run* r) {
     hdr->type = r->o->write ? VIRTIO_BLK_T_OUT : VIRTIO_BLK_T_IN;
     memset(data, 0xA5 ^ (int)i, r->o->bs);
     struct vring_desc* c = &d->desc[i * DESCS_PER_REQ];
-    c[0] = (struct vring_desc){iova_of(d, hdr), sizeof *hdr, VRING_DESC_F_NEXT, (uint16_t)(i * DESCS_PER_REQ + 1)};
-    c[1] = (struct vring_desc){iova_of(d, data), r->o->bs, (uint16_t)(VRING_DESC_F_NEXT | (r->o->write ? 0 : VRING_DESC_F_WRITE)),
+    c[0] = (struct vring_desc){iova_of(d, hdr), sizeof *hdr, VRING_DESC_F_NEXT,
+                               (uint16_t)(i * DESCS_PER_REQ + 1)};
+    c[1] = (struct vring_desc){iova_of(d, data), r->o->bs,
+                               (uint16_t)(VRING_DESC_F_NEXT | (r->o->write ? 0 : VRING_DESC_F_WRITE)),
                                (uint16_t)(i * DESCS_PER_REQ + 2)};
     c[2] = (struct vring_desc){iova_of(d, status), 1, VRING_DESC_F_WRITE, 0};
   }
-  // Poll mode: ask the device not to signal the call eventfd (vringh_need_notify honours it without EVENT_IDX).
+  // Poll mode: ask the device not to signal the call eventfd (vringh_need_notify honours it without
+  // EVENT_IDX).
   d->avail->flags = r->o->poll_mode ? VRING_AVAIL_F_NO_INTERRUPT : 0;
 }
 
@@ -450,7 +493,8 @@ static void publish_and_kick(struct run* r) {
   // Full fence: the idx store must be visible before we read used->flags, or we could skip a needed kick
   // (virtio spec §2.7.13.4's "memory barrier" between the two).
   atomic_thread_fence(memory_order_seq_cst);
-  if (atomic_load_explicit((_Atomic uint16_t*)&d->used->flags, memory_order_relaxed) & VRING_USED_F_NO_NOTIFY) return;
+  if (atomic_load_explicit((_Atomic uint16_t*)&d->used->flags, memory_order_relaxed) & VRING_USED_F_NO_NOTIFY)
+    return;
   static const uint64_t one = 1;
   if (write(d->kick_fd, &one, sizeof one) != sizeof one) die("kick eventfd write: %s", strerror(errno));
 }
@@ -459,7 +503,8 @@ static void publish_and_kick(struct run* r) {
 static bool wait_call(struct run* r) {
   struct pollfd p = {.fd = r->dev->call_fd, .events = POLLIN};
   int n;
-  do n = poll(&p, 1, (int)(STALL_NS / 1000000)); while (n < 0 && errno == EINTR);
+  do n = poll(&p, 1, (int)(STALL_NS / 1000000));
+  while (n < 0 && errno == EINTR);
   if (n < 0) die("poll(call eventfd): %s", strerror(errno));
   if (n == 0) return false;
   uint64_t v;
@@ -479,7 +524,8 @@ static uint64_t run_phase(struct run* r, uint64_t until_ns, bool resubmit, struc
       if (!resubmit && r->inflight == 0) return done;
       uint64_t t = now_ns();
       if (resubmit && t >= until_ns) return done;
-      if (t - last_progress > STALL_NS) die("stalled: no completion for 5 s (used.idx %u, %u in flight)", used_idx, r->inflight);
+      if (t - last_progress > STALL_NS)
+        die("stalled: no completion for 5 s (used.idx %u, %u in flight)", used_idx, r->inflight);
       if (!r->o->poll_mode && !wait_call(r))
         die("stalled: no call eventfd signal for 5 s (used.idx %u, %u in flight)", used_idx, r->inflight);
       continue;
@@ -493,7 +539,9 @@ static uint64_t run_phase(struct run* r, uint64_t until_ns, bool resubmit, struc
       r->inflight--;
       done++;
       if (d->mem[d->status_off + slot] != VIRTIO_BLK_S_OK) {
-        if (r->errors++ == 0) fprintf(stderr, "vdpa-blk-bench: request failed with virtio-blk status %u\n", d->mem[d->status_off + slot]);
+        if (r->errors++ == 0)
+          fprintf(stderr, "vdpa-blk-bench: request failed with virtio-blk status %u\n",
+                  d->mem[d->status_off + slot]);
       }
       if (h) hist_add(h, t - r->submit_ns[slot]);
       if (resubmit && t < until_ns) queue_slot(r, slot, t);
@@ -526,13 +574,15 @@ int main(int argc, char** argv) {
   device_close(&dev);
 
   double secs = (double)(t1 - t0) / 1e9;
-  printf("{\"engine\":\"c\",\"mode\":\"%s\",\"rw\":\"%s\",\"qd\":%u,\"bs\":%u,\"queue_size\":%u,"
-         "\"seconds\":%.3f,\"ios\":%" PRIu64 ",\"iops\":%.1f,\"p50_us\":%.1f,\"p99_us\":%.1f,\"mean_us\":%.1f,"
-         "\"max_us\":%.1f,\"cpu_us_per_io\":%.2f,\"errors\":%" PRIu64 "}\n",
-         o.poll_mode ? "poll" : "event", o.write ? "randwrite" : "randread", o.qd, o.bs, dev.qsize, secs, ios,
-         (double)ios / secs, hist_quantile_us(&h, 0.50), hist_quantile_us(&h, 0.99),
-         h.total ? (double)h.sum_ns / (double)h.total / 1000.0 : 0.0, (double)h.max_ns / 1000.0,
-         ios ? (double)(cpu1 - cpu0) / (double)ios : 0.0, r.errors);
+  printf(
+      "{\"engine\":\"c\",\"mode\":\"%s\",\"rw\":\"%s\",\"qd\":%u,\"bs\":%u,\"queue_size\":%u,"
+      "\"seconds\":%.3f,\"ios\":%" PRIu64
+      ",\"iops\":%.1f,\"p50_us\":%.1f,\"p99_us\":%.1f,\"mean_us\":%.1f,"
+      "\"max_us\":%.1f,\"cpu_us_per_io\":%.2f,\"errors\":%" PRIu64 "}\n",
+      o.poll_mode ? "poll" : "event", o.write ? "randwrite" : "randread", o.qd, o.bs, dev.qsize, secs, ios,
+      (double)ios / secs, hist_quantile_us(&h, 0.50), hist_quantile_us(&h, 0.99),
+      h.total ? (double)h.sum_ns / (double)h.total / 1000.0 : 0.0, (double)h.max_ns / 1000.0,
+      ios ? (double)(cpu1 - cpu0) / (double)ios : 0.0, r.errors);
   free(h.counts);
   free(r.submit_ns);
   if (r.errors) {
