@@ -134,7 +134,11 @@ const DEFAULT_BACKEND_FEATURES =
   bit(VhostBackendF.SUSPEND) |
   bit(VhostBackendF.RESUME);
 
-const ACCESS_PERM: Record<DmaAccess, number> = { ro: VHOST_ACCESS_RO, wo: VHOST_ACCESS_WO, rw: VHOST_ACCESS_RW };
+const ACCESS_PERM: Record<DmaAccess, number> = {
+  ro: VHOST_ACCESS_RO,
+  wo: VHOST_ACCESS_WO,
+  rw: VHOST_ACCESS_RW,
+};
 
 function checkIndex(name: string, value: number, max = 0xffffffff): void {
   if (!Number.isInteger(value) || value < 0 || value > max) {
@@ -762,7 +766,10 @@ export class VhostVdpaDevice {
 
   #checkU64(what: string, value: bigint): void {
     if (typeof value !== 'bigint' || value < 0n || value > 0xffffffffffffffffn) {
-      throw new VdpaError(`${what} must be a bigint in [0, 2^64)`, { code: ErrorCodes.INVALID_ARG, path: this.path });
+      throw new VdpaError(`${what} must be a bigint in [0, 2^64)`, {
+        code: ErrorCodes.INVALID_ARG,
+        path: this.path,
+      });
     }
   }
 
@@ -770,7 +777,10 @@ export class VhostVdpaDevice {
     checkIndex('config offset', offset);
     checkIndex('config length', length);
     if (length === 0) {
-      throw new VdpaError('config length must be at least 1 byte', { code: ErrorCodes.INVALID_ARG, path: this.path });
+      throw new VdpaError('config length must be at least 1 byte', {
+        code: ErrorCodes.INVALID_ARG,
+        path: this.path,
+      });
     }
     const size = this.getConfigSize();
     if (offset + length > size) {
@@ -824,10 +834,13 @@ export class VhostVdpaDevice {
     const asid = entry.asid ?? 0;
     checkIndex('asid', asid);
     if (asid !== 0 && !hasBit(this.#ackedBackend, VhostBackendF.IOTLB_ASID)) {
-      throw new VdpaError(`ASID ${asid} needs VHOST_BACKEND_F_IOTLB_ASID, which ${this.path} did not acknowledge`, {
-        code: ErrorCodes.UNSUPPORTED,
-        path: this.path,
-      });
+      throw new VdpaError(
+        `ASID ${asid} needs VHOST_BACKEND_F_IOTLB_ASID, which ${this.path} did not acknowledge`,
+        {
+          code: ErrorCodes.UNSUPPORTED,
+          path: this.path,
+        },
+      );
     }
     const asNum = this.#asNumCached();
     if (asid >= asNum) {
@@ -882,13 +895,20 @@ export class VhostVdpaDevice {
       hasBit(this.#ackedBackend, VhostBackendF.IOTLB_BATCH) &&
       messages.every((m) => m.asid === asid);
     const marker = (type: number): IotlbMessage => ({ type, asid, iova: 0n, size: 0n, uaddr: 0n, perm: 0 });
-    const all = batch ? [marker(VHOST_IOTLB_BATCH_BEGIN), ...messages, marker(VHOST_IOTLB_BATCH_END)] : messages;
+    const all = batch
+      ? [marker(VHOST_IOTLB_BATCH_BEGIN), ...messages, marker(VHOST_IOTLB_BATCH_END)]
+      : messages;
     try {
       this.#handle.writeMessages(encodeIotlbMessages(all), VHOST_MSG_V2_SIZE, 'IOTLB');
     } catch (error) {
       const failedAt = (error as { index?: number }).index ?? 0;
       const applied = all.slice(0, failedAt).filter((m) => m.type === VHOST_IOTLB_UPDATE);
-      const rollback: IotlbMessage[] = applied.map((m) => ({ ...m, type: VHOST_IOTLB_INVALIDATE, uaddr: 0n, perm: 0 }));
+      const rollback: IotlbMessage[] = applied.map((m) => ({
+        ...m,
+        type: VHOST_IOTLB_INVALIDATE,
+        uaddr: 0n,
+        perm: 0,
+      }));
       if (batch && failedAt > 0) rollback.push(marker(VHOST_IOTLB_BATCH_END));
       if (rollback.length > 0) {
         try {
@@ -925,7 +945,10 @@ function checkFd(fd: number): void {
   }
 }
 
-function resolveMemory(entry: MapOptions & { memory: DmaRegion | RawMemory }): { uaddr: bigint; size: bigint } {
+function resolveMemory(entry: MapOptions & { memory: DmaRegion | RawMemory }): {
+  uaddr: bigint;
+  size: bigint;
+} {
   const memory = entry.memory;
   if (memory instanceof DmaRegion) {
     if (memory.freed) throw new VdpaError('cannot map a freed DMA region', { code: ErrorCodes.CLOSED });
@@ -933,9 +956,12 @@ function resolveMemory(entry: MapOptions & { memory: DmaRegion | RawMemory }): {
     checkIndex('offset', offset, memory.size);
     const size = entry.size ?? memory.size - offset;
     if (!Number.isSafeInteger(size) || size <= 0 || offset + size > memory.size) {
-      throw new VdpaError(`range [${offset}, ${offset + size}) is not inside the ${memory.size}-byte region`, {
-        code: ErrorCodes.OUT_OF_RANGE,
-      });
+      throw new VdpaError(
+        `range [${offset}, ${offset + size}) is not inside the ${memory.size}-byte region`,
+        {
+          code: ErrorCodes.OUT_OF_RANGE,
+        },
+      );
     }
     return { uaddr: memory.address + BigInt(offset), size: BigInt(size) };
   }
@@ -949,7 +975,12 @@ function resolveMemory(entry: MapOptions & { memory: DmaRegion | RawMemory }): {
       { code: ErrorCodes.NOT_DMA_MEMORY },
     );
   }
-  if (typeof memory !== 'object' || memory === null || typeof memory.uaddr !== 'bigint' || typeof memory.size !== 'bigint') {
+  if (
+    typeof memory !== 'object' ||
+    memory === null ||
+    typeof memory.uaddr !== 'bigint' ||
+    typeof memory.size !== 'bigint'
+  ) {
     throw new VdpaError('memory must be a DmaRegion or { uaddr: bigint, size: bigint }', {
       code: ErrorCodes.INVALID_ARG,
     });

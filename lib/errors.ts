@@ -56,5 +56,9 @@ export const ErrorCodes = {
 
 /** True when `error` is a VdpaError (or error-like object) with this `code`. */
 export function hasCode(error: unknown, ...codes: string[]): boolean {
-  return typeof error === 'object' && error !== null && codes.includes((error as { code?: unknown }).code as string);
+  return (
+    typeof error === 'object' &&
+    error !== null &&
+    codes.includes((error as { code?: unknown }).code as string)
+  );
 }

@@ -87,7 +87,9 @@ export class DmaRegion {
   view(offset: number, length: number): Buffer {
     this.#checkLive();
     if (!Number.isSafeInteger(offset) || !Number.isSafeInteger(length) || offset < 0 || length < 0) {
-      throw new VdpaError('view offset and length must be non-negative integers', { code: ErrorCodes.INVALID_ARG });
+      throw new VdpaError('view offset and length must be non-negative integers', {
+        code: ErrorCodes.INVALID_ARG,
+      });
     }
     if (offset + length > this.size) {
       throw new VdpaError(`view [${offset}, ${offset + length}) exceeds the region size ${this.size}`, {
@@ -140,7 +142,9 @@ export class IovaAllocator {
       });
     }
     if (!Number.isSafeInteger(alignment) || alignment <= 0 || (alignment & (alignment - 1)) !== 0) {
-      throw new VdpaError(`IOVA alignment must be a power of two, got ${alignment}`, { code: ErrorCodes.INVALID_ARG });
+      throw new VdpaError(`IOVA alignment must be a power of two, got ${alignment}`, {
+        code: ErrorCodes.INVALID_ARG,
+      });
     }
     this.range = range;
     this.alignment = BigInt(alignment);
@@ -152,7 +156,8 @@ export class IovaAllocator {
    * @throws VdpaError `ENOSPC` when no gap is large enough.
    */
   allocate(size: bigint): bigint {
-    if (size <= 0n) throw new VdpaError('IOVA allocation size must be positive', { code: ErrorCodes.INVALID_ARG });
+    if (size <= 0n)
+      throw new VdpaError('IOVA allocation size must be positive', { code: ErrorCodes.INVALID_ARG });
     let candidate = this.#alignUp(this.range.first === 0n ? this.alignment : this.range.first);
     for (const interval of this.#used) {
       if (candidate + size <= interval.start) break;

@@ -62,7 +62,11 @@ export function decodeBlkConfig(config: Uint8Array, features: bigint): BlkConfig
   if (has(VirtioBlkF.SIZE_MAX, 12)) result.sizeMax = view.getUint32(8, true);
   if (has(VirtioBlkF.SEG_MAX, 16)) result.segMax = view.getUint32(12, true);
   if (has(VirtioBlkF.GEOMETRY, 20)) {
-    result.geometry = { cylinders: view.getUint16(16, true), heads: view.getUint8(18), sectors: view.getUint8(19) };
+    result.geometry = {
+      cylinders: view.getUint16(16, true),
+      heads: view.getUint8(18),
+      sectors: view.getUint8(19),
+    };
   }
   if (has(VirtioBlkF.BLK_SIZE, 24)) result.blkSize = view.getUint32(20, true);
   if (has(VirtioBlkF.TOPOLOGY, 32)) {

@@ -35,7 +35,9 @@ function compile() {
     if (run('npx', ['node-gyp', 'rebuild']) !== 0) return false;
   }
   log('compiling TypeScript (lib → dist/, lib+test → dist-test/)');
-  return run('npx', ['tsc', '-p', 'tsconfig.json']) === 0 && run('npx', ['tsc', '-p', 'tsconfig.test.json']) === 0;
+  return (
+    run('npx', ['tsc', '-p', 'tsconfig.json']) === 0 && run('npx', ['tsc', '-p', 'tsconfig.test.json']) === 0
+  );
 }
 
 async function main() {
@@ -74,7 +76,13 @@ async function main() {
 
   let deviceExit;
   // node + mocha's bin directly: npx costs ~20 s per start inside the TCG guest.
-  const mochaDevice = [process.execPath, join(root, 'node_modules', 'mocha', 'bin', 'mocha.js'), '--config', 'test/mocharc.device.json', ...extraArgs];
+  const mochaDevice = [
+    process.execPath,
+    join(root, 'node_modules', 'mocha', 'bin', 'mocha.js'),
+    '--config',
+    'test/mocharc.device.json',
+    ...extraArgs,
+  ];
   if (process.env.VDPA_DEVICE) {
     log(`device suite on this host against ${process.env.VDPA_DEVICE}`);
     deviceExit = run(mochaDevice[0], mochaDevice.slice(1), { VDPA_TEST_SUMMARY: deviceSummary });

@@ -108,18 +108,27 @@ forEachDevice('block', 'vhost-vdpa block device', (target) => {
     assert.ok((negotiated & bit(VirtioF.VERSION_1)) !== 0n);
     assert.equal(negotiated & ~offered, 0n);
     assert.ok((device.getStatus() & VIRTIO_CONFIG_S_FEATURES_OK) !== 0);
-    assert.throws(() => device.setFeatures(negotiated), { code: 'EBUSY', syscall: 'ioctl(VHOST_SET_FEATURES)' });
+    assert.throws(() => device.setFeatures(negotiated), {
+      code: 'EBUSY',
+      syscall: 'ioctl(VHOST_SET_FEATURES)',
+    });
   });
 
   it('fails negotiation clearly when a required feature is missing', () => {
-    assert.throws(() => device.negotiate(0n, bit(VirtioF.RING_PACKED)), { code: 'ERR_UNSUPPORTED', message: /lacks required/ });
+    assert.throws(() => device.negotiate(0n, bit(VirtioF.RING_PACKED)), {
+      code: 'ERR_UNSUPPORTED',
+      message: /lacks required/,
+    });
   });
 
   it('reads config space and refuses reads beyond the config size with a typed error', () => {
     const size = device.getConfigSize();
     assert.ok(size >= 24, `config size ${size}`);
     assert.equal(device.getConfig(0, size).length, size);
-    assert.throws(() => device.getConfig(0, size + 4), { code: 'ERR_OUT_OF_RANGE', message: /config space of/ });
+    assert.throws(() => device.getConfig(0, size + 4), {
+      code: 'ERR_OUT_OF_RANGE',
+      message: /config space of/,
+    });
     assert.throws(() => device.getConfig(size, 1), { code: 'ERR_OUT_OF_RANGE' });
   });
 
@@ -133,24 +142,31 @@ forEachDevice('block', 'vhost-vdpa block device', (target) => {
     }));
     assert.equal(config.capacity, kernel.sectors);
     assert.equal(config.blkSize, kernel.logical);
-    if (target.backingFile !== undefined) assert.equal(config.capacity * 512n, BigInt(statSync(target.backingFile).size));
+    if (target.backingFile !== undefined)
+      assert.equal(config.capacity * 512n, BigInt(statSync(target.backingFile).size));
     device = VhostVdpaDevice.open(target.chardev);
   });
 
   it('answers ENOBUFS for a vring index out of range, naming the queue', () => {
     const count = device.getVqsCount();
-    assert.throws(() => device.getVringBase(count + 98), { code: 'ENOBUFS', message: new RegExp(`queue index ${count + 98}`) });
+    assert.throws(() => device.getVringBase(count + 98), {
+      code: 'ENOBUFS',
+      message: new RegExp(`queue index ${count + 98}`),
+    });
     assert.throws(() => device.setVringNum(count + 1, 64), { code: 'ENOBUFS' });
   });
 
   it('rejects a second open with EBUSY and names the device', () => {
-    assert.throws(() => VhostVdpaDevice.open(target.chardev), (error: unknown) => {
-      assert.ok(error instanceof VdpaError);
-      assert.equal(error.code, 'EBUSY');
-      assert.equal(error.path, target.chardev);
-      assert.match(error.message, new RegExp(target.chardev));
-      return true;
-    });
+    assert.throws(
+      () => VhostVdpaDevice.open(target.chardev),
+      (error: unknown) => {
+        assert.ok(error instanceof VdpaError);
+        assert.equal(error.code, 'EBUSY');
+        assert.equal(error.path, target.chardev);
+        assert.match(error.message, new RegExp(target.chardev));
+        return true;
+      },
+    );
   });
 
   it('round-trips the vring base, before and after DRIVER_OK', () => {
@@ -180,7 +196,11 @@ forEachDevice('block', 'vhost-vdpa block device', (target) => {
         device.setVringEnable(0, true);
         device.setStatus(device.getStatus() | VIRTIO_CONFIG_S_DRIVER_OK);
         assert.equal(device.getVringBase(0), 42);
-        assert.throws(() => device.setVringBase(0, 7), { code: 'EINVAL' }, 'not while running and not suspended');
+        assert.throws(
+          () => device.setVringBase(0, 7),
+          { code: 'EINVAL' },
+          'not while running and not suspended',
+        );
       } finally {
         device.reset();
         kick.close();
@@ -228,7 +248,14 @@ forEachDevice('block', 'vhost-vdpa block device', (target) => {
       assert.throws(
         () =>
           device.writeIotlbMessages([
-            { type: VHOST_IOTLB_UPDATE, asid: 0, iova: 0x200000n, size: BigInt(PAGE_SIZE), uaddr: region.address, perm: 3 },
+            {
+              type: VHOST_IOTLB_UPDATE,
+              asid: 0,
+              iova: 0x200000n,
+              size: BigInt(PAGE_SIZE),
+              uaddr: region.address,
+              perm: 3,
+            },
           ]),
         { code: 'EFAULT', syscall: 'write(IOTLB)' },
       );
@@ -247,7 +274,10 @@ forEachDevice('block', 'vhost-vdpa block device', (target) => {
       assert.throws(() => device.map(region, { iova: 2n ** 64n }), { code: 'ERR_INVALID_ARG' });
       assert.throws(() => device.map(region, { iova: 0x300001n }), { code: 'ERR_MISALIGNED' });
       const buffer = Buffer.alloc(2 * PAGE_SIZE);
-      assert.throws(() => device.map(buffer as unknown as DmaRegion), { code: 'ERR_NOT_DMA_MEMORY', message: /anonymous/ });
+      assert.throws(() => device.map(buffer as unknown as DmaRegion), {
+        code: 'ERR_NOT_DMA_MEMORY',
+        message: /anonymous/,
+      });
       const address = (native.addressOf(buffer) + BigInt(PAGE_SIZE) - 1n) & ~BigInt(PAGE_SIZE - 1);
       assert.throws(() => device.map({ uaddr: address, size: BigInt(PAGE_SIZE) }), {
         code: 'ERR_NOT_DMA_MEMORY',
@@ -312,7 +342,11 @@ forEachDevice('block', 'vhost-vdpa block device', (target) => {
 
   it('throws a clear error on use after close', () => {
     device.close();
-    assert.throws(() => device.getStatus(), { code: 'ERR_CLOSED', path: target.chardev, message: /is closed/ });
+    assert.throws(() => device.getStatus(), {
+      code: 'ERR_CLOSED',
+      path: target.chardev,
+      message: /is closed/,
+    });
     device.close(); // idempotent
     device = VhostVdpaDevice.open(target.chardev);
   });
@@ -362,7 +396,10 @@ forEachDevice('net', 'vhost-vdpa net device', (target) => {
       const a = device.map(region, { asid: 1, iova: 0x10000n });
       const b = device.map(region, { asid: 0, iova: 0x10000n }); // same IOVA, other address space
       device.unmapBatch([a, b]);
-      assert.throws(() => device.setGroupAsid(1, 2), { code: 'EINVAL', syscall: 'ioctl(VHOST_VDPA_SET_GROUP_ASID)' });
+      assert.throws(() => device.setGroupAsid(1, 2), {
+        code: 'EINVAL',
+        syscall: 'ioctl(VHOST_VDPA_SET_GROUP_ASID)',
+      });
     } finally {
       region.free();
     }
@@ -382,7 +419,10 @@ forEachDevice('net', 'vhost-vdpa net device', (target) => {
 describe('lab', () => {
   it('provides the devices the suite expects', () => {
     const devices = testDevices();
-    assert.ok(devices.some((d) => d.class === 'block'), 'a block device');
+    assert.ok(
+      devices.some((d) => d.class === 'block'),
+      'a block device',
+    );
     if (process.env.VDPA_LAB !== undefined) {
       assert.deepEqual(devices.map((d) => d.name).sort(), ['blk0', 'net0', 'vduse0']);
     }

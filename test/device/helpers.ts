@@ -21,7 +21,9 @@ export interface TestDevice {
 }
 
 function fromLab(): TestDevice[] | undefined {
-  const raw = process.env.VDPA_LAB_DEVICES ?? (existsSync('/run/vdpa-lab.json') ? readFileSync('/run/vdpa-lab.json', 'utf8') : undefined);
+  const raw =
+    process.env.VDPA_LAB_DEVICES ??
+    (existsSync('/run/vdpa-lab.json') ? readFileSync('/run/vdpa-lab.json', 'utf8') : undefined);
   if (raw === undefined) return undefined;
   return (JSON.parse(raw) as TestDevice[]).filter((d) => d.chardev !== undefined && d.chardev !== '');
 }
@@ -54,7 +56,11 @@ const HOW =
  * Runs `body` once per device of `cls` inside a describe block named after it.
  * With no such device, registers one failing test that says how to get one.
  */
-export function forEachDevice(cls: TestDevice['class'], title: string, body: (device: TestDevice) => void): void {
+export function forEachDevice(
+  cls: TestDevice['class'],
+  title: string,
+  body: (device: TestDevice) => void,
+): void {
   const devices = testDevices().filter((d) => d.class === cls);
   if (devices.length === 0) {
     describe(title, () => {
@@ -66,8 +72,7 @@ export function forEachDevice(cls: TestDevice['class'], title: string, body: (de
   }
   for (const device of devices) {
     describe(`${title} [${device.name}${device.mgmtdev === undefined ? '' : ' on ' + device.mgmtdev}]`, () =>
-      body(device),
-    );
+      body(device));
   }
 }
 
@@ -94,6 +99,7 @@ export function sh(command: string, args: string[]): string {
   // eslint-disable-next-line @typescript-eslint/no-require-imports
   const { spawnSync } = require('node:child_process') as typeof import('node:child_process');
   const result = spawnSync(command, args, { encoding: 'utf8' });
-  if (result.status !== 0) throw new Error(`${command} ${args.join(' ')} failed (${result.status}): ${result.stderr}`);
+  if (result.status !== 0)
+    throw new Error(`${command} ${args.join(' ')} failed (${result.status}): ${result.stderr}`);
   return result.stdout;
 }

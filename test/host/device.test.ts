@@ -8,15 +8,18 @@ import { EventFd, VdpaError, VhostVdpaDevice } from '../../lib';
 // validation and how errors from non-devices are reported.
 describe('VhostVdpaDevice on non-devices', () => {
   it('reports a missing device as ENOENT with path, syscall and a hint', () => {
-    assert.throws(() => VhostVdpaDevice.open('/dev/vhost-vdpa-404'), (error: unknown) => {
-      assert.ok(error instanceof VdpaError);
-      assert.equal(error.code, 'ENOENT');
-      assert.equal(error.errno, 2);
-      assert.equal(error.syscall, 'open');
-      assert.equal(error.path, '/dev/vhost-vdpa-404');
-      assert.match(error.message, /vhost_vdpa/);
-      return true;
-    });
+    assert.throws(
+      () => VhostVdpaDevice.open('/dev/vhost-vdpa-404'),
+      (error: unknown) => {
+        assert.ok(error instanceof VdpaError);
+        assert.equal(error.code, 'ENOENT');
+        assert.equal(error.errno, 2);
+        assert.equal(error.syscall, 'open');
+        assert.equal(error.path, '/dev/vhost-vdpa-404');
+        assert.match(error.message, /vhost_vdpa/);
+        return true;
+      },
+    );
   });
 
   it('reports a file that is not a vhost-vdpa device as ENOTTY from VHOST_VDPA_GET_DEVICE_ID', () => {
@@ -42,15 +45,54 @@ describe('VhostVdpaDevice on non-devices', () => {
 
   it('exposes every control operation of the issue as a method', () => {
     const methods = [
-      'getFeatures', 'setFeatures', 'setOwner', 'resetOwner', 'getBackendFeatures', 'setBackendFeatures',
-      'getStatus', 'setStatus', 'reset', 'negotiate', 'getConfigSize', 'getConfig', 'setConfig', 'setConfigCall',
-      'getVringNum', 'getVqsCount', 'getVringSize', 'setVringNum', 'setVringAddr', 'setVringBase', 'getVringBase',
-      'setVringKick', 'setVringCall', 'setVringErr', 'setVringEnable', 'mapDoorbell', 'getGroupNum', 'getAsNum',
-      'getVringGroup', 'getVringDescGroup', 'setGroupAsid', 'suspend', 'resume', 'getIovaRange', 'map', 'mapBatch',
-      'unmap', 'unmapBatch', 'writeIotlbMessages', 'capabilities', 'close',
+      'getFeatures',
+      'setFeatures',
+      'setOwner',
+      'resetOwner',
+      'getBackendFeatures',
+      'setBackendFeatures',
+      'getStatus',
+      'setStatus',
+      'reset',
+      'negotiate',
+      'getConfigSize',
+      'getConfig',
+      'setConfig',
+      'setConfigCall',
+      'getVringNum',
+      'getVqsCount',
+      'getVringSize',
+      'setVringNum',
+      'setVringAddr',
+      'setVringBase',
+      'getVringBase',
+      'setVringKick',
+      'setVringCall',
+      'setVringErr',
+      'setVringEnable',
+      'mapDoorbell',
+      'getGroupNum',
+      'getAsNum',
+      'getVringGroup',
+      'getVringDescGroup',
+      'setGroupAsid',
+      'suspend',
+      'resume',
+      'getIovaRange',
+      'map',
+      'mapBatch',
+      'unmap',
+      'unmapBatch',
+      'writeIotlbMessages',
+      'capabilities',
+      'close',
     ];
     for (const name of methods) {
-      assert.equal(typeof (VhostVdpaDevice.prototype as unknown as Record<string, unknown>)[name], 'function', name);
+      assert.equal(
+        typeof (VhostVdpaDevice.prototype as unknown as Record<string, unknown>)[name],
+        'function',
+        name,
+      );
     }
   });
 });

@@ -65,7 +65,15 @@ describe('config decoding', () => {
     config.writeUInt32LE(1, 40);
     config.writeUInt32LE(1, 44);
     config.writeUInt8(1, 56);
-    const features = bits(VirtioBlkF.SIZE_MAX, VirtioBlkF.SEG_MAX, VirtioBlkF.BLK_SIZE, VirtioBlkF.DISCARD, VirtioBlkF.WRITE_ZEROES, VirtioBlkF.FLUSH, VirtioBlkF.SECURE_ERASE);
+    const features = bits(
+      VirtioBlkF.SIZE_MAX,
+      VirtioBlkF.SEG_MAX,
+      VirtioBlkF.BLK_SIZE,
+      VirtioBlkF.DISCARD,
+      VirtioBlkF.WRITE_ZEROES,
+      VirtioBlkF.FLUSH,
+      VirtioBlkF.SECURE_ERASE,
+    );
     const decoded = decodeBlkConfig(config, features);
     assert.equal(decoded.capacity, 262144n);
     assert.equal(decoded.sizeMax, 4096);
@@ -81,7 +89,10 @@ describe('config decoding', () => {
 
   it('decodes a virtio-net config space', () => {
     const config = Buffer.from([0x52, 0x54, 0, 0x12, 0x34, 0x56, 1, 0, 4, 0, 0xdc, 0x05]);
-    const decoded = decodeNetConfig(config, bits(VirtioNetF.MAC, VirtioNetF.STATUS, VirtioNetF.MQ, VirtioNetF.MTU));
+    const decoded = decodeNetConfig(
+      config,
+      bits(VirtioNetF.MAC, VirtioNetF.STATUS, VirtioNetF.MQ, VirtioNetF.MTU),
+    );
     assert.deepEqual(decoded, { mac: '52:54:00:12:34:56', status: 1, maxVirtqueuePairs: 4, mtu: 1500 });
   });
 });

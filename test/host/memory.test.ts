@@ -123,7 +123,10 @@ describe('IovaAllocator', () => {
     const allocator = new IovaAllocator(range, 0x1000);
     allocator.reserve(0x4000n, 0x2000n);
     assert.throws(() => allocator.reserve(0x4800n, 0x1000n), { code: 'ERR_MISALIGNED' });
-    assert.throws(() => allocator.reserve(0xf000n, 0x2000n), { code: 'ERR_OUT_OF_RANGE', message: /GET_IOVA_RANGE/ });
+    assert.throws(() => allocator.reserve(0xf000n, 0x2000n), {
+      code: 'ERR_OUT_OF_RANGE',
+      message: /GET_IOVA_RANGE/,
+    });
     assert.throws(() => allocator.reserve(0x5000n, 0x1000n), { code: 'ERR_IOVA_OVERLAP', message: /0x4000/ });
   });
 
