@@ -78,7 +78,8 @@ export function nameOfCharDev(devPath: string, paths: SystemPaths): string | und
 export function probeDevice(devPath: string, paths: SystemPaths): DeviceReport {
   let device: VhostVdpaDevice;
   try {
-    device = VhostVdpaDevice.open(devPath, { setOwner: false });
+    // Owner: vhost refuses vring ioctls (GET_VRING_SIZE, GET_VRING_GROUP) to a non-owner with EPERM.
+    device = VhostVdpaDevice.open(devPath);
   } catch (error) {
     if (error instanceof VdpaError && error.code === 'EBUSY') {
       const holders = findHolders(devPath, paths);

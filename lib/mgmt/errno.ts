@@ -6,9 +6,11 @@
 import { constants } from 'node:os';
 
 const names = new Map<number, string>();
+// Aliases share a number (ENOTSUP = EOPNOTSUPP, EWOULDBLOCK = EAGAIN, EDEADLOCK = EDEADLK): prefer the
+// names the kernel sources use.
+const PREFERRED = new Set(['EOPNOTSUPP', 'EAGAIN', 'EDEADLK']);
 for (const [name, value] of Object.entries(constants.errno)) {
-  // Aliases (EWOULDBLOCK = EAGAIN, EDEADLOCK = EDEADLK…): keep the first, canonical name.
-  if (!names.has(value)) names.set(value, name);
+  if (!names.has(value) || PREFERRED.has(name)) names.set(value, name);
 }
 
 /** The symbolic name of an errno ('ENODEV'); 'ENOTSUPP' for the kernel-internal 524; 'E<n>' if unknown. */

@@ -324,7 +324,7 @@ export interface NetlinkErrorPayload {
 export function decodeError(message: NetlinkMessage): NetlinkErrorPayload {
   const payload = message.payload;
   if (payload.length < 4) throw protocolError(`NLMSG_ERROR payload of ${payload.length} bytes`);
-  const result: NetlinkErrorPayload = { errno: -hostOrder.i32(payload, 0) };
+  const result: NetlinkErrorPayload = { errno: Math.abs(hostOrder.i32(payload, 0)) };
   if ((message.flags & NLM_F_ACK_TLVS) === 0) return result;
   let tlvOffset = 4 + NLMSG_HDRLEN;
   if ((message.flags & NLM_F_CAPPED) === 0) {
@@ -338,7 +338,7 @@ export function decodeError(message: NetlinkMessage): NetlinkErrorPayload {
 /** Decodes the extended-ACK TLVs that end an NLMSG_DONE of a failed dump (after `int error`). */
 export function decodeDone(message: NetlinkMessage): NetlinkErrorPayload {
   if (message.payload.length < 4) return { errno: 0 };
-  const result: NetlinkErrorPayload = { errno: -hostOrder.i32(message.payload, 0) };
+  const result: NetlinkErrorPayload = { errno: Math.abs(hostOrder.i32(message.payload, 0)) };
   if ((message.flags & NLM_F_ACK_TLVS) === 0) return result;
   return { ...result, ...decodeExtack(message.payload.subarray(4)) };
 }
