@@ -131,6 +131,8 @@ function writeRunFiles(runDir, assets, o) {
       assign('LAB_PROJECT', PROJECT_ROOT) +
       assign('LAB_SCRIPTS', LAB_DIR) +
       assign('LAB_MODULE_TREE', assets.moduleTree) +
+      assign('LAB_ROOT_CACHE', process.env.VDPA_LAB_ROOT_CACHE || 'loose') +
+      assign('LAB_PROJECT_CACHE', process.env.VDPA_LAB_PROJECT_CACHE || 'loose') +
       // The host's node first, wherever it is installed (nvm, /usr/local, /usr/bin).
       assign('LAB_PATH', [...new Set([path.dirname(process.execPath), ...STD_PATH])].join(':')),
   );

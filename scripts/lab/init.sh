@@ -31,10 +31,11 @@ done </etc/lab-modules
 P9='trans=virtio,version=9p2000.L,msize=512000'
 mount -t 9p -o "$P9,cache=none" labrun /lab || die "cannot mount the run directory (9p tag labrun)"
 [ -f /lab/config.sh ] || die "run directory has no config.sh"
-# Sets LAB_KVER, LAB_PROJECT, LAB_SCRIPTS, LAB_MODULE_TREE (host paths, quoted by the host).
+# Sets LAB_KVER, LAB_PROJECT, LAB_SCRIPTS, LAB_MODULE_TREE (host paths, quoted by the host) and the 9p cache
+# modes LAB_ROOT_CACHE, LAB_PROJECT_CACHE (a policy of index.mjs, kept out of the initramfs).
 . /lab/config.sh
 
-mount -t 9p -o "$P9,ro,cache=loose" hostroot /host || die "cannot mount the host root (9p tag hostroot)"
+mount -t 9p -o "$P9,ro,cache=${LAB_ROOT_CACHE:-loose}" hostroot /host || die "cannot mount the host root (9p tag hostroot)"
 mount -t tmpfs -o mode=0755 tmpfs /upper
 mkdir -p /upper/data /upper/work
 mount -t overlay overlay -o lowerdir=/host,upperdir=/upper/data,workdir=/upper/work /newroot ||
@@ -54,7 +55,7 @@ mount --move /lab "$R/run/lab"
 
 # After the tmpfs mounts, so a project living under /tmp or /run (fresh clones) is not hidden by them.
 mkdir -p "$R$LAB_PROJECT"
-mount -t 9p -o "$P9,cache=loose" project "$R$LAB_PROJECT" || die "cannot mount the project (9p tag project) at $LAB_PROJECT"
+mount -t 9p -o "$P9,cache=${LAB_PROJECT_CACHE:-loose}" project "$R$LAB_PROJECT" || die "cannot mount the project (9p tag project) at $LAB_PROJECT"
 
 # The full module tree of this kernel (plus the simulator modules in extra/) from the host's cache, so that
 # modprobe works in the chroot. Bound from /host, not the overlay, in case the cache lives under /tmp.
