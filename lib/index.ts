@@ -23,3 +23,5 @@ export {
 export { PAGE_SIZE } from './native';
 export * from './virtio-config';
 export * from './virtqueue';
+export * from './blk';
+export { BouncePool } from './bounce';

@@ -1,0 +1,13 @@
+/**
+ * virtio-blk over vhost-vdpa: {@link BlockDevice}. See docs/blk.md.
+ */
+export {
+  BlockDevice,
+  BlockDeviceOptions,
+  BlockDeviceStats,
+  BlockLimits,
+  BlockOperation,
+  BlockTransport,
+  CloseOptions,
+} from './block-device';
+export * from './protocol';

@@ -1,0 +1,484 @@
+/**
+ * A fake virtio-blk vDPA device for host tests: implements the BlockTransport
+ * surface of VhostVdpaDevice over ordinary DmaRegions, plays the device side
+ * of the rings (test/host/virtqueue-fake-device.ts), serves requests from an
+ * in-memory disk and signals the real call eventfds. It checks what a strict
+ * device would (limits, chain shape) and records violations, and can be told
+ * to hold completions, fail requests or corrupt the used ring.
+ */
+import { writeSync, readSync } from 'node:fs';
+import {
+  bit,
+  bits,
+  BlockTransport,
+  DmaRegion,
+  Doorbell,
+  IotlbMapping,
+  VdpaError,
+  VIRTIO_BLK_S_IOERR,
+  VIRTIO_BLK_S_OK,
+  VIRTIO_BLK_S_UNSUPP,
+  VIRTIO_BLK_T_DISCARD,
+  VIRTIO_BLK_T_FLUSH,
+  VIRTIO_BLK_T_GET_ID,
+  VIRTIO_BLK_T_IN,
+  VIRTIO_BLK_T_OUT,
+  VIRTIO_BLK_T_WRITE_ZEROES,
+  VIRTIO_CONFIG_S_DRIVER_OK,
+  VirtioBlkF,
+  VirtioF,
+  VringAddresses,
+} from '../../lib';
+import { DeviceChain, DeviceRing, IovaSpace } from './virtqueue-fake-device';
+
+export interface FakeBlkOptions {
+  /** Bytes (default 4 MiB). */
+  capacity?: number;
+  /** Offered features (default: what vdpa_sim_blk offers, plus EVENT_IDX/INDIRECT if asked). */
+  features?: bigint;
+  eventIdx?: boolean;
+  indirect?: boolean;
+  readOnly?: boolean;
+  segMax?: number;
+  sizeMax?: number;
+  blkSize?: number;
+  numQueues?: number;
+  maxDiscardSectors?: number;
+  maxWriteZeroesSectors?: number;
+  queueMax?: number;
+  /** Offer a doorbell page (default true); false = kicks via the kick eventfd. */
+  doorbell?: boolean;
+  /** Requests served per pass before rescheduling (vdpa_sim: 5). */
+  perPass?: number;
+  id?: string;
+  deviceId?: number;
+}
+
+/** One request as the device saw it. */
+export interface SeenRequest {
+  queue: number;
+  type: number;
+  sector: number;
+  /** Data bytes (IN/OUT) or payload num_sectors×512 (DISCARD/WRITE_ZEROES). */
+  bytes: number;
+  dataSegments: number;
+  indirect: boolean;
+  flags?: number;
+}
+
+const BASE_FEATURES = bits(
+  VirtioF.VERSION_1,
+  VirtioF.ACCESS_PLATFORM,
+  VirtioF.ANY_LAYOUT,
+  VirtioBlkF.FLUSH,
+  VirtioBlkF.SIZE_MAX,
+  VirtioBlkF.SEG_MAX,
+  VirtioBlkF.BLK_SIZE,
+  VirtioBlkF.TOPOLOGY,
+  VirtioBlkF.MQ,
+  VirtioBlkF.DISCARD,
+  VirtioBlkF.WRITE_ZEROES,
+);
+
+interface VringSetup {
+  num: number;
+  addr?: VringAddresses;
+  kick: number;
+  call: number;
+  enabled: boolean;
+}
+
+export class FakeBlkDevice implements BlockTransport {
+  readonly path = '/dev/fake-vhost-vdpa';
+  readonly deviceId: number;
+  readonly disk: Buffer;
+  readonly offered: bigint;
+  readonly options: Required<Omit<FakeBlkOptions, 'features' | 'id' | 'deviceId'>> & { id: string };
+  closed = false;
+  negotiated = 0n;
+  status = 0;
+  readonly space = new IovaSpace();
+  readonly seen: SeenRequest[] = [];
+  /** Limits or protocol rules the driver broke. Tests assert it stays empty. */
+  readonly violations: string[] = [];
+  rings: DeviceRing[] = [];
+  kicks = 0;
+  interruptsSent = 0;
+  /** While true, chains are taken from the ring but not completed until {@link release}. */
+  hold = false;
+  /** Returns a status to answer instead of serving the request. */
+  statusFor: ((request: SeenRequest) => number | undefined) | undefined;
+  /** Rewrites a used entry (to corrupt it). */
+  corrupt: ((head: number, length: number) => { id: number; length: number } | undefined) | undefined;
+  /** When true the device completes requests without writing the status byte. */
+  skipStatus = false;
+  readonly #vrings: VringSetup[];
+  readonly #mappings: IotlbMapping[] = [];
+  readonly #held: { queue: number; chain: DeviceChain; length: number }[] = [];
+  #nextIova = 0x100000;
+  #scheduled = false;
+  #kickPoller: NodeJS.Timeout | undefined;
+
+  constructor(options: FakeBlkOptions = {}) {
+    this.options = {
+      capacity: options.capacity ?? 4 << 20,
+      eventIdx: options.eventIdx ?? false,
+      indirect: options.indirect ?? false,
+      readOnly: options.readOnly ?? false,
+      segMax: options.segMax ?? 32,
+      sizeMax: options.sizeMax ?? 4096,
+      blkSize: options.blkSize ?? 512,
+      numQueues: options.numQueues ?? 1,
+      maxDiscardSectors: options.maxDiscardSectors ?? 0xffffffff,
+      maxWriteZeroesSectors: options.maxWriteZeroesSectors ?? 0xffffffff,
+      queueMax: options.queueMax ?? 256,
+      doorbell: options.doorbell ?? true,
+      perPass: options.perPass ?? 5,
+      id: options.id ?? 'fake-blk',
+    };
+    this.deviceId = options.deviceId ?? 2;
+    this.offered =
+      options.features ??
+      BASE_FEATURES |
+        (this.options.eventIdx ? bit(VirtioF.RING_EVENT_IDX) : 0n) |
+        (this.options.indirect ? bit(VirtioF.RING_INDIRECT_DESC) : 0n) |
+        (this.options.readOnly ? bit(VirtioBlkF.RO) : 0n);
+    this.disk = Buffer.alloc(this.options.capacity);
+    this.#vrings = Array.from({ length: this.options.numQueues }, () => ({
+      num: 0,
+      kick: -1,
+      call: -1,
+      enabled: false,
+    }));
+  }
+
+  // ---- BlockTransport ---------------------------------------------------------------------------
+
+  negotiate(wanted: bigint): { offered: bigint; negotiated: bigint } {
+    this.negotiated = (wanted | bit(VirtioF.VERSION_1) | bit(VirtioF.ACCESS_PLATFORM)) & this.offered;
+    this.status = 1 | 2 | 8;
+    return { offered: this.offered, negotiated: this.negotiated };
+  }
+
+  getConfigSize(): number {
+    return 60;
+  }
+
+  getConfig(offset: number, length: number): Buffer {
+    const c = Buffer.alloc(60);
+    const o = this.options;
+    c.writeBigUInt64LE(BigInt(o.capacity / 512), 0);
+    c.writeUInt32LE(o.sizeMax, 8);
+    c.writeUInt32LE(o.segMax, 12);
+    c.writeUInt32LE(o.blkSize, 20);
+    c.writeUInt8(0, 24); // physical_block_exp
+    c.writeUInt16LE(o.numQueues, 34);
+    c.writeUInt32LE(o.maxDiscardSectors, 36);
+    c.writeUInt32LE(1, 40);
+    c.writeUInt32LE(1, 44);
+    c.writeUInt32LE(o.maxWriteZeroesSectors, 48);
+    c.writeUInt32LE(1, 52);
+    c.writeUInt8(1, 56);
+    return c.subarray(offset, offset + length);
+  }
+
+  getVringNum(): number {
+    return this.options.queueMax;
+  }
+
+  get mappings(): readonly IotlbMapping[] {
+    return [...this.#mappings];
+  }
+
+  mapBatch(entries: readonly { memory: unknown }[]): IotlbMapping[] {
+    return entries.map(({ memory }) => {
+      if (!(memory instanceof DmaRegion)) throw new Error('fake device maps only DmaRegions');
+      const mapping: IotlbMapping = {
+        iova: BigInt(this.#nextIova),
+        size: BigInt(memory.size),
+        uaddr: memory.address,
+        asid: 0,
+        access: 'rw',
+      };
+      this.space.add(this.#nextIova, memory.bytes);
+      this.#nextIova += memory.size + 0x10000;
+      this.#mappings.push(mapping);
+      return mapping;
+    });
+  }
+
+  unmapBatch(mappings: readonly IotlbMapping[]): void {
+    for (const m of mappings) {
+      const i = this.#mappings.indexOf(m);
+      if (i < 0) throw new VdpaError('not a live mapping', { code: 'ERR_INVALID_ARG' });
+      this.#mappings.splice(i, 1);
+      this.space.remove(Number(m.iova));
+    }
+  }
+
+  #vring(index: number): VringSetup {
+    const v = this.#vrings[index];
+    if (v === undefined) throw new VdpaError(`queue ${index}: ENOBUFS`, { code: 'ENOBUFS', errno: 105 });
+    return v;
+  }
+
+  setVringNum(index: number, num: number): void {
+    this.#vring(index).num = num;
+  }
+
+  setVringBase(index: number, base: number): void {
+    if (base !== 0) this.violations.push(`vring base ${base}`);
+    this.#vring(index);
+  }
+
+  setVringAddr(index: number, addr: VringAddresses): void {
+    this.#vring(index).addr = addr;
+  }
+
+  setVringKick(index: number, fd: number): void {
+    this.#vring(index).kick = fd;
+  }
+
+  setVringCall(index: number, fd: number): void {
+    this.#vring(index).call = fd;
+  }
+
+  setVringEnable(index: number, enable: boolean): void {
+    this.#vring(index).enabled = enable;
+  }
+
+  mapDoorbell(index: number): Doorbell {
+    if (!this.options.doorbell) {
+      throw new VdpaError('mmap: no notification area', { code: 'ENOTSUPP', errno: 524 });
+    }
+    return new Doorbell(index, {
+      mapped: true,
+      notify16: (value: number) => this.kick(value),
+      notify32: () => this.violations.push('32-bit doorbell store without NOTIFICATION_DATA'),
+      unmap: () => undefined,
+    });
+  }
+
+  getStatus(): number {
+    return this.status;
+  }
+
+  setStatus(status: number): void {
+    if (status === 0) {
+      this.#stop();
+      this.status = 0;
+      // Like vhost-vdpa without IOTLB_PERSIST: a reset drops the mappings.
+      this.#mappings.length = 0;
+      this.space.clear();
+      return;
+    }
+    if ((status & VIRTIO_CONFIG_S_DRIVER_OK) !== 0 && (this.status & VIRTIO_CONFIG_S_DRIVER_OK) === 0) {
+      this.rings = this.#vrings.map((v) =>
+        v.enabled && v.addr !== undefined
+          ? new DeviceRing(this.space.translate, v.num, v.addr, {
+              eventIdx: (this.negotiated & bit(VirtioF.RING_EVENT_IDX)) !== 0n,
+              indirect: (this.negotiated & bit(VirtioF.RING_INDIRECT_DESC)) !== 0n,
+            })
+          : (undefined as unknown as DeviceRing),
+      );
+      if (!this.options.doorbell) {
+        // Watch the kick eventfds the way the kernel does (here: by polling them).
+        this.#kickPoller = setInterval(() => {
+          const buf = Buffer.alloc(8);
+          this.#vrings.forEach((v, i) => {
+            try {
+              if (v.kick >= 0 && readSync(v.kick, buf) === 8) this.kick(i);
+            } catch {
+              // EAGAIN: not kicked.
+            }
+          });
+        }, 1);
+      }
+    }
+    this.status = status;
+  }
+
+  reset(): void {
+    this.setStatus(0);
+  }
+
+  close(): void {
+    this.reset();
+    this.closed = true;
+  }
+
+  // ---- device behaviour -------------------------------------------------------------------------
+
+  /** A notification for queue `index`. */
+  kick(index: number): void {
+    this.kicks++;
+    if (index >= this.rings.length) this.violations.push(`kick for unknown queue ${index}`);
+    this.#schedule();
+  }
+
+  /** Completes every held request. */
+  release(): void {
+    this.hold = false;
+    for (const h of this.#held.splice(0)) this.#complete(h.queue, h.chain.head, h.length);
+  }
+
+  /** Requests taken from the rings and held. */
+  get heldCount(): number {
+    return this.#held.length;
+  }
+
+  #schedule(): void {
+    if (this.#scheduled) return;
+    this.#scheduled = true;
+    setImmediate(() => {
+      this.#scheduled = false;
+      this.#serve();
+    });
+  }
+
+  #serve(): void {
+    if ((this.status & VIRTIO_CONFIG_S_DRIVER_OK) === 0) return;
+    let more = false;
+    this.rings.forEach((ring, queue) => {
+      if (ring === undefined) return;
+      for (let n = 0; n < this.options.perPass; n++) {
+        const chain = ring.pop();
+        // Like QEMU's virtqueue_pop(): with EVENT_IDX, ask to be kicked when the next chain is published.
+        if (ring.eventIdx) ring.setAvailEvent(ring.lastAvail);
+        if (chain === undefined) return;
+        const length = this.#handle(queue, chain);
+        if (this.hold) this.#held.push({ queue, chain, length });
+        else this.#complete(queue, chain.head, length);
+      }
+      if (ring.pending > 0) more = true;
+    });
+    if (more) this.#schedule();
+  }
+
+  #complete(queue: number, head: number, length: number): void {
+    const ring = this.rings[queue];
+    if (ring === undefined) return;
+    const override = this.corrupt?.(head, length);
+    const interrupt = ring.push(override?.id ?? head, override?.length ?? length);
+    if (interrupt) {
+      this.interruptsSent++;
+      const one = Buffer.alloc(8);
+      one.writeBigUInt64LE(1n);
+      writeSync(this.#vrings[queue].call, one);
+    }
+  }
+
+  /** Serves one chain; returns the used length (bytes written, status included). */
+  #handle(queue: number, chain: DeviceChain): number {
+    const o = this.options;
+    const fail = (why: string): void => {
+      this.violations.push(why);
+    };
+    const header = chain.readable[0];
+    if (header === undefined || header.length !== 16) {
+      fail(`header of ${header?.length} bytes`);
+      return 0;
+    }
+    const statusBuf = chain.writable[chain.writable.length - 1];
+    if (statusBuf === undefined || statusBuf.length < 1) {
+      fail('no status byte');
+      return 0;
+    }
+    const h = new DataView(header.buffer, header.byteOffset, 16);
+    const type = h.getUint32(0, true);
+    const sector = Number(h.getBigUint64(8, true));
+    const outData = chain.readable.slice(1);
+    const inData = chain.writable.slice(0, -1);
+    if (statusBuf.length > 1) inData.push(statusBuf.subarray(0, statusBuf.length - 1));
+    const seen: SeenRequest = {
+      queue,
+      type,
+      sector,
+      bytes: 0,
+      dataSegments: type === VIRTIO_BLK_T_OUT ? outData.length : inData.length,
+      indirect: chain.indirect,
+    };
+    let written = 0;
+    let status: number = VIRTIO_BLK_S_OK;
+    const segmentsOk = (segments: Uint8Array[]): boolean => {
+      if (segments.length > o.segMax) fail(`${segments.length} data segments > seg_max ${o.segMax}`);
+      for (const s of segments)
+        if (s.length > o.sizeMax) fail(`segment of ${s.length} bytes > size_max ${o.sizeMax}`);
+      return true;
+    };
+    if (type === VIRTIO_BLK_T_IN || type === VIRTIO_BLK_T_OUT) {
+      const segments = type === VIRTIO_BLK_T_IN ? inData : outData;
+      segmentsOk(segments);
+      const bytes = segments.reduce((n, s) => n + s.length, 0);
+      seen.bytes = bytes;
+      const offset = sector * 512;
+      if (bytes % o.blkSize !== 0 || offset % o.blkSize !== 0) fail(`unaligned ${type} ${offset}+${bytes}`);
+      if (offset + bytes > o.capacity) {
+        fail(`${type} beyond capacity`);
+        status = VIRTIO_BLK_S_IOERR;
+      } else if (type === VIRTIO_BLK_T_OUT && o.readOnly) {
+        fail('write to a read-only device');
+        status = VIRTIO_BLK_S_IOERR;
+      }
+      this.seen.push(seen);
+      status = this.statusFor?.(seen) ?? status;
+      if (status === VIRTIO_BLK_S_OK) {
+        let at = offset;
+        for (const s of segments) {
+          if (type === VIRTIO_BLK_T_IN) {
+            s.set(this.disk.subarray(at, at + s.length));
+            written += s.length;
+          } else {
+            this.disk.set(s, at);
+          }
+          at += s.length;
+        }
+      }
+    } else if (type === VIRTIO_BLK_T_FLUSH) {
+      if (sector !== 0) fail('flush with sector ≠ 0');
+      this.seen.push(seen);
+      status = this.statusFor?.(seen) ?? status;
+    } else if (type === VIRTIO_BLK_T_GET_ID) {
+      if (sector !== 0) fail('GET_ID with sector ≠ 0');
+      this.seen.push(seen);
+      status = this.statusFor?.(seen) ?? status;
+      const id = Buffer.alloc(20);
+      id.write(o.id, 'latin1');
+      if (inData.length > 0) {
+        inData[0].set(id.subarray(0, inData[0].length));
+        written = Math.min(20, inData[0].length);
+      }
+    } else if (type === VIRTIO_BLK_T_DISCARD || type === VIRTIO_BLK_T_WRITE_ZEROES) {
+      if (sector !== 0) fail(`${type} with header sector ≠ 0`);
+      if (outData.length !== 1 || outData[0].length !== 16) fail(`${type} payload shape`);
+      const p = new DataView(outData[0].buffer, outData[0].byteOffset, 16);
+      const start = Number(p.getBigUint64(0, true));
+      const count = p.getUint32(8, true);
+      const flags = p.getUint32(12, true);
+      seen.sector = start;
+      seen.bytes = count * 512;
+      seen.flags = flags;
+      this.seen.push(seen);
+      const max = type === VIRTIO_BLK_T_DISCARD ? o.maxDiscardSectors : o.maxWriteZeroesSectors;
+      if (count > max) fail(`${type} of ${count} sectors > max ${max}`);
+      if ((start + count) * 512 > o.capacity) fail(`${type} beyond capacity`);
+      if (type === VIRTIO_BLK_T_DISCARD && flags !== 0) status = VIRTIO_BLK_S_UNSUPP;
+      status = this.statusFor?.(seen) ?? status;
+      if (status === VIRTIO_BLK_S_OK && type === VIRTIO_BLK_T_WRITE_ZEROES) {
+        this.disk.fill(0, start * 512, (start + count) * 512);
+      }
+    } else {
+      this.seen.push(seen);
+      status = this.statusFor?.(seen) ?? VIRTIO_BLK_S_UNSUPP;
+    }
+    if (!this.skipStatus) statusBuf[statusBuf.length - 1] = status;
+    return written + 1;
+  }
+
+  #stop(): void {
+    if (this.#kickPoller !== undefined) clearInterval(this.#kickPoller);
+    this.#kickPoller = undefined;
+    this.rings = [];
+    this.#held.length = 0;
+  }
+}
