@@ -1,0 +1,186 @@
+import { strict as assert } from 'node:assert';
+import { spawnSync } from 'node:child_process';
+import * as fs from 'node:fs';
+import * as path from 'node:path';
+
+import { VdpaError } from '../../lib/errors';
+import type { CliContext } from '../../lib/cli/context';
+import { COMMANDS, runCli } from '../../lib/cli/run';
+import type { AddDeviceOptions, VdpaDeviceInfo, VdpaManagement } from '../../lib/mgmt/vdpa';
+import { FakeSysfs } from './mgmt-fakes';
+
+const BLK0: VdpaDeviceInfo = {
+  name: 'blk0',
+  mgmtdev: 'vdpasim_blk',
+  deviceId: 2,
+  deviceClass: 'block',
+  vendorId: 0,
+  maxVqs: 1,
+  maxVqSize: 256,
+  minVqSize: 1,
+};
+
+function fakeManager(overrides: Partial<VdpaManagement> = {}): VdpaManagement & { added: AddDeviceOptions[]; closed: number } {
+  const added: AddDeviceOptions[] = [];
+  const m = {
+    added,
+    closed: 0,
+    listMgmtDevices: async () => [
+      { handle: 'vdpasim_net', name: 'vdpasim_net', supportedClasses: ['net'], classMask: 2n, maxSupportedVqs: 3, supportedFeatures: 0x308830028n },
+    ],
+    getMgmtDevice: async () => {
+      throw new VdpaError('no management device "x"', { code: 'ENODEV' });
+    },
+    listDevices: async () => [BLK0],
+    getDevice: async (name: string) => {
+      if (name !== 'blk0') throw new VdpaError(`no vdpa device named "${name}"`, { code: 'ENODEV', errno: 19 });
+      return BLK0;
+    },
+    addDevice: async (o: AddDeviceOptions) => {
+      added.push(o);
+      return { ...BLK0, name: o.name };
+    },
+    deleteDevice: async (name: string) => {
+      if (name === 'busy') throw new VdpaError('cannot delete "busy": /dev/vhost-vdpa-0 is open in pid 1 (x)', { code: 'EBUSY' });
+    },
+    getConfig: async () => ({ name: 'blk0', deviceId: 2, deviceClass: 'block', deviceFeatures: 0x40n, blk: { capacity: 2048n, blockSize: 512 } }),
+    listConfigs: async () => [],
+    getVendorStats: async () => {
+      throw new VdpaError('needs CAP_NET_ADMIN (run as root)', { code: 'EPERM' });
+    },
+    setMac: async () => undefined,
+    close() {
+      m.closed++;
+    },
+    ...overrides,
+  };
+  return m;
+}
+
+function context(manager: VdpaManagement, sysfs: FakeSysfs): CliContext & { out: string; err: string } {
+  const ctx = {
+    out: '',
+    err: '',
+    stdout: (t: string) => {
+      ctx.out += t;
+    },
+    stderr: (t: string) => {
+      ctx.err += t;
+    },
+    openManager: async () => manager,
+    paths: sysfs.paths,
+    env: {},
+  };
+  return ctx;
+}
+
+describe('cli: commands with a fake kernel', () => {
+  let sysfs: FakeSysfs;
+  beforeEach(() => {
+    sysfs = new FakeSysfs();
+    sysfs.addDevice('blk0', { driver: 'vhost_vdpa', charDev: 'vhost-vdpa-0' });
+  });
+  afterEach(() => sysfs.cleanup());
+
+  it('prints --help for every command, with its usage and the exit codes', async () => {
+    for (const command of COMMANDS) {
+      const ctx = context(fakeManager(), sysfs);
+      assert.equal(await runCli([...command.name.split(' '), '--help'], ctx), 0, command.name);
+      assert.match(ctx.out, new RegExp(`^Usage: vhost-vdpa ${command.name}`), command.name);
+      assert.match(ctx.out, /Exit codes: 0 ok/);
+    }
+  });
+
+  it('lists devices as a table joined with sysfs, and as JSON', async () => {
+    const ctx = context(fakeManager(), sysfs);
+    assert.equal(await runCli(['dev', 'list'], ctx), 0);
+    assert.match(ctx.out, /^NAME\s+CLASS\s+MGMTDEV/);
+    assert.match(ctx.out, /blk0\s+block\s+vdpasim_blk\s+0\s+1\s+256\s+vhost_vdpa\s+\S*vhost-vdpa-0/);
+    const j = context(fakeManager(), sysfs);
+    assert.equal(await runCli(['dev', 'list', '--json'], j), 0);
+    const parsed = JSON.parse(j.out) as (VdpaDeviceInfo & { binding: { driver: string } })[];
+    assert.equal(parsed[0]?.binding.driver, 'vhost_vdpa');
+  });
+
+  it('prints bigints as hex in JSON', async () => {
+    const ctx = context(fakeManager(), sysfs);
+    assert.equal(await runCli(['mgmtdev', 'list', '-j'], ctx), 0);
+    const [m] = JSON.parse(ctx.out) as { supportedFeatures: string; supportedFeatureNames: string[] }[];
+    assert.equal(m?.supportedFeatures, '0x308830028');
+    assert.ok(m?.supportedFeatureNames.includes('MAC'));
+  });
+
+  it('accepts the iproute2 form of dev add and the flag form', async () => {
+    const manager = fakeManager();
+    sysfs.addDevice('n1', { driver: 'vhost_vdpa', charDev: 'vhost-vdpa-1' });
+    const ctx = context(manager, sysfs);
+    assert.equal(await runCli(['dev', 'add', 'name', 'n1', 'mgmtdev', 'vdpasim_net', 'mac', '52:54:00:00:00:01', 'mtu', '1400'], ctx), 0, ctx.err);
+    assert.deepEqual(manager.added[0], { name: 'n1', mgmtdev: 'vdpasim_net', mac: '52:54:00:00:00:01', mtu: 1400 });
+    assert.match(ctx.out, /char device: \S*vhost-vdpa-1/);
+    assert.equal(await runCli(['dev', 'add', 'n1', '--mgmtdev=vdpasim_net', '--device-features', '0x300000000'], ctx), 0, ctx.err);
+    assert.deepEqual(manager.added[1], { name: 'n1', mgmtdev: 'vdpasim_net', deviceFeatures: '0x300000000' });
+    assert.equal(manager.closed, 2, 'the manager is closed after each command');
+  });
+
+  it('exits 2 with the usage line for command-line mistakes', async () => {
+    const cases: string[][] = [
+      [],
+      ['bogus'],
+      ['dev', 'bogus'],
+      ['dev', 'add', 'x'],
+      ['dev', 'show'],
+      ['dev', 'show', 'a', 'b'],
+      ['dev', 'list', '--nope'],
+      ['dev', 'bind', 'blk0', 'vfio'],
+      ['dev', 'stats', 'net0', '--queue', 'x'],
+      ['serve'],
+      ['serve', '--socket', '/tmp/x', '--mode', '999'],
+    ];
+    for (const argv of cases) {
+      const ctx = context(fakeManager(), sysfs);
+      assert.equal(await runCli(argv, ctx), 2, `${argv.join(' ')}: ${ctx.err}`);
+    }
+  });
+
+  it('maps errors to exit codes and prints a JSON error with --json', async () => {
+    const expectations: [string[], number, RegExp][] = [
+      [['dev', 'show', 'ghost'], 3, /no vdpa device named "ghost"/],
+      [['dev', 'del', 'busy'], 5, /is open in pid 1/],
+      [['dev', 'stats', 'net0'], 4, /needs CAP_NET_ADMIN/],
+      [['dev', 'bind', 'ghost', 'vhost'], 3, /no vdpa device named "ghost"/],
+      [['dev', 'bind', 'blk0', 'virtio'], 3, /modprobe virtio_vdpa/],
+    ];
+    for (const [argv, code, message] of expectations) {
+      const ctx = context(fakeManager(), sysfs);
+      assert.equal(await runCli([...argv, '--json'], ctx), code, argv.join(' '));
+      assert.match(ctx.err, message);
+      const { error } = JSON.parse(ctx.out) as { error: { code: string; message: string } };
+      assert.match(error.message, message);
+    }
+    const timeout = context(fakeManager({ listDevices: async () => Promise.reject(new VdpaError('t', { code: 'ETIMEDOUT' })) }), sysfs);
+    assert.equal(await runCli(['dev', 'list'], timeout), 6);
+    const unsupported = context(fakeManager({ setMac: async () => Promise.reject(new VdpaError('u', { code: 'EOPNOTSUPP' })) }), sysfs);
+    assert.equal(await runCli(['dev', 'set', 'blk0', '--mac', '52:54:00:00:00:01'], unsupported), 7);
+  });
+
+  it('prints a block config with capacity in sectors and MiB', async () => {
+    const ctx = context(fakeManager(), sysfs);
+    assert.equal(await runCli(['dev', 'config', 'blk0'], ctx), 0);
+    assert.match(ctx.out, /capacity:\s+2048 sectors \(1 MiB\)/);
+    assert.match(ctx.out, /negotiated features: none/);
+  });
+});
+
+describe('cli: the executable', () => {
+  const main = path.join(__dirname, '..', '..', 'lib', 'cli', 'main.js');
+
+  it('has a shebang and exits with testable codes', () => {
+    const help = spawnSync(process.execPath, [main, '--help'], { encoding: 'utf8' });
+    assert.equal(help.status, 0);
+    assert.match(help.stdout, /Usage: vhost-vdpa COMMAND/);
+    const bad = spawnSync(process.execPath, [main, 'dev', 'frobnicate'], { encoding: 'utf8' });
+    assert.equal(bad.status, 2);
+    assert.match(bad.stderr, /unknown command "dev frobnicate"/);
+    assert.match(fs.readFileSync(main, 'utf8'), /^#!\/usr\/bin\/env node/);
+  });
+});
