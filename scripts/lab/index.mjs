@@ -66,7 +66,9 @@ export async function runInLab(opts) {
         log,
       });
       if (res.outcome !== 'kvm-broken') break;
-      log.warn(`KVM does not work here (${res.reason}); falling back to TCG (cached for this boot of the host)`);
+      log.warn(
+        `KVM does not work here (${res.reason}); falling back to TCG (cached for this boot of the host)`,
+      );
       recordAccel('tcg', res.reason);
       choice = { accel: 'tcg', forced: false };
     }
@@ -87,7 +89,9 @@ export async function runInLab(opts) {
       process.stderr.write(`[lab] run directory kept for inspection: ${runDir}\n`);
     }
     const totalMs = Date.now() - t0;
-    log(`done in ${(totalMs / 1000).toFixed(1)}s (prepare ${(prepareMs / 1000).toFixed(1)}s, boot ${(res.bootMs / 1000).toFixed(1)}s, command ${(res.commandMs / 1000).toFixed(1)}s), exit ${exitCode}`);
+    log(
+      `done in ${(totalMs / 1000).toFixed(1)}s (prepare ${(prepareMs / 1000).toFixed(1)}s, boot ${(res.bootMs / 1000).toFixed(1)}s, command ${(res.commandMs / 1000).toFixed(1)}s), exit ${exitCode}`,
+    );
     return {
       exitCode,
       accel: choice.accel,
@@ -106,10 +110,12 @@ function normalizeOptions(opts) {
   if (command.length === 0) throw new TypeError('runInLab: opts.command is empty');
   const env = opts.env ?? {};
   for (const k of Object.keys(env)) {
-    if (!/^[A-Za-z_][A-Za-z0-9_]*$/.test(k)) throw new TypeError(`runInLab: invalid environment variable name ${k}`);
+    if (!/^[A-Za-z_][A-Za-z0-9_]*$/.test(k))
+      throw new TypeError(`runInLab: invalid environment variable name ${k}`);
   }
   const kernelArgs = (opts.kernelArgs ?? []).map(String);
-  for (const a of kernelArgs) if (/\s/.test(a)) throw new TypeError(`runInLab: kernel argument contains a space: ${a}`);
+  for (const a of kernelArgs)
+    if (/\s/.test(a)) throw new TypeError(`runInLab: kernel argument contains a space: ${a}`);
   return {
     command,
     env,

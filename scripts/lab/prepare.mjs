@@ -6,7 +6,7 @@ import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { readJson, run, sh, sha256, withLock, writeFileAtomic } from './util.mjs';
+import { createLogger, readJson, run, sh, sha256, withLock, writeFileAtomic } from './util.mjs';
 
 const LAB_DIR = path.dirname(fileURLToPath(import.meta.url));
 
@@ -39,7 +39,15 @@ export const HOST_PACKAGES = [
  * every new device binds to it; virtio_vdpa/virtio_blk/virtio_net are loaded later by guest-run.sh with
  * modprobe (the full module tree is bound into the guest), so tests can rebind a device to virtio_vdpa.
  */
-export const EARLY_MODULES = ['9p', '9pnet_virtio', 'overlay', 'vhost_vdpa', 'vduse', 'vdpa_sim_blk', 'vdpa_sim_net'];
+export const EARLY_MODULES = [
+  '9p',
+  '9pnet_virtio',
+  'overlay',
+  'vhost_vdpa',
+  'vduse',
+  'vdpa_sim_blk',
+  'vdpa_sim_net',
+];
 export const LATE_MODULES = ['virtio_vdpa', 'virtio_blk', 'virtio_net'];
 
 /** The only kernel sources needed for the simulator modules Debian does not ship (CONFIG_VDPA_SIM unset). */
@@ -60,7 +68,7 @@ const APT_LOCK_OPTS = ['-o', 'DPkg::Lock::Timeout=900'];
  * Makes sure everything the VM needs exists; returns the paths runInLab boots from.
  * @returns {Promise<{kver: string, dir: string, vmlinuz: string, initramfs: string, moduleTree: string}>}
  */
-export async function prepare(log) {
+export async function prepare(log = createLogger()) {
   if (process.platform !== 'linux') throw new Error('the lab needs Linux (it boots a Linux guest with QEMU)');
   if (process.getuid?.() !== 0) throw new Error('the lab must run as root (apt-get, 9p export of /, QEMU)');
 
@@ -76,7 +84,9 @@ export async function prepare(log) {
     moduleTree: path.join(dir, 'root', 'lib', 'modules', kernel.kver),
   };
   const ready = () =>
-    stampOk(dir, 'kernel', kernel.version) && stampOk(dir, 'modules', kernel.version) && fs.existsSync(result.initramfs);
+    stampOk(dir, 'kernel', kernel.version) &&
+    stampOk(dir, 'modules', kernel.version) &&
+    fs.existsSync(result.initramfs);
   if (ready()) return result;
 
   fs.mkdirSync(dir, { recursive: true });
@@ -93,9 +103,9 @@ export async function prepare(log) {
 // Packages
 
 async function ensurePackages(log) {
-  const { stdout } = await run('dpkg-query', ['-W', '-f=${Package}\t${db:Status-Abbrev}\n', ...HOST_PACKAGES], {
-    allowFail: true, // exits 1 when a package is unknown to dpkg; such packages are simply absent from stdout
-  });
+  // dpkg-query exits 1 when a package is unknown to it; such packages are simply absent from stdout.
+  const format = '-f=${Package}\t${db:Status-Abbrev}\n';
+  const { stdout } = await run('dpkg-query', ['-W', format, ...HOST_PACKAGES], { allowFail: true });
   const installed = new Set(
     stdout
       .split('\n')
@@ -106,7 +116,9 @@ async function ensurePackages(log) {
   if (missing.length === 0) return;
   log(`installing host packages: ${missing.join(' ')}`);
   await aptUpdate(log);
-  await run('apt-get', [...APT_LOCK_OPTS, 'install', '-y', '--no-install-recommends', ...missing], { env: APT_ENV });
+  await run('apt-get', [...APT_LOCK_OPTS, 'install', '-y', '--no-install-recommends', ...missing], {
+    env: APT_ENV,
+  });
   log('host packages installed');
 }
 
@@ -145,7 +157,9 @@ async function resolveKernel(log) {
 
   const query = async () => {
     const dep = await run('apt-cache', ['depends', KERNEL_META], { allowFail: true });
-    const kvers = [...dep.stdout.matchAll(/Depends:\s+linux-image-(6\.12\.[^\s]+-amd64)\b/g)].map((m) => m[1]);
+    const kvers = [...dep.stdout.matchAll(/Depends:\s+linux-image-(6\.12\.[^\s]+-amd64)\b/g)].map(
+      (m) => m[1],
+    );
     if (kvers.length === 0) return undefined;
     kvers.sort((a, b) => a.localeCompare(b, 'en', { numeric: true }));
     const kver = kvers.at(-1);
@@ -159,7 +173,10 @@ async function resolveKernel(log) {
     await aptUpdate(log);
     found = await query();
   }
-  if (!found) throw new Error(`apt-cache cannot resolve ${KERNEL_META}; is bookworm-security (or backports) in sources?`);
+  if (!found)
+    throw new Error(
+      `apt-cache cannot resolve ${KERNEL_META}; is bookworm-security (or backports) in sources?`,
+    );
   const kabi = found.kver.replace(/-amd64$/, '');
   const result = { ...found, kabi, listsStamp: aptListsStamp() };
   fs.mkdirSync(CACHE_ROOT, { recursive: true });
@@ -172,7 +189,10 @@ function stampOk(dir, stage, version) {
 }
 
 function writeStamp(dir, stage, version, extra = {}) {
-  writeFileAtomic(path.join(dir, `.stamp-${stage}`), JSON.stringify({ version, ...extra, at: new Date().toISOString() }));
+  writeFileAtomic(
+    path.join(dir, `.stamp-${stage}`),
+    JSON.stringify({ version, ...extra, at: new Date().toISOString() }),
+  );
 }
 
 /**
@@ -189,10 +209,18 @@ async function fetchKernel(log, dir, { kver, kabi, version }) {
   fs.mkdirSync(debs, { recursive: true });
 
   const sourcePkg = `linux-source-${kver.split('.').slice(0, 2).join('.')}`; // linux-source-6.12
-  const pkgs = [`linux-image-${kver}`, `linux-headers-${kver}`, `linux-headers-${kabi}-common`, `linux-kbuild-${kabi}`];
+  const pkgs = [
+    `linux-image-${kver}`,
+    `linux-headers-${kver}`,
+    `linux-headers-${kabi}-common`,
+    `linux-kbuild-${kabi}`,
+  ];
   log(`downloading kernel ${kver} (${version}): ${[...pkgs, sourcePkg].join(' ')}`);
   const download = () =>
-    run('apt-get', ['download', ...[...pkgs, sourcePkg].map((p) => `${p}=${version}`)], { cwd: debs, env: APT_ENV });
+    run('apt-get', ['download', ...[...pkgs, sourcePkg].map((p) => `${p}=${version}`)], {
+      cwd: debs,
+      env: APT_ENV,
+    });
   try {
     await download();
   } catch {
@@ -212,7 +240,10 @@ async function fetchKernel(log, dir, { kver, kabi, version }) {
   // The arch headers' Makefile includes the common headers by absolute path; point it into our tree.
   const hdrMakefile = path.join(root, 'usr/src', `linux-headers-${kver}`, 'Makefile');
   const commonDir = `/usr/src/linux-headers-${kabi}-common`;
-  fs.writeFileSync(hdrMakefile, fs.readFileSync(hdrMakefile, 'utf8').replaceAll(commonDir, path.join(root, commonDir)));
+  fs.writeFileSync(
+    hdrMakefile,
+    fs.readFileSync(hdrMakefile, 'utf8').replaceAll(commonDir, path.join(root, commonDir)),
+  );
 
   // linux-source is a 150 MB tarball inside a deb: stream it out of the deb and stop reading once the five
   // files are found (--occurrence), instead of unpacking the whole tree.
@@ -290,7 +321,21 @@ async function buildInitramfs(log, dir, { kver }, target) {
   const stage = path.join(dir, 'initramfs.tmp');
   log('building initramfs');
   fs.rmSync(stage, { recursive: true, force: true });
-  for (const d of ['bin', 'sbin', 'usr/bin', 'usr/sbin', 'proc', 'sys', 'dev', 'etc', 'lib/modules', 'newroot', 'host', 'lab', 'upper'])
+  for (const d of [
+    'bin',
+    'sbin',
+    'usr/bin',
+    'usr/sbin',
+    'proc',
+    'sys',
+    'dev',
+    'etc',
+    'lib/modules',
+    'newroot',
+    'host',
+    'lab',
+    'upper',
+  ])
     fs.mkdirSync(path.join(stage, d), { recursive: true });
   fs.copyFileSync('/bin/busybox', path.join(stage, 'bin/busybox'));
   fs.chmodSync(path.join(stage, 'bin/busybox'), 0o755);
@@ -324,7 +369,11 @@ async function buildInitramfs(log, dir, { kver }, target) {
   // a concurrent run of another checkout from losing its image between check and boot.
   for (const f of fs.readdirSync(dir)) {
     const file = path.join(dir, f);
-    if (/^initramfs-[0-9a-f]+\.cpio$/.test(f) && file !== target && Date.now() - fs.statSync(file).mtimeMs > 86_400_000)
+    if (
+      /^initramfs-[0-9a-f]+\.cpio$/.test(f) &&
+      file !== target &&
+      Date.now() - fs.statSync(file).mtimeMs > 86_400_000
+    )
       fs.rmSync(file, { force: true });
   }
   log(`initramfs ready: ${names.length} modules (${((Date.now() - t) / 1000).toFixed(1)}s)`);

@@ -11,7 +11,8 @@ export function createLogger({ quiet = false, t0 = Date.now() } = {}) {
     if (!quiet) process.stderr.write(`[lab] ${((Date.now() - t0) / 1000).toFixed(1)}s ${msg}\n`);
   };
   // Errors and warnings must stay visible even in quiet mode: a missing device or a fallback changes results.
-  log.warn = (msg) => process.stderr.write(`[lab] ${((Date.now() - t0) / 1000).toFixed(1)}s WARNING: ${msg}\n`);
+  log.warn = (msg) =>
+    process.stderr.write(`[lab] ${((Date.now() - t0) / 1000).toFixed(1)}s WARNING: ${msg}\n`);
   log.quiet = quiet;
   log.t0 = t0;
   return log;

@@ -10,7 +10,8 @@ const POLL_MS = 100;
 const CONSOLE_TAIL_LINES = 40;
 /** Under a broken KVM the guest either kills QEMU at once or hangs before /init; TCG reaches /init in ~7 s. */
 const KVM_INIT_DEADLINE_MS = 45_000;
-const KVM_FAILURE_RE = /KVM internal error|failed to set MSR|kvm_.*: Assertion|KVM_[A-Z_]+ failed|emulation failure/;
+const KVM_FAILURE_RE =
+  /KVM internal error|failed to set MSR|kvm_.*: Assertion|KVM_[A-Z_]+ failed|emulation failure/;
 
 // ---------------------------------------------------------------------------------------------------------
 // Accelerator choice
@@ -51,7 +52,10 @@ export function chooseAccel() {
 export function recordAccel(accel, reason = '') {
   try {
     fs.mkdirSync(CACHE_ROOT, { recursive: true });
-    writeFileAtomic(ACCEL_FILE, JSON.stringify({ accel, reason, bootId: bootId(), at: new Date().toISOString() }));
+    writeFileAtomic(
+      ACCEL_FILE,
+      JSON.stringify({ accel, reason, bootId: bootId(), at: new Date().toISOString() }),
+    );
   } catch {
     // Only an optimisation for the next run.
   }
@@ -135,6 +139,7 @@ const qemuEscape = (s) => s.replaceAll(',', ',,');
 
 function qemuArgs({ accel, assets, runDir, projectRoot, memoryMiB, cpus, kernelArgs }) {
   const cmdline = ['console=ttyS0', 'panic=-1', 'quiet', 'rdinit=/init', ...kernelArgs].join(' ');
+  // prettier-ignore
   return [
     ...(accel === 'kvm' ? ['-accel', 'kvm', '-cpu', 'host'] : ['-accel', 'tcg', '-cpu', 'max']),
     '-m', String(memoryMiB),
@@ -180,7 +185,8 @@ function installCleanupHandlers() {
  */
 export function bootOnce({ accel, allowKvmFallback, assets, runDir, projectRoot, opts, log }) {
   installCleanupHandlers();
-  for (const f of ['console.log', 'stdout', 'stderr', 'status']) fs.rmSync(path.join(runDir, f), { force: true });
+  for (const f of ['console.log', 'stdout', 'stderr', 'status'])
+    fs.rmSync(path.join(runDir, f), { force: true });
   for (const f of ['console.log', 'stdout', 'stderr']) fs.writeFileSync(path.join(runDir, f), '');
 
   const args = qemuArgs({ accel, assets, runDir, projectRoot, ...opts });
@@ -203,12 +209,15 @@ export function bootOnce({ accel, allowKvmFallback, assets, runDir, projectRoot,
       onMarker: (m) => {
         const word = m.split(' ')[0];
         marks[word] ??= Date.now();
-        if (word === 'init') log(`guest /init running (${accel}, ${((Date.now() - t0) / 1000).toFixed(1)}s after QEMU start)`);
+        if (word === 'init')
+          log(`guest /init running (${accel}, ${((Date.now() - t0) / 1000).toFixed(1)}s after QEMU start)`);
         else if (word === 'chroot') log('host root mounted, entering chroot');
         else if (word === 'devices' && m === 'devices') log('creating vDPA devices');
         else if (m === 'devices ready') log('devices ready');
-        else if (m.startsWith('devices FAILED')) log.warn(`device creation failed for${m.slice('devices FAILED:'.length)} (see stderr above)`);
-        else if (word === 'command-start') log(`running command (boot took ${((Date.now() - t0) / 1000).toFixed(1)}s)`);
+        else if (m.startsWith('devices FAILED'))
+          log.warn(`device creation failed for${m.slice('devices FAILED:'.length)} (see stderr above)`);
+        else if (word === 'command-start')
+          log(`running command (boot took ${((Date.now() - t0) / 1000).toFixed(1)}s)`);
         else if (word === 'command-exit') log(`command exited with ${m.split(' ')[1]}`);
       },
       onInfo: (msg) => log(msg),
