@@ -512,18 +512,25 @@ static bool wait_call(struct run* r) {
   return true;
 }
 
-// Runs until `until_ns`, resubmitting every completed slot while `resubmit`, recording latencies into `h`
-// (when non-NULL). Returns the number of completions consumed.
-static uint64_t run_phase(struct run* r, uint64_t until_ns, bool resubmit, struct histogram* h) {
+// The measurement window: completions at or after `from_ns` and before `until_ns` are counted (the time
+// before is the unmeasured ramp); every slot is resubmitted until `until_ns`, so the queue depth stays
+// constant across the ramp/measure boundary.
+struct window {
+  uint64_t from_ns, until_ns;
+  uint64_t start_ns, cpu_start_us;  // first completion inside the window
+  uint64_t ios;
+};
+
+// Runs the load until `w->until_ns`, recording latencies of in-window completions into `h`.
+static void run_load(struct run* r, struct window* w, struct histogram* h) {
   struct device* d = r->dev;
-  uint64_t done = 0, last_progress = now_ns();
+  uint64_t last_progress = now_ns();
   for (;;) {
     // Acquire: the used ring entries (and the device's writes to data/status) are visible after the idx.
     uint16_t used_idx = atomic_load_explicit((_Atomic uint16_t*)&d->used->idx, memory_order_acquire);
     if (used_idx == r->last_used) {
-      if (!resubmit && r->inflight == 0) return done;
       uint64_t t = now_ns();
-      if (resubmit && t >= until_ns) return done;
+      if (t >= w->until_ns) return;
       if (t - last_progress > STALL_NS)
         die("stalled: no completion for 5 s (used.idx %u, %u in flight)", used_idx, r->inflight);
       if (!r->o->poll_mode && !wait_call(r))
@@ -532,21 +539,44 @@ static uint64_t run_phase(struct run* r, uint64_t until_ns, bool resubmit, struc
     }
     uint64_t t = now_ns();
     last_progress = t;
+    const bool in_window = t >= w->from_ns && t < w->until_ns;
+    if (in_window && w->start_ns == 0) {
+      w->start_ns = t;
+      w->cpu_start_us = cpu_us();
+    }
     while (r->last_used != used_idx) {
       struct vring_used_elem* e = &d->used->ring[r->last_used & (d->qsize - 1)];
       unsigned slot = e->id / DESCS_PER_REQ;
       r->last_used++;
       r->inflight--;
-      done++;
       if (d->mem[d->status_off + slot] != VIRTIO_BLK_S_OK) {
         if (r->errors++ == 0)
           fprintf(stderr, "vdpa-blk-bench: request failed with virtio-blk status %u\n",
                   d->mem[d->status_off + slot]);
       }
-      if (h) hist_add(h, t - r->submit_ns[slot]);
-      if (resubmit && t < until_ns) queue_slot(r, slot, t);
+      if (in_window) {
+        hist_add(h, t - r->submit_ns[slot]);
+        w->ios++;
+      }
+      if (t < w->until_ns) queue_slot(r, slot, t);
     }
-    if (resubmit && t < until_ns) publish_and_kick(r);
+    if (t < w->until_ns) publish_and_kick(r);
+  }
+}
+
+// Waits for every request still in flight, so the device is idle before it is reset.
+static void drain(struct run* r) {
+  struct device* d = r->dev;
+  uint64_t since = now_ns();
+  while (r->inflight > 0) {
+    uint16_t used_idx = atomic_load_explicit((_Atomic uint16_t*)&d->used->idx, memory_order_acquire);
+    if (used_idx != r->last_used) {
+      r->inflight -= (uint16_t)(used_idx - r->last_used);
+      r->last_used = used_idx;
+      continue;
+    }
+    if (now_ns() - since > STALL_NS) die("stalled while draining (%u in flight)", r->inflight);
+    if (!r->o->poll_mode && !wait_call(r)) die("stalled while draining (%u in flight)", r->inflight);
   }
 }
 
@@ -565,15 +595,18 @@ int main(int argc, char** argv) {
   uint64_t t = now_ns();
   for (unsigned i = 0; i < o.qd; i++) queue_slot(&r, i, t);
   publish_and_kick(&r);
-  if (o.ramp > 0) run_phase(&r, t + (uint64_t)(o.ramp * 1e9), true, NULL);
-
-  uint64_t cpu0 = cpu_us(), t0 = now_ns();
-  uint64_t ios = run_phase(&r, t0 + (uint64_t)(o.seconds * 1e9), true, &h);
-  uint64_t t1 = now_ns(), cpu1 = cpu_us();
-  run_phase(&r, 0, false, NULL);  // drain what is still in flight before resetting the device
+  struct window w = {.from_ns = t + (uint64_t)(o.ramp * 1e9)};
+  w.until_ns = w.from_ns + (uint64_t)(o.seconds * 1e9);
+  run_load(&r, &w, &h);
+  const uint64_t cpu1 = cpu_us();
+  drain(&r);
   device_close(&dev);
+  if (w.ios == 0) die("no request completed inside the measured interval");
 
-  double secs = (double)(t1 - t0) / 1e9;
+  const uint64_t ios = w.ios, cpu0 = w.cpu_start_us;
+  // The window ends at until_ns (an event-mode wait may overshoot it slightly; those completions are not
+  // counted).
+  double secs = (double)(w.until_ns - w.start_ns) / 1e9;
   printf(
       "{\"engine\":\"c\",\"mode\":\"%s\",\"rw\":\"%s\",\"qd\":%u,\"bs\":%u,\"queue_size\":%u,"
       "\"seconds\":%.3f,\"ios\":%" PRIu64

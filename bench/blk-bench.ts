@@ -1,0 +1,326 @@
+/**
+ * The benchmark's load generator for this package's driver: 4 KiB random reads
+ * or writes through {@link BlockDevice} at a fixed queue depth, in interrupt
+ * or poll completion mode, using zero-copy buffers from `allocBuffer()`.
+ *
+ *   node --expose-gc dist-test/bench/blk-bench.js --device /dev/vhost-vdpa-0 --rw randread
+ *        [--qd 1] [--seconds 10] [--ramp 0] [--mode interrupt|poll] [--spin-us 0] [--bs 4096]
+ *        [--heap-ios N]
+ *
+ * Prints one JSON object (the same fields as bench/c-baseline/vdpa-blk-bench):
+ * iops, p50_us, p99_us, cpu_us_per_io, ios, seconds. With `--heap-ios N` it
+ * instead runs N I/Os between two full GCs and reports the heap growth per I/O.
+ *
+ * The harness itself allocates nothing per I/O: latencies go into a
+ * preallocated histogram, offsets come from an integer xorshift, buffers are
+ * reused. What remains per I/O is the driver's own work (its promise).
+ */
+import { performance } from 'node:perf_hooks';
+import { BlockDevice, CompletionMode } from '../lib';
+
+interface Options {
+  device: string;
+  write: boolean;
+  qd: number;
+  seconds: number;
+  ramp: number;
+  mode: CompletionMode;
+  spinMicros: number;
+  bs: number;
+  heapIos: number;
+  seed: number;
+}
+
+const USAGE = `Usage: node --expose-gc dist-test/bench/blk-bench.js --device /dev/vhost-vdpa-N --rw randread|randwrite
+  [--qd N] [--seconds S] [--ramp S] [--mode interrupt|poll] [--spin-us US] [--bs BYTES] [--heap-ios N] [--seed N]`;
+
+class UsageError extends Error {}
+
+function parseArgs(argv: string[]): Options {
+  const o: Options = {
+    device: '',
+    write: false,
+    qd: 1,
+    seconds: 10,
+    ramp: 0,
+    mode: 'interrupt',
+    spinMicros: 0,
+    bs: 4096,
+    heapIos: 0,
+    seed: 1,
+  };
+  let rw: string | undefined;
+  for (let i = 0; i < argv.length; i++) {
+    const a = argv[i];
+    const value = (): string => {
+      if (i + 1 >= argv.length) throw new UsageError(`${a} needs a value`);
+      return argv[++i];
+    };
+    const number = (min: number, max: number): number => {
+      const v = Number(value());
+      if (!Number.isFinite(v) || v < min || v > max)
+        throw new UsageError(`${a}: expected a number in [${min}, ${max}]`);
+      return v;
+    };
+    if (a === '--device') o.device = value();
+    else if (a === '--rw') rw = value();
+    else if (a === '--qd') o.qd = Math.floor(number(1, 1024));
+    else if (a === '--seconds') o.seconds = number(0.001, 86400);
+    else if (a === '--ramp') o.ramp = number(0, 3600);
+    else if (a === '--mode') {
+      const m = value();
+      if (m !== 'interrupt' && m !== 'poll')
+        throw new UsageError(`--mode: expected interrupt or poll, got ${m}`);
+      o.mode = m;
+    } else if (a === '--spin-us') o.spinMicros = number(0, 1e6);
+    else if (a === '--bs') o.bs = Math.floor(number(512, 1 << 20));
+    else if (a === '--heap-ios') o.heapIos = Math.floor(number(1, 1e12));
+    else if (a === '--seed') o.seed = Math.floor(number(1, 0x7fffffff));
+    else throw new UsageError(`unknown option ${a}`);
+  }
+  if (o.device === '') throw new UsageError('--device is required');
+  if (rw === 'randwrite') o.write = true;
+  else if (rw !== 'randread') throw new UsageError(`--rw: expected randread or randwrite, got ${String(rw)}`);
+  return o;
+}
+
+/** Latency histogram: 100 ns buckets up to 100 ms (as in the C baseline), filled without allocating. */
+class Histogram {
+  static readonly BUCKET_US = 0.1;
+  readonly counts = new Uint32Array(1_000_000);
+  total = 0;
+  overflow = 0;
+  sumUs = 0;
+  maxUs = 0;
+
+  add(us: number): void {
+    const b = Math.floor(us / Histogram.BUCKET_US);
+    if (b < this.counts.length) this.counts[b]++;
+    else this.overflow++;
+    if (us > this.maxUs) this.maxUs = us;
+    this.sumUs += us;
+    this.total++;
+  }
+
+  /** Bucket midpoint (µs) at which at least fraction `q` of the samples lie at or below. */
+  quantile(q: number): number {
+    if (this.total === 0) return 0;
+    const rank = Math.max(1, Math.round(q * this.total));
+    let seen = 0;
+    for (let b = 0; b < this.counts.length; b++) {
+      seen += this.counts[b];
+      if (seen >= rank) return (b + 0.5) * Histogram.BUCKET_US;
+    }
+    return this.maxUs;
+  }
+}
+
+const round1 = (v: number): number => Math.round(v * 10) / 10;
+const round2 = (v: number): number => Math.round(v * 100) / 100;
+
+/** Drives `qd` concurrent request loops; one instance per measurement. */
+class LoadGenerator {
+  readonly #device: BlockDevice;
+  readonly #o: Options;
+  readonly #buffers: Buffer[];
+  readonly #blocks: number;
+  #rng: number;
+  /** Time phase: latencies are recorded for completions in [measureFrom, stopAt). */
+  measureFrom = 0;
+  stopAt = Infinity;
+  /** Count phase: no new request once `issued` reaches it. */
+  issueLimit = Infinity;
+  issued = 0;
+  ios = 0;
+  firstError: Error | undefined;
+  readonly histogram = new Histogram();
+  cpuAtStart: NodeJS.CpuUsage | undefined;
+  startedAt = 0;
+  cpuAtStop: NodeJS.CpuUsage | undefined;
+
+  constructor(device: BlockDevice, o: Options) {
+    this.#device = device;
+    this.#o = o;
+    this.#blocks = Math.floor(device.capacity / o.bs);
+    this.#rng = o.seed | 0 || 1;
+    this.#buffers = [];
+    for (let i = 0; i < o.qd; i++) {
+      const b = device.allocBuffer(o.bs);
+      b.fill(0xa5 ^ i);
+      this.#buffers.push(b);
+    }
+  }
+
+  /** xorshift32: the next block index, in integers (no allocation). */
+  #nextOffset(): number {
+    let s = this.#rng;
+    s ^= s << 13;
+    s ^= s >>> 17;
+    s ^= s << 5;
+    this.#rng = s;
+    return ((s >>> 0) % this.#blocks) * this.#o.bs;
+  }
+
+  /** Runs the `qd` loops until the time or count limit; resolves when all have stopped. */
+  async run(): Promise<void> {
+    const loops: Promise<void>[] = [];
+    for (let i = 0; i < this.#o.qd; i++) loops.push(this.#loop(this.#buffers[i]));
+    await Promise.all(loops);
+  }
+
+  async #loop(buffer: Buffer): Promise<void> {
+    const device = this.#device;
+    const write = this.#o.write;
+    while (this.firstError === undefined && this.issued < this.issueLimit) {
+      const t0 = performance.now();
+      if (t0 >= this.stopAt) {
+        this.cpuAtStop ??= process.cpuUsage();
+        return;
+      }
+      this.issued++;
+      try {
+        if (write) await device.write(this.#nextOffset(), buffer);
+        else await device.readInto(this.#nextOffset(), buffer);
+      } catch (error) {
+        this.firstError ??= error as Error;
+        return;
+      }
+      const t1 = performance.now();
+      if (t1 >= this.measureFrom && t1 < this.stopAt) {
+        if (this.cpuAtStart === undefined) {
+          this.cpuAtStart = process.cpuUsage();
+          this.startedAt = t1;
+        }
+        this.histogram.add((t1 - t0) * 1000);
+        this.ios++;
+      }
+    }
+  }
+}
+
+function cpuMicros(a: NodeJS.CpuUsage, b: NodeJS.CpuUsage): number {
+  return b.user - a.user + (b.system - a.system);
+}
+
+async function timed(device: BlockDevice, o: Options): Promise<Record<string, unknown>> {
+  const gen = new LoadGenerator(device, o);
+  const t = performance.now();
+  gen.measureFrom = t + o.ramp * 1000;
+  gen.stopAt = gen.measureFrom + o.seconds * 1000;
+  await gen.run();
+  if (gen.firstError !== undefined) throw gen.firstError;
+  if (gen.cpuAtStart === undefined || gen.cpuAtStop === undefined || gen.ios === 0) {
+    throw new Error('no request completed inside the measured interval');
+  }
+  // The window ends at stopAt (requests still in flight then complete after it and are not counted).
+  const seconds = (gen.stopAt - gen.startedAt) / 1000;
+  const h = gen.histogram;
+  const s = device.stats;
+  return {
+    engine: 'ours',
+    mode: o.mode,
+    rw: o.write ? 'randwrite' : 'randread',
+    qd: o.qd,
+    bs: o.bs,
+    queue_size: device.queueSize,
+    seconds: Math.round(seconds * 1000) / 1000,
+    ios: gen.ios,
+    iops: round1(gen.ios / seconds),
+    p50_us: round1(h.quantile(0.5)),
+    p99_us: round1(h.quantile(0.99)),
+    mean_us: round1(h.sumUs / h.total),
+    max_us: round1(h.maxUs),
+    cpu_us_per_io: round2(cpuMicros(gen.cpuAtStart, gen.cpuAtStop) / gen.ios),
+    errors: 0,
+    // Whole-run driver counters (ramp included), per device request: how often it kicked, woke, polled.
+    per_io: {
+      kicks: round2(s.kicks / s.deviceRequests),
+      kicks_suppressed: round2(s.kicksSuppressed / s.deviceRequests),
+      interrupts: round2(s.interrupts / s.deviceRequests),
+      polls: round2(s.polls / s.deviceRequests),
+      bounced: round2(s.bounced / s.deviceRequests),
+    },
+    notification: device.notification,
+    features: device.featureNames,
+  };
+}
+
+/** Heap growth over `heapIos` I/Os, measured between two full collections after a warm-up. */
+async function heap(device: BlockDevice, o: Options): Promise<Record<string, unknown>> {
+  const gc = (globalThis as { gc?: () => void }).gc;
+  if (gc === undefined) throw new Error('--heap-ios needs node --expose-gc');
+  const warm = new LoadGenerator(device, o);
+  warm.issueLimit = Math.min(20_000, Math.max(1000, Math.floor(o.heapIos / 10)));
+  await warm.run();
+  if (warm.firstError !== undefined) throw warm.firstError;
+
+  const gen = new LoadGenerator(device, o);
+  gen.issueLimit = o.heapIos;
+  gc();
+  gc();
+  const before = process.memoryUsage();
+  const t0 = performance.now();
+  const cpu0 = process.cpuUsage();
+  await gen.run();
+  const cpu1 = process.cpuUsage();
+  const seconds = (performance.now() - t0) / 1000;
+  if (gen.firstError !== undefined) throw gen.firstError;
+  gc();
+  gc();
+  const after = process.memoryUsage();
+  const ios = gen.issued;
+  return {
+    engine: 'ours',
+    mode: o.mode,
+    rw: o.write ? 'randwrite' : 'randread',
+    qd: o.qd,
+    bs: o.bs,
+    ios,
+    warmup_ios: warm.issued,
+    seconds: Math.round(seconds * 10) / 10,
+    iops: round1(ios / seconds),
+    cpu_us_per_io: round2(cpuMicros(cpu0, cpu1) / ios),
+    heap_used_before: before.heapUsed,
+    heap_used_after: after.heapUsed,
+    heap_growth_bytes: after.heapUsed - before.heapUsed,
+    heap_bytes_per_io: (after.heapUsed - before.heapUsed) / ios,
+    external_growth_bytes: after.external - before.external,
+    rss_growth_bytes: after.rss - before.rss,
+  };
+}
+
+async function main(): Promise<number> {
+  let o: Options;
+  try {
+    o = parseArgs(process.argv.slice(2));
+  } catch (e) {
+    if (!(e instanceof UsageError)) throw e;
+    process.stderr.write(`blk-bench: ${e.message}\n\n${USAGE}\n`);
+    return 2;
+  }
+  const device = BlockDevice.open(o.device, {
+    completion: o.mode,
+    pollSpinMicros: o.spinMicros,
+  });
+  let result: Record<string, unknown>;
+  try {
+    result = o.heapIos > 0 ? await heap(device, o) : await timed(device, o);
+  } finally {
+    await device.close();
+  }
+  process.stdout.write(`${JSON.stringify(result)}\n`);
+  return 0;
+}
+
+main().then(
+  (code) => {
+    process.exitCode = code;
+  },
+  (error: Error & { code?: unknown }) => {
+    // Library errors carry a code and a message that explains them; anything else is a bug: show the stack.
+    process.stderr.write(
+      `blk-bench: ${error.code !== undefined ? error.message : (error.stack ?? error.message)}\n`,
+    );
+    process.exitCode = 1;
+  },
+);

@@ -1,0 +1,322 @@
+#!/usr/bin/env node
+// The guest side of `npm run bench` (scripts/bench.mjs boots the lab and runs this as root in the project
+// root). Runs every configuration on one vdpa_sim_blk device, interleaving the engines per configuration so
+// that drift in the (noisy, emulated) machine hits them alike, then the JS heap-growth run, and writes one
+// JSON document. Nothing here asserts a target: the numbers are reported, not judged.
+//
+//   node bench/run-in-guest.mjs --out FILE [--device-name blk0] [--seconds 10] [--ramp 1]
+//                               [--heap-ios 1000000] [--qds 1,32] [--rws randread,randwrite]
+//                               [--engines ours-irq,ours-poll,c-poll,c-event,kernel] [--cpu-prof DIR]
+//
+// Engines: ours-irq / ours-poll (dist-test/bench/blk-bench.js: this package's BlockDevice), c-poll / c-event
+// (bench/c-baseline/vdpa-blk-bench), kernel (bench/kernel-fio.sh: virtio_vdpa + virtio-blk + fio). One
+// engine failing is recorded as {error} and the rest still run; the exit status is 1 if anything failed.
+import { spawn } from 'node:child_process';
+import fs from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+import { fileURLToPath } from 'node:url';
+
+const BENCH_DIR = path.dirname(fileURLToPath(import.meta.url));
+const ROOT = path.dirname(BENCH_DIR);
+const C_BIN = path.join(BENCH_DIR, 'c-baseline', 'vdpa-blk-bench');
+const JS_BENCH = path.join(ROOT, 'dist-test', 'bench', 'blk-bench.js');
+const KERNEL_FIO = path.join(BENCH_DIR, 'kernel-fio.sh');
+const ALL_ENGINES = ['ours-irq', 'ours-poll', 'c-poll', 'c-event', 'kernel'];
+
+function parseArgs(argv) {
+  const o = {
+    out: undefined,
+    deviceName: 'blk0',
+    seconds: 10,
+    ramp: 1,
+    heapIos: 1_000_000,
+    qds: [1, 32],
+    rws: ['randread', 'randwrite'],
+    engines: ALL_ENGINES,
+    cpuProf: undefined,
+  };
+  for (let i = 0; i < argv.length; i++) {
+    const a = argv[i];
+    const value = () => {
+      if (i + 1 >= argv.length) throw new Error(`${a} needs a value`);
+      return argv[++i];
+    };
+    const number = (min) => {
+      const v = Number(value());
+      if (!Number.isFinite(v) || v < min) throw new Error(`${a} needs a number ≥ ${min}`);
+      return v;
+    };
+    if (a === '--out') o.out = value();
+    else if (a === '--device-name') o.deviceName = value();
+    else if (a === '--seconds') o.seconds = number(0.1);
+    else if (a === '--ramp') o.ramp = number(0);
+    else if (a === '--heap-ios') o.heapIos = Math.floor(number(0));
+    else if (a === '--qds') o.qds = value().split(',').map(Number);
+    else if (a === '--rws') o.rws = value().split(',');
+    else if (a === '--engines') o.engines = value().split(',');
+    else if (a === '--cpu-prof') o.cpuProf = value();
+    else throw new Error(`unknown option ${a}`);
+  }
+  if (!o.out) throw new Error('--out FILE is required');
+  for (const e of o.engines) if (!ALL_ENGINES.includes(e)) throw new Error(`unknown engine ${e}`);
+  for (const q of o.qds) if (!Number.isInteger(q) || q < 1) throw new Error(`bad queue depth ${q}`);
+  for (const r of o.rws) if (r !== 'randread' && r !== 'randwrite') throw new Error(`bad --rws entry ${r}`);
+  return o;
+}
+
+const log = (msg) => process.stderr.write(`[bench] ${msg}\n`);
+
+/** The /dev/vhost-vdpa-N of vdpa device `name` right now (it can change after a rebind). */
+function vhostChardev(name) {
+  const dir = `/sys/bus/vdpa/devices/${name}`;
+  const entry = fs.readdirSync(dir).find((e) => e.startsWith('vhost-vdpa-'));
+  if (!entry) throw new Error(`${name} is not bound to vhost_vdpa (driver: ${driverOf(name)})`);
+  return `/dev/${entry}`;
+}
+
+function driverOf(name) {
+  try {
+    return path.basename(fs.readlinkSync(`/sys/bus/vdpa/devices/${name}/driver`));
+  } catch {
+    return 'none';
+  }
+}
+
+/** Runs a command; resolves with {code, stdout, stderr, ms}; kills it after `timeoutSec`. */
+function run(cmd, args, timeoutSec) {
+  return new Promise((resolve) => {
+    const t0 = Date.now();
+    const child = spawn(cmd, args, { cwd: ROOT, stdio: ['ignore', 'pipe', 'pipe'] });
+    let stdout = '';
+    let stderr = '';
+    child.stdout.on('data', (d) => (stdout += d));
+    child.stderr.on('data', (d) => {
+      stderr += d;
+      process.stderr.write(d);
+    });
+    const timer = setTimeout(() => {
+      stderr += `\n[killed after ${timeoutSec}s]`;
+      child.kill('SIGKILL');
+    }, timeoutSec * 1000);
+    child.on('error', (e) => {
+      clearTimeout(timer);
+      resolve({ code: -1, stdout, stderr: `${stderr}${e.message}`, ms: Date.now() - t0 });
+    });
+    child.on('close', (code, signal) => {
+      clearTimeout(timer);
+      resolve({ code: code ?? (signal ? 128 : -1), stdout, stderr, ms: Date.now() - t0 });
+    });
+  });
+}
+
+/** The last line of `stdout` that parses as a JSON object. */
+function lastJson(stdout) {
+  const lines = stdout.trim().split('\n').reverse();
+  for (const l of lines) {
+    if (!l.startsWith('{')) continue;
+    try {
+      return JSON.parse(l);
+    } catch {
+      /* keep looking */
+    }
+  }
+  return undefined;
+}
+
+function failure(what, res) {
+  const tail = res.stderr.trim().split('\n').slice(-3).join(' | ');
+  return { error: `${what} exited ${res.code}${tail ? `: ${tail}` : ''}` };
+}
+
+/** Converts fio's JSON into the fields the other engines report. */
+function fromFio(fio, rw) {
+  const job = fio.jobs[0];
+  const side = rw === 'randread' ? job.read : job.write;
+  const ios = side.total_ios;
+  const seconds = job.job_runtime / 1000; // ms, excluding ramp
+  // With --lat_percentiles=1 the submission-to-completion latency has percentiles (what the other engines
+  // measure); clat (issue-to-completion) is kept for reference.
+  const pct = (obj, p) => (obj?.percentile?.[p] !== undefined ? obj.percentile[p] / 1000 : null);
+  const lat = side.lat_ns?.percentile ? side.lat_ns : side.clat_ns;
+  return {
+    engine: 'kernel',
+    mode: 'interrupt',
+    rw,
+    qd: Number(job['job options'].iodepth),
+    ioengine: job['job options'].ioengine,
+    fio: fio['fio version'],
+    seconds,
+    ios,
+    iops: side.iops,
+    p50_us: pct(lat, '50.000000'),
+    p99_us: pct(lat, '99.000000'),
+    mean_us: lat.mean / 1000,
+    clat_p50_us: pct(side.clat_ns, '50.000000'),
+    clat_p99_us: pct(side.clat_ns, '99.000000'),
+    // usr_cpu/sys_cpu are percentages of the job's runtime.
+    cpu_us_per_io: ios ? (((job.usr_cpu + job.sys_cpu) / 100) * job.job_runtime * 1000) / ios : null,
+    errors: job.error ?? 0,
+  };
+}
+
+async function runEngine(engine, o, rw, qd) {
+  const secs = String(o.seconds);
+  const ramp = String(o.ramp);
+  const timeout = o.seconds + o.ramp + 90;
+  if (engine === 'kernel') {
+    const res = await run('sh', [KERNEL_FIO, 'run', o.deviceName, rw, String(qd), secs, ramp], timeout);
+    const fio = lastJsonDocument(res.stdout);
+    if (res.code !== 0 || !fio) return failure('kernel-fio.sh', res);
+    return fromFio(fio, rw);
+  }
+  const device = vhostChardev(o.deviceName);
+  if (engine === 'c-poll' || engine === 'c-event') {
+    const mode = engine === 'c-poll' ? 'poll' : 'event';
+    const args = ['--device', device, '--rw', rw, '--qd', String(qd), '--seconds', secs, '--ramp', ramp];
+    const res = await run(C_BIN, [...args, '--mode', mode], timeout);
+    const r = lastJson(res.stdout);
+    return res.code === 0 && r ? r : failure('vdpa-blk-bench', res);
+  }
+  const mode = engine === 'ours-poll' ? 'poll' : 'interrupt';
+  const node = ['--expose-gc'];
+  if (o.cpuProf)
+    node.push(
+      '--cpu-prof',
+      `--cpu-prof-dir=${o.cpuProf}`,
+      `--cpu-prof-name=${engine}-${rw}-qd${qd}.cpuprofile`,
+    );
+  const args = [
+    '--device',
+    device,
+    '--rw',
+    rw,
+    '--qd',
+    String(qd),
+    '--seconds',
+    secs,
+    '--ramp',
+    ramp,
+    '--mode',
+    mode,
+  ];
+  const res = await run(process.execPath, [...node, JS_BENCH, ...args], timeout);
+  const r = lastJson(res.stdout);
+  return res.code === 0 && r ? r : failure('blk-bench.js', res);
+}
+
+/** fio prints one pretty-printed JSON document (possibly after warnings). */
+function lastJsonDocument(stdout) {
+  const start = stdout.indexOf('{');
+  if (start < 0) return undefined;
+  try {
+    return JSON.parse(stdout.slice(start));
+  } catch {
+    return undefined;
+  }
+}
+
+function readFirstLine(file) {
+  try {
+    return fs.readFileSync(file, 'utf8').split('\n')[0].trim();
+  } catch {
+    return undefined;
+  }
+}
+
+async function environment(o) {
+  const fio = await run('fio', ['--version'], 30);
+  return {
+    kernel: os.release(),
+    cmdline: readFirstLine('/proc/cmdline'),
+    idle:
+      process.env.VDPA_LAB_IDLE ??
+      (/\bidle=(\S+)/.exec(readFirstLine('/proc/cmdline') ?? '')?.[1] || 'default'),
+    cpus: os.cpus().length,
+    cpuModel: os.cpus()[0]?.model,
+    memoryMiB: Math.round(os.totalmem() / 2 ** 20),
+    node: process.version,
+    fio: fio.stdout.trim() || null,
+    device: o.deviceName,
+    date: new Date().toISOString(),
+    seconds: o.seconds,
+    ramp: o.ramp,
+  };
+}
+
+async function main() {
+  const o = parseArgs(process.argv.slice(2));
+  const doc = { environment: await environment(o), results: [], heap: null, failures: [] };
+  log(
+    `kernel ${doc.environment.kernel}, idle=${doc.environment.idle}, ${doc.environment.cpus} CPUs, ${o.seconds}s per run (+${o.ramp}s ramp)`,
+  );
+  const save = () => fs.writeFileSync(o.out, `${JSON.stringify(doc, null, 2)}\n`);
+
+  let k = 0;
+  for (const rw of o.rws) {
+    for (const qd of o.qds) {
+      // Rotate the engine order per configuration so no engine always runs first (or right after a rebind).
+      const order = o.engines.map((_, i) => o.engines[(i + k) % o.engines.length]);
+      k++;
+      for (const engine of order) {
+        log(`${rw} qd${qd} ${engine} …`);
+        let r;
+        try {
+          r = await runEngine(engine, o, rw, qd);
+        } catch (e) {
+          r = { error: e.message };
+        }
+        // The engine's own `engine`/`mode` fields are kept under `driver`/`mode`; `engine` names the column.
+        const entry = { ...r, driver: r.engine, config: `${rw}-qd${qd}`, engine, rw, qd };
+        doc.results.push(entry);
+        if (r.error) {
+          doc.failures.push(`${entry.config} ${engine}: ${r.error}`);
+          log(`${rw} qd${qd} ${engine}: FAILED ${r.error}`);
+        } else {
+          log(`${rw} qd${qd} ${engine}: ${Math.round(r.iops)} IOPS, p50 ${r.p50_us} µs, p99 ${r.p99_us} µs`);
+        }
+        save();
+      }
+    }
+  }
+
+  if (o.heapIos > 0 && o.engines.some((e) => e.startsWith('ours'))) {
+    log(`heap growth: ${o.heapIos} I/Os (randread, qd 32, poll) …`);
+    try {
+      const device = vhostChardev(o.deviceName);
+      const args = [
+        '--device',
+        device,
+        '--rw',
+        'randread',
+        '--qd',
+        '32',
+        '--mode',
+        'poll',
+        '--heap-ios',
+        String(o.heapIos),
+      ];
+      // Generous bound: the rate under TCG is a few thousand I/Os per second.
+      const res = await run(process.execPath, ['--expose-gc', JS_BENCH, ...args], 1800);
+      const r = lastJson(res.stdout);
+      doc.heap = res.code === 0 && r ? r : failure('blk-bench.js --heap-ios', res);
+    } catch (e) {
+      doc.heap = { error: e.message };
+    }
+    if (doc.heap.error) doc.failures.push(`heap: ${doc.heap.error}`);
+    else log(`heap growth: ${doc.heap.heap_bytes_per_io.toFixed(4)} bytes/IO over ${doc.heap.ios} I/Os`);
+    save();
+  }
+
+  save();
+  log(`wrote ${o.out}${doc.failures.length ? `; ${doc.failures.length} failure(s)` : ''}`);
+  return doc.failures.length ? 1 : 0;
+}
+
+main().then(
+  (code) => (process.exitCode = code),
+  (e) => {
+    log(`ERROR: ${e.message}`);
+    process.exitCode = 2;
+  },
+);
