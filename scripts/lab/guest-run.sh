@@ -17,8 +17,6 @@ exec </dev/null 2>>/run/lab/stderr
 export PATH="$LAB_PATH" HOME=/root LANG=C.UTF-8 TERM=dumb
 export USER=root LOGNAME=root SHELL=/bin/sh
 cd /
-hostname vdpa-lab 2>/dev/null
-ip link set lo up 2>/dev/null
 # Pinned DMA buffers (IOTLB updates pin user pages) count against RLIMIT_MEMLOCK.
 ulimit -l unlimited
 
