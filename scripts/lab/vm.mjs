@@ -165,13 +165,15 @@ let handlersInstalled = false;
 function installCleanupHandlers() {
   if (handlersInstalled) return;
   handlersInstalled = true;
-  process.on('exit', () => {
+  const cleanup = () => {
     for (const vm of liveVms) vm.kill('SIGKILL');
-  });
+    for (const dir of liveRunDirs) fs.rmSync(dir, { recursive: true, force: true });
+  };
+  // Also covers dying of an uncaught error, e.g. EPIPE when our stdout is piped into `head`.
+  process.on('exit', cleanup);
   for (const sig of ['SIGINT', 'SIGTERM', 'SIGHUP']) {
     process.on(sig, () => {
-      for (const vm of liveVms) vm.kill('SIGKILL');
-      for (const dir of liveRunDirs) fs.rmSync(dir, { recursive: true, force: true });
+      cleanup();
       process.stderr.write(`[lab] ${sig}: QEMU killed\n`);
       process.exit(128 + ({ SIGHUP: 1, SIGINT: 2, SIGTERM: 15 }[sig] ?? 0));
     });
@@ -261,10 +263,14 @@ export function bootOnce({ accel, allowKvmFallback, assets, runDir, projectRoot,
       }
     });
 
+    // 'error' (QEMU or setpriv missing) is not always followed by 'close'.
     qemu.on('error', (e) => {
       qemuStderr += `cannot start QEMU: ${e.message}\n`;
+      finish(127, null);
     });
-    qemu.on('close', (code, signal) => {
+    qemu.on('close', (code, signal) => finish(code, signal));
+
+    function finish(code, signal) {
       if (finished) return;
       finished = true;
       liveVms.delete(qemu);
@@ -285,14 +291,17 @@ export function bootOnce({ accel, allowKvmFallback, assets, runDir, projectRoot,
 
       if (timedOut) return resolve({ ...base, outcome: 'timeout' });
       if (Number.isInteger(status)) return resolve({ ...base, outcome: 'done', exitCode: status });
-      if (accel === 'kvm' && allowKvmFallback && !marks['command-start']) {
-        kvmBroken ||= `QEMU exited (${signal ?? code}) before the guest started the command`;
-        return resolve({ ...base, outcome: 'kvm-broken', reason: kvmBroken });
+      // Blame KVM only for what KVM does: a QEMU-reported KVM error, or a guest that never reached /init
+      // without panicking. A guest that booted and then failed fails the same way under TCG.
+      const blameKvm = kvmBroken || (!marks.init && !console_.panic);
+      if (accel === 'kvm' && allowKvmFallback && !marks['command-start'] && blameKvm) {
+        const reason = kvmBroken || `QEMU exited (${signal ?? code}) before the guest reached /init`;
+        return resolve({ ...base, kvmBroken: reason, outcome: 'kvm-broken', reason });
       }
       let reason = failure || `QEMU exited (${signal ?? code}) without a command status`;
-      if (kvmBroken) reason = `KVM failed while the command ran: ${kvmBroken}`;
+      if (kvmBroken) reason = `KVM failed: ${kvmBroken}`;
       if (console_.panic) reason = 'guest kernel panic';
       resolve({ ...base, outcome: 'guest-failed', reason });
-    });
+    }
   });
 }
