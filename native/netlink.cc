@@ -27,16 +27,13 @@ constexpr int kMaxDatagramsPerWake = 32;
 class NetlinkSocket : public Napi::ObjectWrap<NetlinkSocket> {
  public:
   static void Init(Napi::Env env, Napi::Object exports) {
-    Napi::Function cls = DefineClass(env, "NetlinkSocket",
-                                     {InstanceMethod<&NetlinkSocket::SetOption>("setOption"),
-                                      InstanceMethod<&NetlinkSocket::Send>("send"),
-                                      InstanceMethod<&NetlinkSocket::Receive>("receive"),
-                                      InstanceMethod<&NetlinkSocket::Watch>("watch"),
-                                      InstanceMethod<&NetlinkSocket::Unwatch>("unwatch"),
-                                      InstanceMethod<&NetlinkSocket::SetRef>("setRef"),
-                                      InstanceMethod<&NetlinkSocket::Close>("close"),
-                                      InstanceAccessor<&NetlinkSocket::Fd>("fd"),
-                                      InstanceAccessor<&NetlinkSocket::PortId>("portId")});
+    Napi::Function cls = DefineClass(
+        env, "NetlinkSocket",
+        {InstanceMethod<&NetlinkSocket::SetOption>("setOption"), InstanceMethod<&NetlinkSocket::Send>("send"),
+         InstanceMethod<&NetlinkSocket::Receive>("receive"), InstanceMethod<&NetlinkSocket::Watch>("watch"),
+         InstanceMethod<&NetlinkSocket::Unwatch>("unwatch"), InstanceMethod<&NetlinkSocket::SetRef>("setRef"),
+         InstanceMethod<&NetlinkSocket::Close>("close"), InstanceAccessor<&NetlinkSocket::Fd>("fd"),
+         InstanceAccessor<&NetlinkSocket::PortId>("portId")});
     exports.Set("NetlinkSocket", cls);
   }
 
@@ -44,7 +41,8 @@ class NetlinkSocket : public Napi::ObjectWrap<NetlinkSocket> {
   // SOCK_NONBLOCK, protocol), bound to a kernel-assigned port id.
   explicit NetlinkSocket(const Napi::CallbackInfo& info) : Napi::ObjectWrap<NetlinkSocket>(info) {
     Napi::Env env = info.Env();
-    if (info.Length() < 1 || !info[0].IsNumber()) throw Napi::TypeError::New(env, "protocol must be a number");
+    if (info.Length() < 1 || !info[0].IsNumber())
+      throw Napi::TypeError::New(env, "protocol must be a number");
     const int protocol = info[0].As<Napi::Number>().Int32Value();
     int fd = ::socket(AF_NETLINK, SOCK_RAW | SOCK_CLOEXEC | SOCK_NONBLOCK, protocol);
     if (fd < 0) ThrowErrno(env, errno, "socket(AF_NETLINK)");
@@ -52,7 +50,8 @@ class NetlinkSocket : public Napi::ObjectWrap<NetlinkSocket> {
 
     sockaddr_nl local{};
     local.nl_family = AF_NETLINK;
-    if (::bind(fd, reinterpret_cast<sockaddr*>(&local), sizeof(local)) < 0) ThrowErrno(env, errno, "bind(AF_NETLINK)");
+    if (::bind(fd, reinterpret_cast<sockaddr*>(&local), sizeof(local)) < 0)
+      ThrowErrno(env, errno, "bind(AF_NETLINK)");
     socklen_t length = sizeof(local);
     if (::getsockname(fd, reinterpret_cast<sockaddr*>(&local), &length) < 0) {
       ThrowErrno(env, errno, "getsockname(AF_NETLINK)");
@@ -91,13 +90,15 @@ class NetlinkSocket : public Napi::ObjectWrap<NetlinkSocket> {
   Napi::Value Send(const Napi::CallbackInfo& info) {
     Napi::Env env = info.Env();
     int fd = CheckedFd(env, "sendto(AF_NETLINK)");
-    if (info.Length() < 1 || !info[0].IsTypedArray()) throw Napi::TypeError::New(env, "message must be a Uint8Array");
+    if (info.Length() < 1 || !info[0].IsTypedArray())
+      throw Napi::TypeError::New(env, "message must be a Uint8Array");
     Napi::Uint8Array bytes = info[0].As<Napi::Uint8Array>();
     sockaddr_nl kernel{};
     kernel.nl_family = AF_NETLINK;
     ssize_t n;
     do {
-      n = ::sendto(fd, bytes.Data(), bytes.ByteLength(), 0, reinterpret_cast<sockaddr*>(&kernel), sizeof(kernel));
+      n = ::sendto(fd, bytes.Data(), bytes.ByteLength(), 0, reinterpret_cast<sockaddr*>(&kernel),
+                   sizeof(kernel));
     } while (n < 0 && errno == EINTR);
     if (n < 0) ThrowErrno(env, errno, "sendto(AF_NETLINK)");
     return Napi::Number::New(env, static_cast<double>(n));
@@ -167,7 +168,8 @@ class NetlinkSocket : public Napi::ObjectWrap<NetlinkSocket> {
   Napi::Value Watch(const Napi::CallbackInfo& info) {
     Napi::Env env = info.Env();
     int fd = CheckedFd(env, "uv_poll_start(AF_NETLINK)");
-    if (info.Length() < 1 || !info[0].IsFunction()) throw Napi::TypeError::New(env, "callback must be a function");
+    if (info.Length() < 1 || !info[0].IsFunction())
+      throw Napi::TypeError::New(env, "callback must be a function");
     callback_ = Napi::Persistent(info[0].As<Napi::Function>());
     if (poll_ == nullptr) {
       uv_loop_t* loop = nullptr;

@@ -46,7 +46,8 @@ export function parseArgs(argv: readonly string[], spec: OptionSpec): ParsedArgs
       continue;
     }
     if (!arg.startsWith('--')) {
-      if (arg.startsWith('-') && arg.length > 1 && !/^-\d/.test(arg)) throw new UsageError(`unknown option ${arg}`);
+      if (arg.startsWith('-') && arg.length > 1 && !/^-\d/.test(arg))
+        throw new UsageError(`unknown option ${arg}`);
       positionals.push(arg);
       continue;
     }
@@ -105,6 +106,7 @@ export function stringOption(parsed: ParsedArgs, name: string): string | undefin
 export function expectPositionals(parsed: ParsedArgs, what: string[], optional = 0): string[] {
   const n = parsed.positionals.length;
   if (n < what.length - optional) throw new UsageError(`missing ${what.slice(n).join(' ')}`);
-  if (n > what.length) throw new UsageError(`unexpected argument ${JSON.stringify(parsed.positionals[what.length])}`);
+  if (n > what.length)
+    throw new UsageError(`unexpected argument ${JSON.stringify(parsed.positionals[what.length])}`);
   return parsed.positionals;
 }

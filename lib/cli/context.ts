@@ -44,7 +44,10 @@ export function defaultContext(): CliContext {
 }
 
 /** Runs `body` with an open manager and closes it afterwards. */
-export async function withManager<T>(ctx: CliContext, body: (manager: VdpaManagement) => Promise<T>): Promise<T> {
+export async function withManager<T>(
+  ctx: CliContext,
+  body: (manager: VdpaManagement) => Promise<T>,
+): Promise<T> {
   const manager = await ctx.openManager();
   try {
     return await body(manager);

@@ -3,7 +3,13 @@
  * @module
  */
 import { decodeFeatures } from '../features';
-import { bindDriver, describeBinding, resolveCharDev, type BusDriver, type DeviceBinding } from '../mgmt/sysfs';
+import {
+  bindDriver,
+  describeBinding,
+  resolveCharDev,
+  type BusDriver,
+  type DeviceBinding,
+} from '../mgmt/sysfs';
 import type { VdpaDeviceConfig, VdpaDeviceInfo } from '../mgmt/vdpa';
 import { parseInteger } from '../mgmt/validate';
 import { expectPositionals, stringOption, takeKeywordPairs, UsageError } from './args';
@@ -20,7 +26,16 @@ function bindingOf(name: string, ctx: CliContext): DeviceBinding | undefined {
 
 function deviceRow(d: VdpaDeviceInfo, b: DeviceBinding | undefined): (string | number | undefined)[] {
   const produced = b?.charDev ?? (b?.kernelDevices !== undefined ? b.kernelDevices.join(',') : undefined);
-  return [d.name, d.deviceClass, d.mgmtdev, d.vendorId, d.maxVqs, d.maxVqSize, b?.driver ?? undefined, produced];
+  return [
+    d.name,
+    d.deviceClass,
+    d.mgmtdev,
+    d.vendorId,
+    d.maxVqs,
+    d.maxVqSize,
+    b?.driver ?? undefined,
+    produced,
+  ];
 }
 
 const DEVICE_HEADERS = ['NAME', 'CLASS', 'MGMTDEV', 'VENDOR', 'VQS', 'VQ SIZE', 'DRIVER', 'DEVICE'];
@@ -38,7 +53,13 @@ export const devList: Command = {
     const devices = await withManager(ctx, (m) => m.listDevices());
     const rows = devices.map((d) => ({ ...d, binding: bindingOf(d.name, ctx) }));
     if (args.options.json === true) ctx.stdout(toJson(rows) + '\n');
-    else ctx.stdout(table(DEVICE_HEADERS, rows.map((r) => deviceRow(r, r.binding))));
+    else
+      ctx.stdout(
+        table(
+          DEVICE_HEADERS,
+          rows.map((r) => deviceRow(r, r.binding)),
+        ),
+      );
     return 0;
   },
 };
@@ -70,7 +91,9 @@ export const devShow: Command = {
     const [name] = expectPositionals(args, ['NAME']) as [string];
     const device = await withManager(ctx, (m) => m.getDevice(name));
     const binding = bindingOf(name, ctx);
-    ctx.stdout(args.options.json === true ? toJson({ ...device, binding }) + '\n' : renderDevice(device, binding));
+    ctx.stdout(
+      args.options.json === true ? toJson({ ...device, binding }) + '\n' : renderDevice(device, binding),
+    );
     return 0;
   },
 };
@@ -101,7 +124,7 @@ export const devAdd: Command = {
     'vhost-vdpa dev add name NAME mgmtdev MGMTDEV [mac MAC] [mtu N] [max_vqp N] [device_features MASK]   (iproute2 form)',
   details:
     'Creates NAME on MGMTDEV (see `mgmtdev list`). mac/mtu/max-vqp are net options; device-features\n' +
-    'provisions a subset of the management device\'s supported features (e.g. 0x300000000).\n' +
+    "provisions a subset of the management device's supported features (e.g. 0x300000000).\n" +
     'The new device binds to whichever vdpa bus driver is loaded; --driver picks one. For vhost_vdpa the\n' +
     'command waits (up to --timeout ms, default 5000) for /dev/vhost-vdpa-N and prints it.',
   options: {
@@ -126,7 +149,8 @@ export const devAdd: Command = {
     const positionals = expectPositionals(args, keywordName === undefined ? ['NAME'] : []);
     const name = keywordName ?? (positionals[0] as string);
     const mgmtdev = stringOption(args, 'mgmtdev');
-    if (mgmtdev === undefined) throw new UsageError('missing --mgmtdev MGMTDEV (see `vhost-vdpa mgmtdev list`)');
+    if (mgmtdev === undefined)
+      throw new UsageError('missing --mgmtdev MGMTDEV (see `vhost-vdpa mgmtdev list`)');
     const driverWord = stringOption(args, 'driver');
     const driver = driverWord === undefined ? undefined : parseDriver(driverWord);
     const timeoutMs = parseTimeout(stringOption(args, 'timeout'), 5000);
@@ -134,7 +158,9 @@ export const devAdd: Command = {
       name,
       mgmtdev,
       ...(stringOption(args, 'mac') === undefined ? {} : { mac: stringOption(args, 'mac') as string }),
-      ...(stringOption(args, 'mtu') === undefined ? {} : { mtu: parseInteger(stringOption(args, 'mtu'), 'mtu', 0, 0xffff) }),
+      ...(stringOption(args, 'mtu') === undefined
+        ? {}
+        : { mtu: parseInteger(stringOption(args, 'mtu'), 'mtu', 0, 0xffff) }),
       ...(stringOption(args, 'max-vqp') === undefined
         ? {}
         : { maxVqPairs: parseInteger(stringOption(args, 'max-vqp'), 'max-vqp', 0, 0xffff) }),
@@ -150,7 +176,9 @@ export const devAdd: Command = {
       await resolveCharDev(name, { paths: ctx.paths, timeoutMs });
       binding = bindingOf(name, ctx);
     }
-    ctx.stdout(args.options.json === true ? toJson({ ...device, binding }) + '\n' : renderDevice(device, binding));
+    ctx.stdout(
+      args.options.json === true ? toJson({ ...device, binding }) + '\n' : renderDevice(device, binding),
+    );
     return 0;
   },
 };
@@ -188,7 +216,10 @@ function renderConfig(c: VdpaDeviceConfig): string {
   if (c.blk !== undefined) {
     const b = c.blk;
     pairs.push(
-      ['capacity', b.capacity === undefined ? undefined : `${b.capacity} sectors (${Number(b.capacity) / 2048} MiB)`],
+      [
+        'capacity',
+        b.capacity === undefined ? undefined : `${b.capacity} sectors (${Number(b.capacity) / 2048} MiB)`,
+      ],
       ['block size', b.blockSize],
       ['size max', b.sizeMax],
       ['seg max', b.segMax],
@@ -208,10 +239,14 @@ function renderConfig(c: VdpaDeviceConfig): string {
   }
   pairs.push(
     ['device features', c.deviceFeatures === undefined ? undefined : hex(c.deviceFeatures)],
-    ['negotiated features', c.negotiatedFeatures === undefined ? 'none (no driver has set FEATURES_OK)' : hex(c.negotiatedFeatures)],
+    [
+      'negotiated features',
+      c.negotiatedFeatures === undefined ? 'none (no driver has set FEATURES_OK)' : hex(c.negotiatedFeatures),
+    ],
   );
   let out = keyValues(pairs);
-  if (c.deviceFeatures !== undefined) out += `${wrapWords(decodeFeatures(c.deviceFeatures, c.deviceId), '  ')}\n`;
+  if (c.deviceFeatures !== undefined)
+    out += `${wrapWords(decodeFeatures(c.deviceFeatures, c.deviceId), '  ')}\n`;
   return out;
 }
 
@@ -225,7 +260,9 @@ export const devConfig: Command = {
   options: {},
   async run(args, ctx) {
     const [name] = expectPositionals(args, ['NAME'], 1);
-    const configs = await withManager(ctx, async (m) => (name === undefined ? m.listConfigs() : [await m.getConfig(name)]));
+    const configs = await withManager(ctx, async (m) =>
+      name === undefined ? m.listConfigs() : [await m.getConfig(name)],
+    );
     if (args.options.json === true) ctx.stdout(toJson(name === undefined ? configs : configs[0]) + '\n');
     else ctx.stdout(configs.map(renderConfig).join('\n'));
     return 0;
@@ -252,8 +289,15 @@ export const devStats: Command = {
           ['name', stats.name],
           ['queue', stats.queueIndex],
           ['max vq pairs', stats.maxVqPairs],
-          ['negotiated features', stats.negotiatedFeatures === undefined ? undefined : hex(stats.negotiatedFeatures)],
-        ]) + table(['COUNTER', 'VALUE'], stats.counters.map((c) => [c.name, c.value.toString()])),
+          [
+            'negotiated features',
+            stats.negotiatedFeatures === undefined ? undefined : hex(stats.negotiatedFeatures),
+          ],
+        ]) +
+          table(
+            ['COUNTER', 'VALUE'],
+            stats.counters.map((c) => [c.name, c.value.toString()]),
+          ),
       );
     }
     return 0;

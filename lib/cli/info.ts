@@ -63,7 +63,8 @@ function optional<T>(fn: () => T): T | undefined {
   try {
     return fn();
   } catch (error) {
-    if (error instanceof VdpaError && ['ENOTTY', 'EOPNOTSUPP', 'ENOTSUPP'].includes(error.code)) return undefined;
+    if (error instanceof VdpaError && ['ENOTTY', 'EOPNOTSUPP', 'ENOTSUPP'].includes(error.code))
+      return undefined;
     throw error;
   }
 }
@@ -71,7 +72,9 @@ function optional<T>(fn: () => T): T | undefined {
 /** The vdpa device name whose sysfs directory lists this char device. */
 export function nameOfCharDev(devPath: string, paths: SystemPaths): string | undefined {
   const base = path.basename(devPath);
-  return listBusDevices(paths).find((n) => fs.existsSync(path.join(paths.sys, 'bus', 'vdpa', 'devices', n, base)));
+  return listBusDevices(paths).find((n) =>
+    fs.existsSync(path.join(paths.sys, 'bus', 'vdpa', 'devices', n, base)),
+  );
 }
 
 /** Opens `devPath` and gathers the report (the device is closed again). */
@@ -162,15 +165,17 @@ function renderReport(r: DeviceReport): string {
   ]);
   out += wrapWords(r.featureNames, '  ') + '\n';
   out += keyValues([['backend features', `${hex(r.backendFeatures)} (${r.backendFeatureNames.join(' ')})`]]);
-  out += keyValues([
-    ['capabilities', ''],
-    ['suspend/resume', `${c.suspend}/${c.resume}`],
-    ['iotlb v2/batch/asid/persist', `${c.iotlbMsgV2}/${c.iotlbBatch}/${c.iotlbAsid}/${c.iotlbPersist}`],
-    ['enable after DRIVER_OK', c.enableAfterDriverOk],
-    ['desc ASID', c.descAsid],
-    ['vring group/desc group/size', `${c.vringGroup}/${c.vringDescGroup}/${c.vringSize}`],
-    ['notification', c.doorbell ? 'doorbell' : `eventfd (doorbell: ${c.doorbellError ?? 'no'})`],
-  ].map(([k, v]) => [k === 'capabilities' ? k : `  ${String(k)}`, v] as [string, string | boolean]));
+  out += keyValues(
+    [
+      ['capabilities', ''],
+      ['suspend/resume', `${c.suspend}/${c.resume}`],
+      ['iotlb v2/batch/asid/persist', `${c.iotlbMsgV2}/${c.iotlbBatch}/${c.iotlbAsid}/${c.iotlbPersist}`],
+      ['enable after DRIVER_OK', c.enableAfterDriverOk],
+      ['desc ASID', c.descAsid],
+      ['vring group/desc group/size', `${c.vringGroup}/${c.vringDescGroup}/${c.vringSize}`],
+      ['notification', c.doorbell ? 'doorbell' : `eventfd (doorbell: ${c.doorbellError ?? 'no'})`],
+    ].map(([k, v]) => [k === 'capabilities' ? k : `  ${String(k)}`, v] as [string, string | boolean]),
+  );
   out += keyValues([
     ['queues', `${r.vqsCount ?? '?'} (max size ${r.vringNum})`],
     ...r.queues.map((q): [string, string] => [
@@ -213,7 +218,10 @@ function renderReport(r: DeviceReport): string {
   }
   if (r.netlink !== undefined) {
     out += keyValues([
-      ['netlink', `mgmtdev ${r.netlink.mgmtdev}, vendor ${r.netlink.vendorId}, max vqs ${r.netlink.maxVqs}, vq size ${r.netlink.minVqSize ?? '?'}-${r.netlink.maxVqSize}`],
+      [
+        'netlink',
+        `mgmtdev ${r.netlink.mgmtdev}, vendor ${r.netlink.vendorId}, max vqs ${r.netlink.maxVqs}, vq size ${r.netlink.minVqSize ?? '?'}-${r.netlink.maxVqSize}`,
+      ],
     ]);
   } else if (r.netlinkError !== undefined) {
     out += keyValues([['netlink', `unavailable: ${r.netlinkError}`]]);
@@ -224,11 +232,15 @@ function renderReport(r: DeviceReport): string {
 /** The lab's device names ($VDPA_LAB_DEVICES or /run/vdpa-lab.json). */
 function labNames(ctx: CliContext): string[] {
   const raw =
-    ctx.env.VDPA_LAB_DEVICES ?? (fs.existsSync('/run/vdpa-lab.json') ? fs.readFileSync('/run/vdpa-lab.json', 'utf8') : undefined);
+    ctx.env.VDPA_LAB_DEVICES ??
+    (fs.existsSync('/run/vdpa-lab.json') ? fs.readFileSync('/run/vdpa-lab.json', 'utf8') : undefined);
   if (raw === undefined) {
-    throw new VdpaError('--lab: neither VDPA_LAB_DEVICES nor /run/vdpa-lab.json is there (run inside the lab)', {
-      code: 'ENOENT',
-    });
+    throw new VdpaError(
+      '--lab: neither VDPA_LAB_DEVICES nor /run/vdpa-lab.json is there (run inside the lab)',
+      {
+        code: 'ENOENT',
+      },
+    );
   }
   return (JSON.parse(raw) as { name: string }[]).map((d) => d.name);
 }
@@ -239,22 +251,29 @@ export const info: Command = {
   usage: 'vhost-vdpa info [PATH|NAME…] [--lab] [--json]',
   details:
     'PATH is /dev/vhost-vdpa-N; NAME a vdpa device bound to vhost_vdpa. Without arguments: every device on\n' +
-    'the vdpa bus that has a char device (--lab: the lab\'s devices). Opens each device briefly (vhost-vdpa\n' +
+    "the vdpa bus that has a char device (--lab: the lab's devices). Opens each device briefly (vhost-vdpa\n" +
     'allows one open at a time) and reports decoded features, backend features, the capability probe,\n' +
     'the config space decoded per class, queue counts and sizes, the IOVA range, and the netlink view.',
   options: { lab: 'boolean' },
   async run(args, ctx) {
     let targets = args.positionals;
     if (targets.length === 0) {
-      targets = args.options.lab === true ? labNames(ctx) : listBusDevices(ctx.paths).filter((n) => describeBinding(n, ctx.paths).charDev !== undefined);
+      targets =
+        args.options.lab === true
+          ? labNames(ctx)
+          : listBusDevices(ctx.paths).filter((n) => describeBinding(n, ctx.paths).charDev !== undefined);
     }
     if (targets.length === 0) {
-      throw new VdpaError('no vhost-vdpa devices found (see `vhost-vdpa dev list`; create one with `dev add`)', {
-        code: 'ENODEV',
-      });
+      throw new VdpaError(
+        'no vhost-vdpa devices found (see `vhost-vdpa dev list`; create one with `dev add`)',
+        {
+          code: 'ENODEV',
+        },
+      );
     }
     const paths: string[] = [];
-    for (const t of targets) paths.push(t.startsWith('/') ? t : await resolveCharDev(t, { paths: ctx.paths, timeoutMs: 2000 }));
+    for (const t of targets)
+      paths.push(t.startsWith('/') ? t : await resolveCharDev(t, { paths: ctx.paths, timeoutMs: 2000 }));
     const reports = paths.map((p) => probeDevice(p, ctx.paths));
     let manager: VdpaManagement | VdpaError;
     try {
@@ -267,7 +286,8 @@ export const info: Command = {
     } finally {
       if (!(manager instanceof VdpaError)) manager.close();
     }
-    if (args.options.json === true) ctx.stdout(toJson(reports.length === 1 && args.positionals.length === 1 ? reports[0] : reports) + '\n');
+    if (args.options.json === true)
+      ctx.stdout(toJson(reports.length === 1 && args.positionals.length === 1 ? reports[0] : reports) + '\n');
     else ctx.stdout(reports.map(renderReport).join('\n'));
     return 0;
   },

@@ -13,7 +13,8 @@ const CLASS_IDS: Record<string, number> = { net: 1, block: 2 };
 function featureNames(device: MgmtDevice): string[] | undefined {
   if (device.supportedFeatures === undefined) return undefined;
   // Device-class bits only have names when the class is unambiguous.
-  const only = device.supportedClasses.length === 1 ? CLASS_IDS[device.supportedClasses[0] as string] : undefined;
+  const only =
+    device.supportedClasses.length === 1 ? CLASS_IDS[device.supportedClasses[0] as string] : undefined;
   return decodeFeatures(device.supportedFeatures, only);
 }
 
@@ -51,7 +52,9 @@ export const mgmtdevList: Command = {
   async run(args, ctx) {
     expectPositionals(args, []);
     const devices = await withManager(ctx, (m) => m.listMgmtDevices());
-    ctx.stdout(args.options.json === true ? toJson(devices.map(toJsonObject)) + '\n' : render(devices, false));
+    ctx.stdout(
+      args.options.json === true ? toJson(devices.map(toJsonObject)) + '\n' : render(devices, false),
+    );
     return 0;
   },
 };

@@ -77,7 +77,9 @@ export function table(headers: string[], rows: (string | number | undefined | nu
 export function keyValues(pairs: [string, string | number | boolean | undefined][], indent = ''): string {
   const shown = pairs.filter(([, v]) => v !== undefined) as [string, string | number | boolean][];
   const width = Math.max(0, ...shown.map(([k]) => k.length));
-  return shown.map(([k, v]) => `${indent}${`${k}:`.padEnd(width + 1)} ${String(v)}`).join('\n') + '\n';
+  return (
+    shown.map(([k, v]) => `${indent}${`${k}:`.padEnd(width + 1)} ${String(v)}`.trimEnd()).join('\n') + '\n'
+  );
 }
 
 /** Wraps a long list ("a b c …") to lines of at most `width` characters, indented. */

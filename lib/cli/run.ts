@@ -37,7 +37,7 @@ function topHelp(): string {
   const width = Math.max(...COMMANDS.map((c) => c.name.length));
   return (
     'Usage: vhost-vdpa COMMAND [ARGS] [--json] [--help]\n\n' +
-    'Manage vDPA devices through the kernel\'s vdpa netlink interface and inspect /dev/vhost-vdpa-N.\n\n' +
+    "Manage vDPA devices through the kernel's vdpa netlink interface and inspect /dev/vhost-vdpa-N.\n\n" +
     'Commands:\n' +
     COMMANDS.map((c) => `  ${c.name.padEnd(width)}  ${c.summary}`).join('\n') +
     '\n\nOptions: --json (machine-readable output), --help (per command), --version.\n' +
@@ -70,7 +70,11 @@ function commandHelp(command: Command): string {
 }
 
 const GROUPS = ['mgmtdev', 'dev'];
-const ALIASES: Record<string, string> = { 'dev vstats': 'dev stats', 'mgmtdev ls': 'mgmtdev list', 'dev ls': 'dev list' };
+const ALIASES: Record<string, string> = {
+  'dev vstats': 'dev stats',
+  'mgmtdev ls': 'mgmtdev list',
+  'dev ls': 'dev list',
+};
 
 /** Runs the CLI with `argv` (without node and script); resolves with the exit code. */
 export async function runCli(argv: readonly string[], ctx: CliContext = defaultContext()): Promise<number> {
@@ -94,11 +98,13 @@ export async function runCli(argv: readonly string[], ctx: CliContext = defaultC
       }
       const name = ALIASES[`${first} ${second}`] ?? `${first} ${second}`;
       command = COMMANDS.find((c) => c.name === name);
-      if (command === undefined) throw new UsageError(`unknown command "${first} ${second}"; see \`vhost-vdpa ${first} --help\``);
+      if (command === undefined)
+        throw new UsageError(`unknown command "${first} ${second}"; see \`vhost-vdpa ${first} --help\``);
       rest = argv.slice(2);
     } else {
       command = COMMANDS.find((c) => c.name === first);
-      if (command === undefined) throw new UsageError(`unknown command "${first}"; see \`vhost-vdpa --help\``);
+      if (command === undefined)
+        throw new UsageError(`unknown command "${first}"; see \`vhost-vdpa --help\``);
       rest = argv.slice(1);
     }
     const parsed = parseArgs(rest, command.options);
@@ -117,7 +123,8 @@ export async function runCli(argv: readonly string[], ctx: CliContext = defaultC
     const message = error instanceof Error ? error.message : String(error);
     ctx.stderr(`vhost-vdpa: ${message}\n`);
     if (json) {
-      const details = error instanceof VdpaError ? { errno: error.errno, syscall: error.syscall, path: error.path } : {};
+      const details =
+        error instanceof VdpaError ? { errno: error.errno, syscall: error.syscall, path: error.path } : {};
       ctx.stdout(toJson({ error: { code: code ?? 'ERR_UNEXPECTED', message, ...details } }) + '\n');
     }
     return exitCodeFor(code);

@@ -10,7 +10,8 @@ import type { Command } from './context';
 
 function parseMode(text: string | undefined): number {
   if (text === undefined) return 0o600;
-  if (!/^0?[0-7]{3}$/.test(text)) throw new UsageError(`--mode must be octal permissions such as 0600 or 0660, not ${text}`);
+  if (!/^0?[0-7]{3}$/.test(text))
+    throw new UsageError(`--mode must be octal permissions such as 0600 or 0660, not ${text}`);
   return parseInt(text, 8);
 }
 
@@ -32,7 +33,9 @@ export const serve: Command = {
       socketPath,
       mode: parseMode(stringOption(args, 'mode')),
       backend: new KernelBackend({ paths: ctx.paths }),
-      ...(maxText === undefined ? {} : { maxConnections: parseInteger(maxText, '--max-connections', 1, 100000) }),
+      ...(maxText === undefined
+        ? {}
+        : { maxConnections: parseInteger(maxText, '--max-connections', 1, 100000) }),
       log: (line) => ctx.stderr(`vhost-vdpa serve: ${line}\n`),
     });
     await new Promise<void>((resolve) => {

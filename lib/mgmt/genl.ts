@@ -35,7 +35,11 @@ export class NetlinkRequestError extends VdpaError {
   constructor(what: string, payload: NetlinkErrorPayload) {
     const code = errnoName(payload.errno);
     const detail = payload.message === undefined ? '' : `: kernel says "${payload.message}"`;
-    super(`${what} failed with ${code}${detail}`, { code, errno: payload.errno, syscall: `netlink(${what})` });
+    super(`${what} failed with ${code}${detail}`, {
+      code,
+      errno: payload.errno,
+      syscall: `netlink(${what})`,
+    });
     this.name = 'VdpaError';
     if (payload.message !== undefined) this.kernelMessage = payload.message;
     if (payload.missingType !== undefined) this.missingAttribute = payload.missingType;
@@ -96,7 +100,9 @@ export class NetlinkClient {
    */
   request(type: number, payload: Buffer, options: RequestOptions): Promise<NetlinkMessage[]> {
     if (this.closed) {
-      return Promise.reject(new VdpaError(`${options.what}: the netlink client is closed`, { code: 'ERR_CLOSED' }));
+      return Promise.reject(
+        new VdpaError(`${options.what}: the netlink client is closed`, { code: 'ERR_CLOSED' }),
+      );
     }
     const seq = this.nextSeq;
     this.nextSeq = (this.nextSeq + 1) >>> 0 || 1;
@@ -113,7 +119,15 @@ export class NetlinkClient {
           ),
         );
       }, timeoutMs);
-      this.pending.set(seq, { what: options.what, dump, replies: [], interrupted: false, timer, resolve, reject });
+      this.pending.set(seq, {
+        what: options.what,
+        dump,
+        replies: [],
+        interrupted: false,
+        timer,
+        resolve,
+        reject,
+      });
       try {
         this.transport.send(encodeMessage(type, flags, seq, this.transport.portId, payload));
       } catch (error) {
@@ -228,9 +242,12 @@ export function encodeGenl(cmd: number, version: number, attrs: Buffer): Buffer 
 /** Decodes the payload of a generic netlink message. */
 export function decodeGenl(message: NetlinkMessage): GenlMessage {
   if (message.payload.length < GENL_HDRLEN) {
-    throw new VdpaError(`malformed netlink data: generic netlink payload of ${message.payload.length} bytes`, {
-      code: 'ERR_NETLINK_PROTOCOL',
-    });
+    throw new VdpaError(
+      `malformed netlink data: generic netlink payload of ${message.payload.length} bytes`,
+      {
+        code: 'ERR_NETLINK_PROTOCOL',
+      },
+    );
   }
   return {
     cmd: message.payload.readUInt8(0),
@@ -267,11 +284,15 @@ export class GenericNetlink {
       what: `nlctrl GETFAMILY ${name}`,
     });
     if (reply === undefined) {
-      throw new VdpaError(`nlctrl GETFAMILY ${name}: the kernel sent no reply`, { code: 'ERR_NETLINK_PROTOCOL' });
+      throw new VdpaError(`nlctrl GETFAMILY ${name}: the kernel sent no reply`, {
+        code: 'ERR_NETLINK_PROTOCOL',
+      });
     }
     const id = reply.attrs.u16(CTRL_ATTR_FAMILY_ID);
     if (id === undefined) {
-      throw new VdpaError(`nlctrl GETFAMILY ${name}: reply without a family id`, { code: 'ERR_NETLINK_PROTOCOL' });
+      throw new VdpaError(`nlctrl GETFAMILY ${name}: reply without a family id`, {
+        code: 'ERR_NETLINK_PROTOCOL',
+      });
     }
     const commands: number[] = [];
     const ops = reply.attrs.nested(CTRL_ATTR_OPS);

@@ -70,7 +70,8 @@ export const hostOrder = {
   u64: (b: Buffer, o: number): bigint => (LITTLE ? b.readBigUInt64LE(o) : b.readBigUInt64BE(o)),
   w16: (b: Buffer, v: number, o: number): number => (LITTLE ? b.writeUInt16LE(v, o) : b.writeUInt16BE(v, o)),
   w32: (b: Buffer, v: number, o: number): number => (LITTLE ? b.writeUInt32LE(v, o) : b.writeUInt32BE(v, o)),
-  w64: (b: Buffer, v: bigint, o: number): number => (LITTLE ? b.writeBigUInt64LE(v, o) : b.writeBigUInt64BE(v, o)),
+  w64: (b: Buffer, v: bigint, o: number): number =>
+    LITTLE ? b.writeBigUInt64LE(v, o) : b.writeBigUInt64BE(v, o),
 };
 
 /** One decoded netlink message. */
@@ -88,7 +89,13 @@ export interface NetlinkMessage {
 }
 
 /** Encodes one message: nlmsghdr + payload, padded to 4 bytes. */
-export function encodeMessage(type: number, flags: number, seq: number, portId: number, payload: Buffer): Buffer {
+export function encodeMessage(
+  type: number,
+  flags: number,
+  seq: number,
+  portId: number,
+  payload: Buffer,
+): Buffer {
   const length = NLMSG_HDRLEN + payload.length;
   const out = Buffer.alloc(align4(length));
   hostOrder.w32(out, length, 0);
@@ -110,7 +117,9 @@ export function decodeMessages(datagram: Buffer): NetlinkMessage[] {
   while (offset + NLMSG_HDRLEN <= datagram.length) {
     const length = hostOrder.u32(datagram, offset);
     if (length < NLMSG_HDRLEN || offset + length > datagram.length) {
-      throw protocolError(`message length ${length} at offset ${offset} of a ${datagram.length}-byte datagram`);
+      throw protocolError(
+        `message length ${length} at offset ${offset} of a ${datagram.length}-byte datagram`,
+      );
     }
     messages.push({
       type: hostOrder.u16(datagram, offset + 4),

@@ -86,10 +86,13 @@ export function deviceExists(name: string, paths: SystemPaths = SYSTEM_PATHS): b
 function requireDevice(name: string, paths: SystemPaths): string {
   const dir = deviceDir(name, paths);
   if (!fs.existsSync(dir)) {
-    throw new VdpaError(`no vdpa device named "${name}" (${dir} does not exist); see \`vhost-vdpa dev list\``, {
-      code: 'ENODEV',
-      path: dir,
-    });
+    throw new VdpaError(
+      `no vdpa device named "${name}" (${dir} does not exist); see \`vhost-vdpa dev list\``,
+      {
+        code: 'ENODEV',
+        path: dir,
+      },
+    );
   }
   return dir;
 }
@@ -231,7 +234,8 @@ export function findHolders(devPath: string, paths: SystemPaths = SYSTEM_PATHS):
         const where = fs.readlinkSync(link);
         if (!where.startsWith('/')) continue; // socket:[…], pipe:[…], anon_inode:…
         const st = fs.statSync(link);
-        if (st.isCharacterDevice() && st.rdev === target.rdev) holders.push({ pid, command, how: 'fd', fd: Number(fd) });
+        if (st.isCharacterDevice() && st.rdev === target.rdev)
+          holders.push({ pid, command, how: 'fd', fd: Number(fd) });
       } catch {
         // Closed meanwhile.
       }
@@ -294,7 +298,11 @@ function writeSysfs(file: string, value: string, message: string): void {
  * for vhost_vdpa waits for the char device. Refuses with EBUSY when the
  * current vhost-vdpa char device is open.
  */
-export async function bindDriver(name: string, driver: BusDriver, options: WaitOptions = {}): Promise<DeviceBinding> {
+export async function bindDriver(
+  name: string,
+  driver: BusDriver,
+  options: WaitOptions = {},
+): Promise<DeviceBinding> {
   const paths = options.paths ?? SYSTEM_PATHS;
   const dir = requireDevice(name, paths);
   if (driver !== 'vhost_vdpa' && driver !== 'virtio_vdpa') {
@@ -314,7 +322,11 @@ export async function bindDriver(name: string, driver: BusDriver, options: WaitO
   if (current !== driver) {
     if (current !== null) {
       if (current === 'vhost_vdpa') refuseIfHeld(name, paths, 'unbind');
-      writeSysfs(path.join(busDir(paths), 'drivers', current, 'unbind'), name, `cannot unbind ${name} from ${current}`);
+      writeSysfs(
+        path.join(busDir(paths), 'drivers', current, 'unbind'),
+        name,
+        `cannot unbind ${name} from ${current}`,
+      );
     }
     writeSysfs(path.join(driverDir, 'bind'), name, `cannot bind ${name} to ${driver}`);
   }

@@ -31,10 +31,13 @@ export function parseMgmtdevHandle(handle: unknown): { bus?: string; name: strin
     throw invalid('mgmtdev must be a non-empty string such as "vdpasim_blk" or "pci/0000:01:00.2"');
   }
   const parts = handle.split('/');
+  // eslint-disable-next-line no-control-regex
   if (parts.length > 2 || parts.some((p) => p.length === 0 || /[\s\x00-\x1f]/.test(p))) {
     throw invalid(`mgmtdev ${JSON.stringify(handle)} must be "name" or "bus/name"`);
   }
-  return parts.length === 2 ? { bus: parts[0] as string, name: parts[1] as string } : { name: parts[0] as string };
+  return parts.length === 2
+    ? { bus: parts[0] as string, name: parts[1] as string }
+    : { name: parts[0] as string };
 }
 
 /** A unicast MAC address "xx:xx:xx:xx:xx:xx" → 6 bytes. */
@@ -81,7 +84,8 @@ export function parseFeatures(value: unknown, what = 'device features'): bigint 
   if (typeof value === 'bigint') n = value;
   else if (typeof value === 'number' && Number.isSafeInteger(value)) n = BigInt(value);
   else if (typeof value === 'string' && /^(0x[0-9a-fA-F]+|\d+)$/.test(value.trim())) n = BigInt(value.trim());
-  else throw invalid(`${what} must be a 64-bit mask such as 0x300000000, not ${JSON.stringify(String(value))}`);
+  else
+    throw invalid(`${what} must be a 64-bit mask such as 0x300000000, not ${JSON.stringify(String(value))}`);
   if (n < 0n || n >= 1n << 64n) throw invalid(`${what} ${String(value)} does not fit in 64 bits`);
   return n;
 }

@@ -297,7 +297,10 @@ export function decodeVendorStats(attrs: AttributeSet): VendorStats {
       const nul = attribute.data.indexOf(0);
       pendingName = attribute.data.toString('utf8', 0, nul < 0 ? attribute.data.length : nul);
     } else if (attribute.type === uapi.VDPA_ATTR_DEV_VENDOR_ATTR_VALUE && pendingName !== undefined) {
-      out.counters.push({ name: pendingName, value: new AttributeSet([attribute]).u64(attribute.type) ?? 0n });
+      out.counters.push({
+        name: pendingName,
+        value: new AttributeSet([attribute]).u64(attribute.type) ?? 0n,
+      });
       pendingName = undefined;
     }
   }
@@ -352,7 +355,10 @@ export class VdpaManager implements VdpaManagement {
    */
   static async open(options: ManagerOptions = {}): Promise<VdpaManager> {
     const paths = options.paths ?? SYSTEM_PATHS;
-    const genl = new GenericNetlink(options.transport ?? openNativeTransport(NETLINK_GENERIC), options.timeoutMs);
+    const genl = new GenericNetlink(
+      options.transport ?? openNativeTransport(NETLINK_GENERIC),
+      options.timeoutMs,
+    );
     try {
       const family = await genl.resolveFamily(uapi.VDPA_GENL_NAME);
       return new VdpaManager(genl, family, paths);
@@ -388,7 +394,12 @@ export class VdpaManager implements VdpaManagement {
         });
       } catch (error) {
         if (!(error instanceof VdpaError)) throw error;
-        if (dump && error.code === 'EAGAIN' && !(error instanceof NetlinkRequestError) && attempt < DUMP_ATTEMPTS) {
+        if (
+          dump &&
+          error.code === 'EAGAIN' &&
+          !(error instanceof NetlinkRequestError) &&
+          attempt < DUMP_ATTEMPTS
+        ) {
           continue;
         }
         if (!(error instanceof NetlinkRequestError)) throw error;
@@ -418,10 +429,14 @@ export class VdpaManager implements VdpaManagement {
     const attrs = new AttributeWriter();
     if (parsed.bus !== undefined) attrs.string(uapi.VDPA_ATTR_MGMTDEV_BUS_NAME, parsed.bus);
     attrs.string(uapi.VDPA_ATTR_MGMTDEV_DEV_NAME, parsed.name);
-    const [reply] = await this.call(uapi.VDPA_CMD_MGMTDEV_GET, attrs, `showing management device ${handle}`, (e) =>
-      e.code === 'ENODEV' ? this.unknownMgmtdev(e, handle) : undefined,
+    const [reply] = await this.call(
+      uapi.VDPA_CMD_MGMTDEV_GET,
+      attrs,
+      `showing management device ${handle}`,
+      (e) => (e.code === 'ENODEV' ? this.unknownMgmtdev(e, handle) : undefined),
     );
-    if (reply === undefined) throw new VdpaError(`no reply for management device ${handle}`, { code: 'ENODEV' });
+    if (reply === undefined)
+      throw new VdpaError(`no reply for management device ${handle}`, { code: 'ENODEV' });
     return decodeMgmtdev(reply.attrs);
   }
 
@@ -435,7 +450,13 @@ export class VdpaManager implements VdpaManagement {
 
   /** All vdpa devices created through management devices (DEV_GET dump). */
   async listDevices(): Promise<VdpaDeviceInfo[]> {
-    const replies = await this.call(uapi.VDPA_CMD_DEV_GET, new AttributeWriter(), 'listing devices', undefined, true);
+    const replies = await this.call(
+      uapi.VDPA_CMD_DEV_GET,
+      new AttributeWriter(),
+      'listing devices',
+      undefined,
+      true,
+    );
     return replies.map((r) => decodeDevice(r.attrs));
   }
 
@@ -443,7 +464,10 @@ export class VdpaManager implements VdpaManagement {
     if (error.code === 'ENODEV') {
       return rewrap(error, `cannot ${action}: no vdpa device named "${name}"; see \`vhost-vdpa dev list\``);
     }
-    if (error.code === 'EINVAL' && (error.kernelMessage === undefined || /unmanaged|user created/.test(error.kernelMessage))) {
+    if (
+      error.code === 'EINVAL' &&
+      (error.kernelMessage === undefined || /unmanaged|user created/.test(error.kernelMessage))
+    ) {
       return rewrap(
         error,
         `cannot ${action}: vdpa device "${name}" was not created through the management interface ` +
@@ -493,7 +517,8 @@ export class VdpaManager implements VdpaManagement {
             `(\`vhost-vdpa dev del ${name}\`)`,
         );
       }
-      if (e.code === 'ENODEV' && /management device|mgmt/.test(kernel)) return this.unknownMgmtdev(e, options.mgmtdev);
+      if (e.code === 'ENODEV' && /management device|mgmt/.test(kernel))
+        return this.unknownMgmtdev(e, options.mgmtdev);
       if (e.code === 'EOPNOTSUPP' && /not supported/.test(kernel)) {
         const rejected = unsupportedOptionNames(kernel);
         return rewrap(
@@ -504,10 +529,16 @@ export class VdpaManager implements VdpaManagement {
         );
       }
       if (e.code === 'EINVAL' && /Missing features/.test(kernel)) {
-        return rewrap(e, 'the provisioned device features lack the feature bits the other options need; add them');
+        return rewrap(
+          e,
+          'the provisioned device features lack the feature bits the other options need; add them',
+        );
       }
       if (e.code === 'EINVAL' && /Network class attributes/.test(kernel)) {
-        return rewrap(e, `mac/mtu/maxVqPairs are net options, and "${options.mgmtdev}" does not create net devices`);
+        return rewrap(
+          e,
+          `mac/mtu/maxVqPairs are net options, and "${options.mgmtdev}" does not create net devices`,
+        );
       }
       if (e.code === 'EINVAL' && /[Aa]mbiguous/.test(kernel)) return undefined;
       return undefined;
@@ -522,7 +553,8 @@ export class VdpaManager implements VdpaManagement {
    */
   async deleteDevice(name: string, options: DeleteOptions = {}): Promise<void> {
     validateDeviceName(name);
-    if (options.checkHolders !== false && deviceExists(name, this.paths)) assertNotHeld(name, 'delete', this.paths);
+    if (options.checkHolders !== false && deviceExists(name, this.paths))
+      assertNotHeld(name, 'delete', this.paths);
     const attrs = new AttributeWriter().string(uapi.VDPA_ATTR_DEV_NAME, name);
     await this.call(uapi.VDPA_CMD_DEV_DEL, attrs, `deleting device ${name}`, (e) =>
       this.noDevice(e, name, `delete "${name}"`),
@@ -533,10 +565,17 @@ export class VdpaManager implements VdpaManagement {
   async getConfig(name: string): Promise<VdpaDeviceConfig> {
     validateDeviceName(name);
     const attrs = new AttributeWriter().string(uapi.VDPA_ATTR_DEV_NAME, name);
-    const [reply] = await this.call(uapi.VDPA_CMD_DEV_CONFIG_GET, attrs, `reading the config of ${name}`, (e) =>
-      e.code === 'EOPNOTSUPP'
-        ? rewrap(e, `the kernel cannot decode the config of "${name}": only net and block devices are supported`)
-        : this.noDevice(e, name, `read the config of "${name}"`),
+    const [reply] = await this.call(
+      uapi.VDPA_CMD_DEV_CONFIG_GET,
+      attrs,
+      `reading the config of ${name}`,
+      (e) =>
+        e.code === 'EOPNOTSUPP'
+          ? rewrap(
+              e,
+              `the kernel cannot decode the config of "${name}": only net and block devices are supported`,
+            )
+          : this.noDevice(e, name, `read the config of "${name}"`),
     );
     if (reply === undefined) throw new VdpaError(`no reply for the config of ${name}`, { code: 'ENODEV' });
     return decodeConfig(reply.attrs);

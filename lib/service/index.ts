@@ -13,4 +13,11 @@ export {
   type MethodDefinition,
   type ServiceBackend,
 } from './methods';
-export { JsonFramer, RpcErrorCode, RpcMethodError, validateRequest, type RpcRequest, type RpcResponse } from './jsonrpc';
+export {
+  JsonFramer,
+  RpcErrorCode,
+  RpcMethodError,
+  validateRequest,
+  type RpcRequest,
+  type RpcResponse,
+} from './jsonrpc';

@@ -77,15 +77,25 @@ export function validateRequest(value: unknown): RpcRequest | RpcResponse {
     return errorResponse(null, RpcErrorCode.INVALID_REQUEST, 'a request must be a JSON object');
   }
   const v = value as Record<string, unknown>;
-  const idValid = !('id' in v) || typeof v.id === 'string' || v.id === null || (typeof v.id === 'number' && Number.isFinite(v.id));
+  const idValid =
+    !('id' in v) ||
+    typeof v.id === 'string' ||
+    v.id === null ||
+    (typeof v.id === 'number' && Number.isFinite(v.id));
   const id: RpcId = idValid && 'id' in v ? (v.id as RpcId) : null;
-  if (!idValid) return errorResponse(null, RpcErrorCode.INVALID_REQUEST, 'id must be a string, a number or null');
-  if (v.jsonrpc !== '2.0') return errorResponse(id, RpcErrorCode.INVALID_REQUEST, 'jsonrpc must be exactly "2.0"');
+  if (!idValid)
+    return errorResponse(null, RpcErrorCode.INVALID_REQUEST, 'id must be a string, a number or null');
+  if (v.jsonrpc !== '2.0')
+    return errorResponse(id, RpcErrorCode.INVALID_REQUEST, 'jsonrpc must be exactly "2.0"');
   if (typeof v.method !== 'string' || v.method.length === 0) {
     return errorResponse(id, RpcErrorCode.INVALID_REQUEST, 'method must be a non-empty string');
   }
   if ('params' in v && (typeof v.params !== 'object' || v.params === null)) {
-    return errorResponse(id, RpcErrorCode.INVALID_REQUEST, 'params must be an object or an array when present');
+    return errorResponse(
+      id,
+      RpcErrorCode.INVALID_REQUEST,
+      'params must be an object or an array when present',
+    );
   }
   const request: RpcRequest = { method: v.method };
   if ('params' in v) request.params = v.params as RpcRequest['params'];
@@ -131,7 +141,8 @@ export class JsonFramer {
         if (ch === ' ' || ch === '\n' || ch === '\r' || ch === '\t') continue;
         this.start = i;
         if (ch === '{' || ch === '[') this.depth = 1;
-        else if (ch === '"') this.inString = true; // a top-level string: ends at its closing quote
+        else if (ch === '"')
+          this.inString = true; // a top-level string: ends at its closing quote
         else this.scalar = true;
         continue;
       }

@@ -10,7 +10,13 @@ import * as path from 'node:path';
 
 import { VdpaError } from '../errors';
 import type { VendorStats } from '../mgmt/vdpa';
-import { parseFeatures, parseInteger, parseMac, parseMgmtdevHandle, validateDeviceName } from '../mgmt/validate';
+import {
+  parseFeatures,
+  parseInteger,
+  parseMac,
+  parseMgmtdevHandle,
+  validateDeviceName,
+} from '../mgmt/validate';
 import { RpcErrorCode, RpcMethodError } from './jsonrpc';
 
 /** An "interface" as the service reports it: a vdpa device and what it is bound to. */
@@ -78,7 +84,12 @@ function paramsObject(params: unknown, allowed: string[], required: string[]): P
   if (params === undefined) object = {};
   else if (Array.isArray(params)) {
     if (params.length === 0) object = {};
-    else if (params.length === 1 && typeof params[0] === 'object' && params[0] !== null && !Array.isArray(params[0])) {
+    else if (
+      params.length === 1 &&
+      typeof params[0] === 'object' &&
+      params[0] !== null &&
+      !Array.isArray(params[0])
+    ) {
       object = params[0] as Params;
     } else throw invalidParams('params must be an object (or an array holding one object)');
   } else object = params as Params;
@@ -90,7 +101,8 @@ function paramsObject(params: unknown, allowed: string[], required: string[]): P
     );
   }
   const missing = required.filter((k) => object[k] === undefined);
-  if (missing.length > 0) throw invalidParams(`missing parameter${missing.length > 1 ? 's' : ''} ${missing.join(', ')}`);
+  if (missing.length > 0)
+    throw invalidParams(`missing parameter${missing.length > 1 ? 's' : ''} ${missing.join(', ')}`);
   return object;
 }
 
@@ -131,7 +143,9 @@ export function parseCreateParams(params: unknown): CreateInterfaceParams {
     if (p['max-vqp'] !== undefined) out.maxVqPairs = parseInteger(p['max-vqp'], 'max-vqp', 1, 0x8000);
     if (p['device-features'] !== undefined) {
       if (typeof p['device-features'] !== 'string' && typeof p['device-features'] !== 'number') {
-        throw new VdpaError('device-features must be a "0x…" string or a number', { code: 'ERR_INVALID_ARG' });
+        throw new VdpaError('device-features must be a "0x…" string or a number', {
+          code: 'ERR_INVALID_ARG',
+        });
       }
       out.deviceFeatures = parseFeatures(p['device-features'], 'device-features');
     }
@@ -160,7 +174,8 @@ export function createMethods(backend: ServiceBackend): Record<string, MethodDef
     },
     'create-interface': {
       description: 'create a vdpa device (and bind it); returns the new interface',
-      params: '{"device-id", "mgmtdev", "mac"?, "mtu"?, "max-vqp"?, "device-features"?, "driver"?: "vhost_vdpa"|"virtio_vdpa"}',
+      params:
+        '{"device-id", "mgmtdev", "mac"?, "mtu"?, "max-vqp"?, "device-features"?, "driver"?: "vhost_vdpa"|"virtio_vdpa"}',
       handler: async (params) => backend.createInterface(parseCreateParams(params)),
     },
     'destroy-interface': {
@@ -174,13 +189,16 @@ export function createMethods(backend: ServiceBackend): Record<string, MethodDef
       },
     },
     'get-stats': {
-      description: "vendor statistics of one queue of a device (net devices whose parent has them)",
+      description: 'vendor statistics of one queue of a device (net devices whose parent has them)',
       params: '{"device-id", "queue"?: number (default 0)}',
       handler: async (params) => {
         const p = paramsObject(params, ['device-id', 'queue'], ['device-id']);
         const name = validated(() => validateDeviceName(p['device-id'], 'device-id'));
-        if (p.queue !== undefined && typeof p.queue !== 'number') throw invalidParams('queue must be a number');
-        const queue = validated(() => (p.queue === undefined ? 0 : parseInteger(p.queue, 'queue', 0, 0xffffffff)));
+        if (p.queue !== undefined && typeof p.queue !== 'number')
+          throw invalidParams('queue must be a number');
+        const queue = validated(() =>
+          p.queue === undefined ? 0 : parseInteger(p.queue, 'queue', 0, 0xffffffff),
+        );
         const stats = await backend.getStats(name, queue);
         return {
           'device-id': stats.name,

@@ -135,7 +135,11 @@ class Connection {
         this.queue.length = 0;
         this.ending = true;
         this.send(
-          errorResponse(null, RpcErrorCode.INVALID_REQUEST, `request larger than ${this.options.maxRequestBytes} bytes`),
+          errorResponse(
+            null,
+            RpcErrorCode.INVALID_REQUEST,
+            `request larger than ${this.options.maxRequestBytes} bytes`,
+          ),
         );
         this.socket.pause();
         if (!this.busy) this.socket.end();
@@ -283,7 +287,9 @@ export class ManagementService {
 
   private accept(socket: net.Socket): void {
     if (this.closing || this.connections.size >= this.limits.maxConnections) {
-      const reason = this.closing ? 'the service is shutting down' : `too many connections (${this.limits.maxConnections})`;
+      const reason = this.closing
+        ? 'the service is shutting down'
+        : `too many connections (${this.limits.maxConnections})`;
       socket.end(JSON.stringify(errorResponse(null, RpcErrorCode.UNAVAILABLE, reason)) + '\n');
       return;
     }
@@ -299,7 +305,8 @@ export class ManagementService {
       return errorResponse(null, RpcErrorCode.PARSE_ERROR, `parse error: ${(error as Error).message}`);
     }
     if (Array.isArray(value)) {
-      if (value.length === 0) return errorResponse(null, RpcErrorCode.INVALID_REQUEST, 'an empty batch is not a request');
+      if (value.length === 0)
+        return errorResponse(null, RpcErrorCode.INVALID_REQUEST, 'an empty batch is not a request');
       const answers = await Promise.all(value.map((v) => this.handleValue(v)));
       const sent = answers.filter((a): a is RpcResponse => a !== undefined);
       return sent.length > 0 ? sent : undefined;
@@ -316,18 +323,32 @@ export class ManagementService {
       : undefined;
     let response: RpcResponse;
     if (method === undefined) {
-      response = errorResponse(id, RpcErrorCode.METHOD_NOT_FOUND, `no method ${JSON.stringify(request.method)}; see list-methods`);
+      response = errorResponse(
+        id,
+        RpcErrorCode.METHOD_NOT_FOUND,
+        `no method ${JSON.stringify(request.method)}; see list-methods`,
+      );
     } else {
       response = await this.invoke(id, request.method, method, request.params);
     }
     return request.id === undefined ? undefined : response;
   }
 
-  private async invoke(id: string | number | null, name: string, method: MethodDefinition, params: unknown): Promise<RpcResponse> {
+  private async invoke(
+    id: string | number | null,
+    name: string,
+    method: MethodDefinition,
+    params: unknown,
+  ): Promise<RpcResponse> {
     let timer: NodeJS.Timeout | undefined;
     const timeout = new Promise<never>((_, reject) => {
       timer = setTimeout(
-        () => reject(new VdpaError(`${name} did not finish within ${this.limits.requestTimeoutMs} ms`, { code: 'ETIMEDOUT' })),
+        () =>
+          reject(
+            new VdpaError(`${name} did not finish within ${this.limits.requestTimeoutMs} ms`, {
+              code: 'ETIMEDOUT',
+            }),
+          ),
         this.limits.requestTimeoutMs,
       );
     });
@@ -336,8 +357,11 @@ export class ManagementService {
       return { jsonrpc: '2.0', id, result: result === undefined ? null : result };
     } catch (error) {
       if (error instanceof RpcMethodError) return errorResponse(id, error.rpcCode, error.message, error.data);
-      if (error instanceof VdpaError) return errorResponse(id, rpcCodeFor(error.code), error.message, errorData(error));
-      this.note(`internal error in ${name}: ${error instanceof Error ? (error.stack ?? error.message) : String(error)}`);
+      if (error instanceof VdpaError)
+        return errorResponse(id, rpcCodeFor(error.code), error.message, errorData(error));
+      this.note(
+        `internal error in ${name}: ${error instanceof Error ? (error.stack ?? error.message) : String(error)}`,
+      );
       return errorResponse(id, RpcErrorCode.INTERNAL_ERROR, `internal error in ${name}`);
     } finally {
       clearTimeout(timer);

@@ -57,7 +57,10 @@ describe('cli (lab): vhost-vdpa against the real kernel', function () {
     const steps: [string[], RegExp][] = [
       [['mgmtdev', 'list'], /^MGMTDEV\s+CLASSES\s+MAX VQS/],
       [['mgmtdev', 'show', 'vdpasim_net'], /vdpasim_net features:\n\s+MTU MAC/],
-      [['dev', 'add', 'name', 'cli0', 'mgmtdev', 'vdpasim_net', 'mac', '52:54:00:00:00:42'], /char device: \/dev\/vhost-vdpa-\d+/],
+      [
+        ['dev', 'add', 'name', 'cli0', 'mgmtdev', 'vdpasim_net', 'mac', '52:54:00:00:00:42'],
+        /char device: \/dev\/vhost-vdpa-\d+/,
+      ],
       [['dev', 'show', 'cli0'], /class:\s+net \(virtio id 1\)/],
       [['dev', 'config', 'cli0'], /mac:\s+52:54:00:00:00:42/],
       [['dev', 'set', 'cli0', '--mac', '52:54:00:00:00:43'], /cli0: mac 52:54:00:00:00:43/],
@@ -108,7 +111,14 @@ describe('cli (lab): vhost-vdpa against the real kernel', function () {
   });
 
   it('says "needs CAP_NET_ADMIN (run as root)" to an unprivileged user (exit 4)', () => {
-    const r = cliProcess(['setpriv', '--reuid=65534', '--regid=65534', '--clear-groups'], 'dev', 'add', 'np0', '--mgmtdev', 'vdpasim_blk');
+    const r = cliProcess(
+      ['setpriv', '--reuid=65534', '--regid=65534', '--clear-groups'],
+      'dev',
+      'add',
+      'np0',
+      '--mgmtdev',
+      'vdpasim_blk',
+    );
     assert.equal(r.status, 4, r.stderr);
     assert.match(r.stderr, /needs CAP_NET_ADMIN \(run as root\)/);
   });

@@ -14,7 +14,9 @@ import { testDevices } from './helpers';
 /** Fails (never skips) when the lab's devices are not there. */
 export function requireLab(): void {
   if (testDevices().length === 0) {
-    throw new Error('no lab devices (VDPA_LAB_DEVICES / /run/vdpa-lab.json): run these tests with `npm test` or scripts/lab.mjs');
+    throw new Error(
+      'no lab devices (VDPA_LAB_DEVICES / /run/vdpa-lab.json): run these tests with `npm test` or scripts/lab.mjs',
+    );
   }
 }
 
@@ -41,7 +43,10 @@ export async function cli(...argv: string[]): Promise<{ code: number; out: strin
 }
 
 /** Runs the built executable (dist-test/lib/cli/main.js) as a separate process. */
-export function cliProcess(prefix: string[], ...argv: string[]): { status: number | null; stdout: string; stderr: string } {
+export function cliProcess(
+  prefix: string[],
+  ...argv: string[]
+): { status: number | null; stdout: string; stderr: string } {
   const main = path.join(__dirname, '..', '..', 'lib', 'cli', 'main.js');
   const command = [...prefix, process.execPath, main, ...argv];
   const r = spawnSync(command[0] as string, command.slice(1), { encoding: 'utf8', timeout: 120000 });
@@ -50,7 +55,10 @@ export function cliProcess(prefix: string[], ...argv: string[]): { status: numbe
 
 /** Entries of a sysfs/dev directory matching a pattern. */
 export function entries(dir: string, pattern: RegExp): string[] {
-  return fs.readdirSync(dir).filter((e) => pattern.test(e)).sort();
+  return fs
+    .readdirSync(dir)
+    .filter((e) => pattern.test(e))
+    .sort();
 }
 
 /** Open file descriptors of this process. */

@@ -4,7 +4,13 @@ import * as fs from 'node:fs';
 import { VhostVdpaDevice } from '../../lib/device';
 import { VdpaError } from '../../lib/errors';
 import { bit, VirtioF } from '../../lib/features';
-import { bindDriver, describeBinding, findHolders, getBoundDriver, resolveCharDev } from '../../lib/mgmt/sysfs';
+import {
+  bindDriver,
+  describeBinding,
+  findHolders,
+  getBoundDriver,
+  resolveCharDev,
+} from '../../lib/mgmt/sysfs';
 import { VdpaManager } from '../../lib/mgmt/vdpa';
 import { decodeBlkConfig } from '../../lib/virtio-config';
 import { testDevices } from './helpers';
@@ -14,7 +20,10 @@ interface Ip2Mgmt {
   mgmtdev: Record<string, { supported_classes: string[]; max_supported_vqs: number; dev_features: string[] }>;
 }
 interface Ip2Dev {
-  dev: Record<string, { type: string; mgmtdev: string; vendor_id: number; max_vqs: number; max_vq_size: number }>;
+  dev: Record<
+    string,
+    { type: string; mgmtdev: string; vendor_id: number; max_vqs: number; max_vq_size: number }
+  >;
 }
 interface Ip2Config {
   config: Record<string, Record<string, unknown>>;
@@ -46,12 +55,21 @@ describe('mgmt (lab): VdpaManager against iproute2 and sysfs', function () {
     for (const m of ours) {
       const t = theirs[m.handle];
       assert.ok(t);
-      assert.deepEqual([...m.supportedClasses].sort(), [...t.supported_classes].map((c) => IP2_CLASS[c] ?? c).sort());
+      assert.deepEqual(
+        [...m.supportedClasses].sort(),
+        [...t.supported_classes].map((c) => IP2_CLASS[c] ?? c).sort(),
+      );
       assert.equal(m.maxSupportedVqs, t.max_supported_vqs);
-      assert.equal(m.supportedFeatures === 0n || m.supportedFeatures === undefined, t.dev_features.length === 0);
+      assert.equal(
+        m.supportedFeatures === 0n || m.supportedFeatures === undefined,
+        t.dev_features.length === 0,
+      );
     }
     const single = await manager.getMgmtDevice('vdpasim_net');
-    assert.deepEqual(single, ours.find((m) => m.handle === 'vdpasim_net'));
+    assert.deepEqual(
+      single,
+      ours.find((m) => m.handle === 'vdpasim_net'),
+    );
   });
 
   it('shows the same devices as `vdpa dev show`, and sysfs agrees on the char devices', async () => {
@@ -80,7 +98,10 @@ describe('mgmt (lab): VdpaManager against iproute2 and sysfs', function () {
     assert.equal(ours.net.mac, theirs.mac);
     assert.equal(ours.net.mtu, theirs.mtu);
     assert.equal(ours.net.linkUp, theirs['link '] === 'up');
-    assert.deepEqual((await manager.listConfigs()).map((c) => c.name).sort(), (await manager.listDevices()).map((d) => d.name).sort());
+    assert.deepEqual(
+      (await manager.listConfigs()).map((c) => c.name).sort(),
+      (await manager.listDevices()).map((d) => d.name).sort(),
+    );
   });
 
   for (const name of ['blk0', 'vduse0']) {
@@ -140,7 +161,11 @@ describe('mgmt (lab): VdpaManager against iproute2 and sysfs', function () {
   it('reads vendor stats of a net queue as `vdpa dev vstats show` does', async () => {
     const lab = testDevices().find((d) => d.name === 'net0');
     assert.ok(lab);
-    await rejectsCode(manager.getVendorStats('net0', 0), 'EAGAIN', /FEATURES_OK.*\[kernel: "vdpa: feature negotiation not complete"\]/);
+    await rejectsCode(
+      manager.getVendorStats('net0', 0),
+      'EAGAIN',
+      /FEATURES_OK.*\[kernel: "vdpa: feature negotiation not complete"\]/,
+    );
     const device = VhostVdpaDevice.open(lab.chardev);
     try {
       const want = device.getFeatures() & (bit(VirtioF.VERSION_1) | bit(VirtioF.ACCESS_PLATFORM));
@@ -149,7 +174,14 @@ describe('mgmt (lab): VdpaManager against iproute2 and sysfs', function () {
       assert.equal(ours.queueIndex, 0);
       assert.equal(ours.negotiatedFeatures, negotiated);
       // iproute2 prints each counter as a "name": value member next to queue_type.
-      const vstats = iproute2<{ vstats: Record<string, Record<string, unknown>> }>('dev', 'vstats', 'show', 'net0', 'qidx', '0');
+      const vstats = iproute2<{ vstats: Record<string, Record<string, unknown>> }>(
+        'dev',
+        'vstats',
+        'show',
+        'net0',
+        'qidx',
+        '0',
+      );
       const theirs = Object.entries(vstats.vstats.net0 ?? {})
         .filter(([key]) => key !== 'queue_type' && key !== 'queue_index')
         .map(([name, value]) => ({ name, value: BigInt(value as number) }));
@@ -163,7 +195,12 @@ describe('mgmt (lab): VdpaManager against iproute2 and sysfs', function () {
 
   it('creates a net device with MAC and MTU, changes the MAC, and deletes it', async () => {
     await removeIfPresent(manager, 'tnet');
-    const info = await manager.addDevice({ name: 'tnet', mgmtdev: 'vdpasim_net', mac: '52:54:00:12:34:56', mtu: 1400 });
+    const info = await manager.addDevice({
+      name: 'tnet',
+      mgmtdev: 'vdpasim_net',
+      mac: '52:54:00:12:34:56',
+      mtu: 1400,
+    });
     try {
       assert.equal(info.deviceClass, 'net');
       const theirs = iproute2<Ip2Config>('dev', 'config', 'show', 'tnet').config.tnet;
@@ -179,11 +216,31 @@ describe('mgmt (lab): VdpaManager against iproute2 and sysfs', function () {
   });
 
   it('explains each error case', async () => {
-    await rejectsCode(manager.addDevice({ name: 'x1', mgmtdev: 'nosuch' }), 'ENODEV', /no management device "nosuch".*\[kernel: "vdpa: Fail to find the specified management device"\]/);
-    await rejectsCode(manager.addDevice({ name: 'blk0', mgmtdev: 'vdpasim_blk' }), 'EEXIST', /named "blk0" already exists/);
-    await rejectsCode(manager.addDevice({ name: 'x2', mgmtdev: 'vdpasim_net', maxVqPairs: 2 }), 'EOPNOTSUPP', /does not accept maxVqPairs/);
-    await rejectsCode(manager.addDevice({ name: 'x3', mgmtdev: 'vdpasim_blk', mac: '52:54:00:00:00:01' }), 'EOPNOTSUPP', /does not accept mac/);
-    await rejectsCode(manager.deleteDevice('ghost'), 'ENODEV', /no vdpa device named "ghost".*\[kernel: "vdpa: device not found"\]/);
+    await rejectsCode(
+      manager.addDevice({ name: 'x1', mgmtdev: 'nosuch' }),
+      'ENODEV',
+      /no management device "nosuch".*\[kernel: "vdpa: Fail to find the specified management device"\]/,
+    );
+    await rejectsCode(
+      manager.addDevice({ name: 'blk0', mgmtdev: 'vdpasim_blk' }),
+      'EEXIST',
+      /named "blk0" already exists/,
+    );
+    await rejectsCode(
+      manager.addDevice({ name: 'x2', mgmtdev: 'vdpasim_net', maxVqPairs: 2 }),
+      'EOPNOTSUPP',
+      /does not accept maxVqPairs/,
+    );
+    await rejectsCode(
+      manager.addDevice({ name: 'x3', mgmtdev: 'vdpasim_blk', mac: '52:54:00:00:00:01' }),
+      'EOPNOTSUPP',
+      /does not accept mac/,
+    );
+    await rejectsCode(
+      manager.deleteDevice('ghost'),
+      'ENODEV',
+      /no vdpa device named "ghost".*\[kernel: "vdpa: device not found"\]/,
+    );
     await rejectsCode(manager.getDevice('ghost'), 'ENODEV', /no vdpa device named "ghost"/);
     await rejectsCode(manager.getConfig('ghost'), 'ENODEV', /no vdpa device named "ghost"/);
     assert.deepEqual(entries('/sys/bus/vdpa/devices', /^x\d$/), [], 'nothing was created');
@@ -195,8 +252,15 @@ describe('mgmt (lab): VdpaManager against iproute2 and sysfs', function () {
     const chardev = await resolveCharDev('tbusy');
     const device = VhostVdpaDevice.open(chardev);
     try {
-      assert.deepEqual(findHolders(chardev).map((h) => h.pid), [process.pid]);
-      await rejectsCode(manager.deleteDevice('tbusy'), 'EBUSY', new RegExp(`${chardev} is open in pid ${process.pid} \\(node\\)`));
+      assert.deepEqual(
+        findHolders(chardev).map((h) => h.pid),
+        [process.pid],
+      );
+      await rejectsCode(
+        manager.deleteDevice('tbusy'),
+        'EBUSY',
+        new RegExp(`${chardev} is open in pid ${process.pid} \\(node\\)`),
+      );
       await assert.rejects(bindDriver('tbusy', 'virtio_vdpa'), (e: VdpaError) => e.code === 'EBUSY');
       assert.equal(describeBinding('tbusy').driver, 'vhost_vdpa', 'still bound');
     } finally {

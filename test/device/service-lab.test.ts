@@ -47,8 +47,13 @@ describe('service (lab): JSON-RPC against the real kernel', function () {
   it('lists the interfaces iproute2 shows, with their char devices', async () => {
     const [r] = await call(socketPath, [{ method: 'list-interfaces', id: 1 }]);
     const list = r?.result as { 'device-id': string; chardev?: string; driver: string }[];
-    assert.deepEqual(list.map((i) => i['device-id']).sort(), Object.keys(iproute2<{ dev: object }>('dev', 'show').dev).sort());
-    assert.ok(list.every((i) => i.driver === 'vhost_vdpa' && /^\/dev\/vhost-vdpa-\d+$/.test(i.chardev ?? '')));
+    assert.deepEqual(
+      list.map((i) => i['device-id']).sort(),
+      Object.keys(iproute2<{ dev: object }>('dev', 'show').dev).sort(),
+    );
+    assert.ok(
+      list.every((i) => i.driver === 'vhost_vdpa' && /^\/dev\/vhost-vdpa-\d+$/.test(i.chardev ?? '')),
+    );
   });
 
   it('creates and destroys devices for several concurrent clients, with bad requests mixed in', async () => {
@@ -56,9 +61,17 @@ describe('service (lab): JSON-RPC against the real kernel', function () {
     const created = await Promise.all(
       names.map((name, i) =>
         call(socketPath, [
-          { method: 'create-interface', params: { 'device-id': name, mgmtdev: i % 2 ? 'vdpasim_net' : 'vdpasim_blk' }, id: 1 },
+          {
+            method: 'create-interface',
+            params: { 'device-id': name, mgmtdev: i % 2 ? 'vdpasim_net' : 'vdpasim_blk' },
+            id: 1,
+          },
           { method: 'create-interface', params: { 'device-id': name, mgmtdev: 'vdpasim_blk' }, id: 2 },
-          { method: 'create-interface', params: { 'device-id': name, mgmtdev: 'vdpasim_blk', bogus: 1 }, id: 3 },
+          {
+            method: 'create-interface',
+            params: { 'device-id': name, mgmtdev: 'vdpasim_blk', bogus: 1 },
+            id: 3,
+          },
           { method: 'nope', id: 4 },
         ]),
       ),
@@ -75,11 +88,18 @@ describe('service (lab): JSON-RPC against the real kernel', function () {
       }
       assert.ok(names.every((n) => fs.existsSync(`/sys/bus/vdpa/devices/${n}`)));
     } finally {
-      const destroyed = await Promise.all(names.map((n) => call(socketPath, [{ method: 'destroy-interface', params: { 'device-id': n }, id: 9 }])));
-      for (const [answer] of destroyed) assert.deepEqual((answer?.result as { destroyed: boolean }).destroyed, true);
+      const destroyed = await Promise.all(
+        names.map((n) =>
+          call(socketPath, [{ method: 'destroy-interface', params: { 'device-id': n }, id: 9 }]),
+        ),
+      );
+      for (const [answer] of destroyed)
+        assert.deepEqual((answer?.result as { destroyed: boolean }).destroyed, true);
     }
     assert.ok(names.every((n) => !fs.existsSync(`/sys/bus/vdpa/devices/${n}`)));
-    const [gone] = await call(socketPath, [{ method: 'destroy-interface', params: { 'device-id': 'svc0' }, id: 1 }]);
+    const [gone] = await call(socketPath, [
+      { method: 'destroy-interface', params: { 'device-id': 'svc0' }, id: 1 },
+    ]);
     assert.equal((gone?.error as { code: number }).code, RpcErrorCode.NOT_FOUND);
   });
 

@@ -20,20 +20,30 @@ const BLK0: VdpaDeviceInfo = {
   minVqSize: 1,
 };
 
-function fakeManager(overrides: Partial<VdpaManagement> = {}): VdpaManagement & { added: AddDeviceOptions[]; closed: number } {
+function fakeManager(
+  overrides: Partial<VdpaManagement> = {},
+): VdpaManagement & { added: AddDeviceOptions[]; closed: number } {
   const added: AddDeviceOptions[] = [];
   const m = {
     added,
     closed: 0,
     listMgmtDevices: async () => [
-      { handle: 'vdpasim_net', name: 'vdpasim_net', supportedClasses: ['net'], classMask: 2n, maxSupportedVqs: 3, supportedFeatures: 0x308830028n },
+      {
+        handle: 'vdpasim_net',
+        name: 'vdpasim_net',
+        supportedClasses: ['net'],
+        classMask: 2n,
+        maxSupportedVqs: 3,
+        supportedFeatures: 0x308830028n,
+      },
     ],
     getMgmtDevice: async () => {
       throw new VdpaError('no management device "x"', { code: 'ENODEV' });
     },
     listDevices: async () => [BLK0],
     getDevice: async (name: string) => {
-      if (name !== 'blk0') throw new VdpaError(`no vdpa device named "${name}"`, { code: 'ENODEV', errno: 19 });
+      if (name !== 'blk0')
+        throw new VdpaError(`no vdpa device named "${name}"`, { code: 'ENODEV', errno: 19 });
       return BLK0;
     },
     addDevice: async (o: AddDeviceOptions) => {
@@ -41,9 +51,18 @@ function fakeManager(overrides: Partial<VdpaManagement> = {}): VdpaManagement & 
       return { ...BLK0, name: o.name };
     },
     deleteDevice: async (name: string) => {
-      if (name === 'busy') throw new VdpaError('cannot delete "busy": /dev/vhost-vdpa-0 is open in pid 1 (x)', { code: 'EBUSY' });
+      if (name === 'busy')
+        throw new VdpaError('cannot delete "busy": /dev/vhost-vdpa-0 is open in pid 1 (x)', {
+          code: 'EBUSY',
+        });
     },
-    getConfig: async () => ({ name: 'blk0', deviceId: 2, deviceClass: 'block', deviceFeatures: 0x40n, blk: { capacity: 2048n, blockSize: 512 } }),
+    getConfig: async () => ({
+      name: 'blk0',
+      deviceId: 2,
+      deviceClass: 'block',
+      deviceFeatures: 0x40n,
+      blk: { capacity: 2048n, blockSize: 512 },
+    }),
     listConfigs: async () => [],
     getVendorStats: async () => {
       throw new VdpaError('needs CAP_NET_ADMIN (run as root)', { code: 'EPERM' });
@@ -114,10 +133,26 @@ describe('cli: commands with a fake kernel', () => {
     const manager = fakeManager();
     sysfs.addDevice('n1', { driver: 'vhost_vdpa', charDev: 'vhost-vdpa-1' });
     const ctx = context(manager, sysfs);
-    assert.equal(await runCli(['dev', 'add', 'name', 'n1', 'mgmtdev', 'vdpasim_net', 'mac', '52:54:00:00:00:01', 'mtu', '1400'], ctx), 0, ctx.err);
-    assert.deepEqual(manager.added[0], { name: 'n1', mgmtdev: 'vdpasim_net', mac: '52:54:00:00:00:01', mtu: 1400 });
+    assert.equal(
+      await runCli(
+        ['dev', 'add', 'name', 'n1', 'mgmtdev', 'vdpasim_net', 'mac', '52:54:00:00:00:01', 'mtu', '1400'],
+        ctx,
+      ),
+      0,
+      ctx.err,
+    );
+    assert.deepEqual(manager.added[0], {
+      name: 'n1',
+      mgmtdev: 'vdpasim_net',
+      mac: '52:54:00:00:00:01',
+      mtu: 1400,
+    });
     assert.match(ctx.out, /char device: \S*vhost-vdpa-1/);
-    assert.equal(await runCli(['dev', 'add', 'n1', '--mgmtdev=vdpasim_net', '--device-features', '0x300000000'], ctx), 0, ctx.err);
+    assert.equal(
+      await runCli(['dev', 'add', 'n1', '--mgmtdev=vdpasim_net', '--device-features', '0x300000000'], ctx),
+      0,
+      ctx.err,
+    );
     assert.deepEqual(manager.added[1], { name: 'n1', mgmtdev: 'vdpasim_net', deviceFeatures: '0x300000000' });
     assert.equal(manager.closed, 2, 'the manager is closed after each command');
   });
@@ -157,9 +192,15 @@ describe('cli: commands with a fake kernel', () => {
       const { error } = JSON.parse(ctx.out) as { error: { code: string; message: string } };
       assert.match(error.message, message);
     }
-    const timeout = context(fakeManager({ listDevices: async () => Promise.reject(new VdpaError('t', { code: 'ETIMEDOUT' })) }), sysfs);
+    const timeout = context(
+      fakeManager({ listDevices: async () => Promise.reject(new VdpaError('t', { code: 'ETIMEDOUT' })) }),
+      sysfs,
+    );
     assert.equal(await runCli(['dev', 'list'], timeout), 6);
-    const unsupported = context(fakeManager({ setMac: async () => Promise.reject(new VdpaError('u', { code: 'EOPNOTSUPP' })) }), sysfs);
+    const unsupported = context(
+      fakeManager({ setMac: async () => Promise.reject(new VdpaError('u', { code: 'EOPNOTSUPP' })) }),
+      sysfs,
+    );
     assert.equal(await runCli(['dev', 'set', 'blk0', '--mac', '52:54:00:00:00:01'], unsupported), 7);
   });
 

@@ -21,7 +21,9 @@ function rejectsWith(promise: Promise<unknown>, code: string, message?: RegExp):
 
 describe('mgmt: netlink client', () => {
   it('matches answers to concurrent requests by sequence number', async () => {
-    const kernel = new FakeKernel((r) => ({ replies: [{ cmd: r.cmd, attrs: new AttributeWriter().u32(1, r.cmd) }] }));
+    const kernel = new FakeKernel((r) => ({
+      replies: [{ cmd: r.cmd, attrs: new AttributeWriter().u32(1, r.cmd) }],
+    }));
     const genl = new GenericNetlink(kernel);
     const [a, b] = await Promise.all([
       genl.request(FAKE_VDPA_FAMILY, 5, 1, Buffer.alloc(0), { what: 'a' }),
@@ -50,20 +52,27 @@ describe('mgmt: netlink client', () => {
   it('rejects with the errno and the kernel message', async () => {
     const kernel = new FakeKernel(() => ({ errno: 19, extack: 'vdpa: device not found' }));
     const genl = new GenericNetlink(kernel);
-    await assert.rejects(genl.request(FAKE_VDPA_FAMILY, 5, 1, Buffer.alloc(0), { what: 'vdpa DEV_GET' }), (e: NetlinkRequestError) => {
-      assert.ok(e instanceof NetlinkRequestError);
-      assert.equal(e.code, 'ENODEV');
-      assert.equal(e.errno, 19);
-      assert.equal(e.kernelMessage, 'vdpa: device not found');
-      assert.equal(e.syscall, 'netlink(vdpa DEV_GET)');
-      return true;
-    });
+    await assert.rejects(
+      genl.request(FAKE_VDPA_FAMILY, 5, 1, Buffer.alloc(0), { what: 'vdpa DEV_GET' }),
+      (e: NetlinkRequestError) => {
+        assert.ok(e instanceof NetlinkRequestError);
+        assert.equal(e.code, 'ENODEV');
+        assert.equal(e.errno, 19);
+        assert.equal(e.kernelMessage, 'vdpa: device not found');
+        assert.equal(e.syscall, 'netlink(vdpa DEV_GET)');
+        return true;
+      },
+    );
     genl.close();
   });
 
   it('times out with ETIMEDOUT when the kernel does not answer', async () => {
     const genl = new GenericNetlink(new FakeKernel(() => ({ silent: true })), 50);
-    await rejectsWith(genl.request(FAKE_VDPA_FAMILY, 5, 1, Buffer.alloc(0), { what: 'vdpa DEV_GET' }), 'ETIMEDOUT', /within 50 ms/);
+    await rejectsWith(
+      genl.request(FAKE_VDPA_FAMILY, 5, 1, Buffer.alloc(0), { what: 'vdpa DEV_GET' }),
+      'ETIMEDOUT',
+      /within 50 ms/,
+    );
     genl.close();
   });
 
@@ -124,7 +133,10 @@ describe('mgmt: VdpaManager errors that teach', () => {
   });
   afterEach(() => sysfs.cleanup());
 
-  async function manager(handle: (r: FakeRequest) => ReturnType<FakeKernel['handle']>, commands: number[] = []): Promise<VdpaManager> {
+  async function manager(
+    handle: (r: FakeRequest) => ReturnType<FakeKernel['handle']>,
+    commands: number[] = [],
+  ): Promise<VdpaManager> {
     const kernel = new FakeKernel(handle);
     kernel.commands = commands;
     return VdpaManager.open({ transport: kernel, paths: sysfs.paths, timeoutMs: 500 });
@@ -134,7 +146,11 @@ describe('mgmt: VdpaManager errors that teach', () => {
     fs.rmSync(path.join(sysfs.paths.sys, 'bus'), { recursive: true });
     const kernel = new FakeKernel();
     kernel.vdpaMissing = true;
-    await rejectsWith(VdpaManager.open({ transport: kernel, paths: sysfs.paths }), 'ENOENT', /the vdpa module is not loaded \(modprobe vdpa/);
+    await rejectsWith(
+      VdpaManager.open({ transport: kernel, paths: sysfs.paths }),
+      'ENOENT',
+      /the vdpa module is not loaded \(modprobe vdpa/,
+    );
     assert.equal(kernel.closed, true, 'the socket is closed on failure');
   });
 
@@ -144,18 +160,29 @@ describe('mgmt: VdpaManager errors that teach', () => {
     fs.symlinkSync('net:[4026532999]', path.join(sysfs.paths.proc, 'self/ns/net'));
     const kernel = new FakeKernel();
     kernel.vdpaMissing = true;
-    await rejectsWith(VdpaManager.open({ transport: kernel, paths: sysfs.paths }), 'ENOENT', /not in the initial network namespace/);
+    await rejectsWith(
+      VdpaManager.open({ transport: kernel, paths: sysfs.paths }),
+      'ENOENT',
+      /not in the initial network namespace/,
+    );
     assert.match(explainMissingFamily(sysfs.paths), /--net=host/);
   });
 
   it('turns EPERM into "needs CAP_NET_ADMIN (run as root)"', async () => {
     const m = await manager(() => ({ errno: 1 }));
-    await rejectsWith(m.addDevice({ name: 'x', mgmtdev: 'vdpasim_blk' }), 'EPERM', /needs CAP_NET_ADMIN \(run as root\)/);
+    await rejectsWith(
+      m.addDevice({ name: 'x', mgmtdev: 'vdpasim_blk' }),
+      'EPERM',
+      /needs CAP_NET_ADMIN \(run as root\)/,
+    );
     m.close();
   });
 
   it('explains an unknown management device, keeping the kernel message verbatim', async () => {
-    const m = await manager(() => ({ errno: 19, extack: 'vdpa: Fail to find the specified management device' }));
+    const m = await manager(() => ({
+      errno: 19,
+      extack: 'vdpa: Fail to find the specified management device',
+    }));
     await rejectsWith(
       m.addDevice({ name: 'x', mgmtdev: 'nosuch' }),
       'ENODEV',
@@ -166,13 +193,24 @@ describe('mgmt: VdpaManager errors that teach', () => {
 
   it('explains a duplicate name (EEXIST)', async () => {
     const m = await manager(() => ({ errno: 17 }));
-    await rejectsWith(m.addDevice({ name: 'blk0', mgmtdev: 'vdpasim_blk' }), 'EEXIST', /named "blk0" already exists.*dev del blk0/);
+    await rejectsWith(
+      m.addDevice({ name: 'blk0', mgmtdev: 'vdpasim_blk' }),
+      'EEXIST',
+      /named "blk0" already exists.*dev del blk0/,
+    );
     m.close();
   });
 
   it('names the options a management device does not accept', async () => {
-    const m = await manager(() => ({ errno: 95, extack: 'vdpa: Some provided attributes are not supported: 0x1000' }));
-    await rejectsWith(m.addDevice({ name: 'n', mgmtdev: 'vdpasim_net', maxVqPairs: 2 }), 'EOPNOTSUPP', /does not accept maxVqPairs/);
+    const m = await manager(() => ({
+      errno: 95,
+      extack: 'vdpa: Some provided attributes are not supported: 0x1000',
+    }));
+    await rejectsWith(
+      m.addDevice({ name: 'n', mgmtdev: 'vdpasim_net', maxVqPairs: 2 }),
+      'EOPNOTSUPP',
+      /does not accept maxVqPairs/,
+    );
     m.close();
   });
 
@@ -183,7 +221,10 @@ describe('mgmt: VdpaManager errors that teach', () => {
   });
 
   it('explains deleting a device that was not user-created', async () => {
-    const m = await manager(() => ({ errno: 22, extack: 'vdpa: Only user created device can be deleted by user' }));
+    const m = await manager(() => ({
+      errno: 22,
+      extack: 'vdpa: Only user created device can be deleted by user',
+    }));
     await rejectsWith(m.deleteDevice('ifcvf-0'), 'EINVAL', /not created through the management interface/);
     m.close();
   });
@@ -257,7 +298,10 @@ describe('mgmt: VdpaManager errors that teach', () => {
     assert.equal(add.attrs.string(uapi.VDPA_ATTR_DEV_NAME), 'n1');
     assert.equal(add.attrs.u16(uapi.VDPA_ATTR_DEV_NET_CFG_MTU), 1400);
     assert.equal(add.attrs.u64(uapi.VDPA_ATTR_DEV_FEATURES), 0x300000000n);
-    assert.deepEqual([...(add.attrs.binary(uapi.VDPA_ATTR_DEV_NET_CFG_MACADDR) ?? [])], [0x52, 0x54, 0, 0, 0, 1]);
+    assert.deepEqual(
+      [...(add.attrs.binary(uapi.VDPA_ATTR_DEV_NET_CFG_MACADDR) ?? [])],
+      [0x52, 0x54, 0, 0, 0, 1],
+    );
     assert.deepEqual(info, {
       name: 'n1',
       mgmtdev: 'pci/0000:01:00.2',
@@ -281,11 +325,18 @@ describe('mgmt: VdpaManager errors that teach', () => {
       [m.addDevice({ name: 'ok', mgmtdev: 'vdpasim_net', mac: 'zz' }), /must look like/],
       [m.addDevice({ name: 'ok', mgmtdev: 'vdpasim_net', mtu: 67 }), /mtu must be an integer between 68/],
       [m.addDevice({ name: 'ok', mgmtdev: 'vdpasim_net', maxVqPairs: 0 }), /max VQ pairs/],
-      [m.addDevice({ name: 'ok', mgmtdev: 'vdpasim_net', deviceFeatures: '0x1' + '0'.repeat(16) }), /does not fit in 64 bits/],
+      [
+        m.addDevice({ name: 'ok', mgmtdev: 'vdpasim_net', deviceFeatures: '0x1' + '0'.repeat(16) }),
+        /does not fit in 64 bits/,
+      ],
       [m.getVendorStats('net0', -1), /queue index/],
     ];
     for (const [promise, message] of cases) await rejectsWith(promise, 'ERR_INVALID_ARG', message);
-    assert.equal(kernel.requests.filter((r) => r.message.type === FAKE_VDPA_FAMILY).length, 0, 'nothing was sent');
+    assert.equal(
+      kernel.requests.filter((r) => r.message.type === FAKE_VDPA_FAMILY).length,
+      0,
+      'nothing was sent',
+    );
     m.close();
   });
 });

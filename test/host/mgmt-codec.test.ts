@@ -53,7 +53,10 @@ describe('mgmt: netlink codec', () => {
   it('rejects a message whose length runs past the datagram', () => {
     const wire = encodeMessage(0x20, 0, 1, 0, Buffer.alloc(8));
     hostOrder.w32(wire, 200, 0);
-    assert.throws(() => decodeMessages(wire), (e: VdpaError) => e.code === 'ERR_NETLINK_PROTOCOL');
+    assert.throws(
+      () => decodeMessages(wire),
+      (e: VdpaError) => e.code === 'ERR_NETLINK_PROTOCOL',
+    );
   });
 
   it('rejects a message length shorter than the header', () => {
@@ -93,14 +96,19 @@ describe('mgmt: netlink codec', () => {
   });
 
   it('reads integers of whatever width the kernel sent (NET_STATUS is sent as u16)', () => {
-    const set = new AttributeSet(new AttributeWriter().u16(11, 1).u8(12, 3).u32(13, 7).u64(14, 9n).toBuffer());
+    const set = new AttributeSet(
+      new AttributeWriter().u16(11, 1).u8(12, 3).u32(13, 7).u64(14, 9n).toBuffer(),
+    );
     assert.deepEqual([set.uint(11), set.uint(12), set.uint(13), set.uint(14)], [1, 3, 7, 9]);
   });
 
   it('rejects an attribute too short for the requested type', () => {
     const set = new AttributeSet(new AttributeWriter().u16(1, 5).toBuffer());
     assert.throws(() => set.u32(1), /attribute 1 has 2 bytes, a u32 needs 4/);
-    assert.throws(() => set.u64(1), (e: VdpaError) => e.code === 'ERR_NETLINK_PROTOCOL');
+    assert.throws(
+      () => set.u64(1),
+      (e: VdpaError) => e.code === 'ERR_NETLINK_PROTOCOL',
+    );
   });
 
   it('rejects an attribute whose length runs past its area', () => {
@@ -110,7 +118,10 @@ describe('mgmt: netlink codec', () => {
   });
 
   it('refuses to encode an attribute longer than 65535 bytes', () => {
-    assert.throws(() => new AttributeWriter().put(1, Buffer.alloc(70000)), (e: VdpaError) => e.code === 'ERR_INVALID_ARG');
+    assert.throws(
+      () => new AttributeWriter().put(1, Buffer.alloc(70000)),
+      (e: VdpaError) => e.code === 'ERR_INVALID_ARG',
+    );
   });
 
   it('strips NLA_F_NESTED from types when decoding', () => {
@@ -181,7 +192,10 @@ describe('mgmt: generic netlink and vdpa decoding', () => {
   });
 
   it('rejects a generic netlink payload shorter than its header', () => {
-    assert.throws(() => decodeGenl({ type: 0x20, flags: 0, seq: 0, portId: 0, payload: Buffer.alloc(2) }), /generic netlink payload/);
+    assert.throws(
+      () => decodeGenl({ type: 0x20, flags: 0, seq: 0, portId: 0, payload: Buffer.alloc(2) }),
+      /generic netlink payload/,
+    );
   });
 
   it('decodes a block config reply', () => {
@@ -237,7 +251,9 @@ describe('mgmt: generic netlink and vdpa decoding', () => {
   });
 
   it('names the options in "Some provided attributes are not supported: 0x…"', () => {
-    assert.deepEqual(unsupportedOptionNames('vdpa: Some provided attributes are not supported: 0x1000'), ['maxVqPairs']);
+    assert.deepEqual(unsupportedOptionNames('vdpa: Some provided attributes are not supported: 0x1000'), [
+      'maxVqPairs',
+    ]);
     assert.deepEqual(unsupportedOptionNames('x: 0x2400'), ['mac', 'mtu']);
     assert.deepEqual(unsupportedOptionNames('no mask'), []);
   });

@@ -21,7 +21,13 @@ import {
   NLMSGERR_ATTR_MSG,
   type NetlinkMessage,
 } from '../../lib/mgmt/netlink';
-import { CTRL_ATTR_FAMILY_ID, CTRL_ATTR_FAMILY_NAME, CTRL_ATTR_OPS, CTRL_ATTR_OP_ID, GENL_ID_CTRL } from '../../lib/mgmt/genl';
+import {
+  CTRL_ATTR_FAMILY_ID,
+  CTRL_ATTR_FAMILY_NAME,
+  CTRL_ATTR_OPS,
+  CTRL_ATTR_OP_ID,
+  GENL_ID_CTRL,
+} from '../../lib/mgmt/genl';
 import type { SystemPaths } from '../../lib/mgmt/sysfs';
 
 /** A decoded request as the fake kernel sees it. */
@@ -44,7 +50,10 @@ export function errorMessage(request: NetlinkMessage, errno: number, extack?: st
   const header = Buffer.alloc(16);
   hostOrder.w32(header, 16 + request.payload.length, 0);
   hostOrder.w16(header, request.type, 4);
-  const tlvs = extack === undefined ? Buffer.alloc(0) : new AttributeWriter().string(NLMSGERR_ATTR_MSG, extack).toBuffer();
+  const tlvs =
+    extack === undefined
+      ? Buffer.alloc(0)
+      : new AttributeWriter().string(NLMSGERR_ATTR_MSG, extack).toBuffer();
   const code = Buffer.alloc(4);
   hostOrder.w32(code, -errno >>> 0, 0);
   const flags = NLM_F_CAPPED | (extack === undefined ? 0 : NLM_F_ACK_TLVS);

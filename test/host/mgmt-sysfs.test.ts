@@ -46,29 +46,47 @@ describe('mgmt: sysfs binding and char devices', () => {
 
   it('resolves /dev/vhost-vdpa-N', async () => {
     fake.addDevice('blk0', { driver: 'vhost_vdpa', charDev: 'vhost-vdpa-3' });
-    assert.equal(await resolveCharDev('blk0', { paths: fake.paths }), path.join(fake.paths.dev, 'vhost-vdpa-3'));
+    assert.equal(
+      await resolveCharDev('blk0', { paths: fake.paths }),
+      path.join(fake.paths.dev, 'vhost-vdpa-3'),
+    );
   });
 
   it('waits for the /dev node to appear', async () => {
     fake.addDevice('blk0', { driver: 'vhost_vdpa', charDev: 'vhost-vdpa-1', devNode: false });
     setTimeout(() => fs.writeFileSync(path.join(fake.paths.dev, 'vhost-vdpa-1'), ''), 60);
-    assert.equal(await resolveCharDev('blk0', { paths: fake.paths, timeoutMs: 2000 }), path.join(fake.paths.dev, 'vhost-vdpa-1'));
+    assert.equal(
+      await resolveCharDev('blk0', { paths: fake.paths, timeoutMs: 2000 }),
+      path.join(fake.paths.dev, 'vhost-vdpa-1'),
+    );
   });
 
   it('times out with ETIMEDOUT and says what is missing', async () => {
     fake.addDevice('blk0', { driver: 'vhost_vdpa', charDev: 'vhost-vdpa-1', devNode: false });
-    await assert.rejects(resolveCharDev('blk0', { paths: fake.paths, timeoutMs: 80 }), code('ETIMEDOUT', /after 80 ms.*does not exist/));
+    await assert.rejects(
+      resolveCharDev('blk0', { paths: fake.paths, timeoutMs: 80 }),
+      code('ETIMEDOUT', /after 80 ms.*does not exist/),
+    );
     fake.addDevice('lonely');
-    await assert.rejects(resolveCharDev('lonely', { paths: fake.paths, timeoutMs: 50 }), code('ETIMEDOUT', /not bound to any driver.*modprobe vhost_vdpa/));
+    await assert.rejects(
+      resolveCharDev('lonely', { paths: fake.paths, timeoutMs: 50 }),
+      code('ETIMEDOUT', /not bound to any driver.*modprobe vhost_vdpa/),
+    );
   });
 
   it('refuses a device bound to virtio_vdpa, naming the fix', async () => {
     fake.addDevice('blk0', { driver: 'virtio_vdpa' });
-    await assert.rejects(resolveCharDev('blk0', { paths: fake.paths }), code('ERR_WRONG_DRIVER', /dev bind blk0 vhost/));
+    await assert.rejects(
+      resolveCharDev('blk0', { paths: fake.paths }),
+      code('ERR_WRONG_DRIVER', /dev bind blk0 vhost/),
+    );
   });
 
   it('fails with ENODEV for an unknown device and ERR_INVALID_ARG for a path-like name', async () => {
-    await assert.rejects(resolveCharDev('ghost', { paths: fake.paths }), code('ENODEV', /no vdpa device named "ghost"/));
+    await assert.rejects(
+      resolveCharDev('ghost', { paths: fake.paths }),
+      code('ENODEV', /no vdpa device named "ghost"/),
+    );
     await assert.rejects(resolveCharDev('../etc', { paths: fake.paths }), code('ERR_INVALID_ARG'));
   });
 
@@ -84,19 +102,28 @@ describe('mgmt: sysfs binding and char devices', () => {
 
   it('refuses to bind to a driver that is not loaded', async () => {
     fake.addDevice('blk0');
-    await assert.rejects(bindDriver('blk0', 'virtio_vdpa', { paths: fake.paths }), code('ENOENT', /modprobe virtio_vdpa/));
+    await assert.rejects(
+      bindDriver('blk0', 'virtio_vdpa', { paths: fake.paths }),
+      code('ENOENT', /modprobe virtio_vdpa/),
+    );
   });
 
   it('finds this process holding a char device open, and refuses to delete/unbind it (EBUSY)', () => {
     const fd = fs.openSync('/dev/null', 'r');
     try {
       const holders = findHolders('/dev/null', SYSTEM_PATHS);
-      assert.ok(holders.some((h) => h.pid === process.pid && h.how === 'fd' && h.fd === fd), JSON.stringify(holders));
+      assert.ok(
+        holders.some((h) => h.pid === process.pid && h.how === 'fd' && h.fd === fd),
+        JSON.stringify(holders),
+      );
       // A fake device whose char device node is a symlink to /dev/null (held by us).
       fake.addDevice('busy', { driver: 'vhost_vdpa', charDev: 'vhost-vdpa-9', devNode: false });
       fs.symlinkSync('/dev/null', path.join(fake.paths.dev, 'vhost-vdpa-9'));
       const paths = { ...fake.paths, proc: '/proc' };
-      assert.throws(() => assertNotHeld('busy', 'delete', paths), code('EBUSY', new RegExp(`pid ${process.pid} \\(node\\) via fd ${fd}.*Close it`)));
+      assert.throws(
+        () => assertNotHeld('busy', 'delete', paths),
+        code('EBUSY', new RegExp(`pid ${process.pid} \\(node\\) via fd ${fd}.*Close it`)),
+      );
     } finally {
       fs.closeSync(fd);
     }

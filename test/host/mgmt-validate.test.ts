@@ -1,6 +1,13 @@
 import { strict as assert } from 'node:assert';
 
-import { formatMac, parseFeatures, parseInteger, parseMac, parseMgmtdevHandle, validateDeviceName } from '../../lib/mgmt/validate';
+import {
+  formatMac,
+  parseFeatures,
+  parseInteger,
+  parseMac,
+  parseMgmtdevHandle,
+  validateDeviceName,
+} from '../../lib/mgmt/validate';
 
 describe('mgmt: argument validation', () => {
   it('accepts device names that can be sysfs directories and rejects the rest', () => {

@@ -24,7 +24,10 @@ class FakeBackend implements ServiceBackend {
   async createInterface(params: CreateInterfaceParams): Promise<InterfaceInfo> {
     if (this.slowMs > 0) await new Promise((r) => setTimeout(r, this.slowMs));
     if (this.interfaces.has(params.name)) {
-      throw new VdpaError(`a vdpa device named "${params.name}" already exists`, { code: 'EEXIST', errno: 17 });
+      throw new VdpaError(`a vdpa device named "${params.name}" already exists`, {
+        code: 'EEXIST',
+        errno: 17,
+      });
     }
     this.created.push(params);
     const info: InterfaceInfo = {
@@ -40,7 +43,8 @@ class FakeBackend implements ServiceBackend {
     return info;
   }
   async destroyInterface(name: string): Promise<void> {
-    if (!this.interfaces.delete(name)) throw new VdpaError(`no vdpa device named "${name}"`, { code: 'ENODEV', errno: 19 });
+    if (!this.interfaces.delete(name))
+      throw new VdpaError(`no vdpa device named "${name}"`, { code: 'ENODEV', errno: 19 });
   }
   async getStats(name: string, queue: number): Promise<VendorStats> {
     return { name, deviceId: 1, queueIndex: queue, counters: [{ name: 'received_desc', value: 3n }] };
@@ -83,7 +87,9 @@ class Client {
   }
 
   async call(method: string, params?: unknown, id: number | string = 1): Promise<Record<string, unknown>> {
-    this.socket.write(JSON.stringify({ jsonrpc: '2.0', method, id, ...(params === undefined ? {} : { params }) }) + '\n');
+    this.socket.write(
+      JSON.stringify({ jsonrpc: '2.0', method, id, ...(params === undefined ? {} : { params }) }) + '\n',
+    );
     return (await this.next()) as Record<string, unknown>;
   }
 
@@ -140,7 +146,12 @@ describe('service: JSON-RPC on a Unix socket', () => {
     dir = fs.mkdtempSync(path.join(os.tmpdir(), 'vdpa-svc-'));
     socketPath = path.join(dir, 'vdpa.sock');
     backend = new FakeBackend();
-    service = await ManagementService.start({ socketPath, backend, maxConnections: 8, maxRequestBytes: 4096 });
+    service = await ManagementService.start({
+      socketPath,
+      backend,
+      maxConnections: 8,
+      maxRequestBytes: 4096,
+    });
   });
   afterEach(async () => {
     await service.close();
@@ -162,7 +173,11 @@ describe('service: JSON-RPC on a Unix socket', () => {
       'list-methods',
       'version',
     ]);
-    const created = await c.call('create-interface', { 'device-id': 'blk9', mgmtdev: 'vdpasim_blk', driver: 'vhost' }, 7);
+    const created = await c.call(
+      'create-interface',
+      { 'device-id': 'blk9', mgmtdev: 'vdpasim_blk', driver: 'vhost' },
+      7,
+    );
     assert.equal(created.id, 7);
     assert.deepEqual(created.result, backend.interfaces.get('blk9'));
     assert.equal(backend.created[0]?.driver, 'vhost_vdpa');
@@ -185,7 +200,10 @@ describe('service: JSON-RPC on a Unix socket', () => {
     assert.equal(errorCode(r), RpcErrorCode.NOT_FOUND);
     assert.deepEqual((r.error as { data: unknown }).data, { code: 'ENODEV', errno: 19 });
     await c.call('create-interface', { 'device-id': 'a', mgmtdev: 'm' });
-    assert.equal(errorCode(await c.call('create-interface', { 'device-id': 'a', mgmtdev: 'm' })), RpcErrorCode.BUSY);
+    assert.equal(
+      errorCode(await c.call('create-interface', { 'device-id': 'a', mgmtdev: 'm' })),
+      RpcErrorCode.BUSY,
+    );
     c.end();
   });
 
@@ -208,10 +226,22 @@ describe('service: JSON-RPC on a Unix socket', () => {
     assert.equal(errorCode(await c.call('__proto__')), RpcErrorCode.METHOD_NOT_FOUND);
     assert.equal(errorCode(await c.call('version', { extra: 1 })), RpcErrorCode.INVALID_PARAMS);
     assert.equal(errorCode(await c.call('create-interface', { mgmtdev: 'x' })), RpcErrorCode.INVALID_PARAMS);
-    assert.equal(errorCode(await c.call('create-interface', { 'device-id': '../x', mgmtdev: 'x' })), RpcErrorCode.INVALID_PARAMS);
-    assert.equal(errorCode(await c.call('create-interface', { 'device-id': 'x', mgmtdev: 'm', mtu: 10 })), RpcErrorCode.INVALID_PARAMS);
-    assert.equal(errorCode(await c.call('create-interface', { 'device-id': 'x', mgmtdev: 'm', driver: 'vfio' })), RpcErrorCode.INVALID_PARAMS);
-    assert.equal(errorCode(await c.call('get-stats', { 'device-id': 'n', queue: '1' })), RpcErrorCode.INVALID_PARAMS);
+    assert.equal(
+      errorCode(await c.call('create-interface', { 'device-id': '../x', mgmtdev: 'x' })),
+      RpcErrorCode.INVALID_PARAMS,
+    );
+    assert.equal(
+      errorCode(await c.call('create-interface', { 'device-id': 'x', mgmtdev: 'm', mtu: 10 })),
+      RpcErrorCode.INVALID_PARAMS,
+    );
+    assert.equal(
+      errorCode(await c.call('create-interface', { 'device-id': 'x', mgmtdev: 'm', driver: 'vfio' })),
+      RpcErrorCode.INVALID_PARAMS,
+    );
+    assert.equal(
+      errorCode(await c.call('get-stats', { 'device-id': 'n', queue: '1' })),
+      RpcErrorCode.INVALID_PARAMS,
+    );
     assert.equal(errorCode(await c.call('get-stats', [1, 2])), RpcErrorCode.INVALID_PARAMS);
     assert.equal(backend.created.length, 0, 'no invalid request reached the backend');
     // Still usable afterwards.
@@ -234,7 +264,11 @@ describe('service: JSON-RPC on a Unix socket', () => {
       [1, 2],
     );
     c.raw('{"jsonrpc":"2.0","method":"version"}\n');
-    assert.equal((await c.call('list-methods', undefined, 'after')).id, 'after', 'the notification produced no answer');
+    assert.equal(
+      (await c.call('list-methods', undefined, 'after')).id,
+      'after',
+      'the notification produced no answer',
+    );
     c.end();
   });
 
@@ -268,15 +302,25 @@ describe('service: JSON-RPC on a Unix socket', () => {
   });
 
   it('refuses to start on a socket another service is listening on, and replaces a stale one', async () => {
-    await assert.rejects(ManagementService.start({ socketPath, backend: new FakeBackend() }), (e: VdpaError) => e.code === 'EADDRINUSE');
+    await assert.rejects(
+      ManagementService.start({ socketPath, backend: new FakeBackend() }),
+      (e: VdpaError) => e.code === 'EADDRINUSE',
+    );
     const stalePath = path.join(dir, 'stale.sock');
     const stale = net.createServer().listen(stalePath);
     await new Promise((r) => stale.once('listening', r));
     // Simulate a crash: the file stays but nobody listens.
     stale.close();
     fs.writeFileSync(path.join(dir, 'plain'), 'x');
-    await assert.rejects(ManagementService.start({ socketPath: path.join(dir, 'plain'), backend: new FakeBackend() }), (e: VdpaError) => e.code === 'EEXIST');
-    const second = await ManagementService.start({ socketPath: stalePath, backend: new FakeBackend(), mode: 0o660 });
+    await assert.rejects(
+      ManagementService.start({ socketPath: path.join(dir, 'plain'), backend: new FakeBackend() }),
+      (e: VdpaError) => e.code === 'EEXIST',
+    );
+    const second = await ManagementService.start({
+      socketPath: stalePath,
+      backend: new FakeBackend(),
+      mode: 0o660,
+    });
     assert.equal(fs.statSync(stalePath).mode & 0o777, 0o660);
     await second.close();
     assert.equal(fs.existsSync(stalePath), false, 'close removes the socket');
@@ -298,7 +342,9 @@ describe('service: `vhost-vdpa serve` process', () => {
     const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'vdpa-serve-'));
     const socketPath = path.join(dir, 's.sock');
     const main = path.join(__dirname, '..', '..', 'lib', 'cli', 'main.js');
-    const child = spawn(process.execPath, [main, 'serve', '--socket', socketPath], { stdio: ['ignore', 'ignore', 'pipe'] });
+    const child = spawn(process.execPath, [main, 'serve', '--socket', socketPath], {
+      stdio: ['ignore', 'ignore', 'pipe'],
+    });
     let stderr = '';
     child.stderr.on('data', (d: Buffer) => (stderr += d.toString()));
     try {
@@ -308,7 +354,10 @@ describe('service: `vhost-vdpa serve` process', () => {
       const r = await c.call('list-interfaces');
       // This host has no vdpa module: the error says so, and the service stays up.
       assert.equal(errorCode(r), RpcErrorCode.NOT_FOUND, JSON.stringify(r));
-      assert.match((r.error as { message: string }).message, /vdpa module is not loaded|initial network namespace/);
+      assert.match(
+        (r.error as { message: string }).message,
+        /vdpa module is not loaded|initial network namespace/,
+      );
       assert.equal(typeof (await c.call('version')).result, 'string');
       const exited = new Promise<number | null>((resolve) => child.on('exit', (code) => resolve(code)));
       child.kill('SIGTERM');
