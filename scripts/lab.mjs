@@ -5,7 +5,8 @@ import path from 'node:path';
 import { PROJECT_ROOT, prepare, runInLab } from './lab/index.mjs';
 import { createLogger } from './lab/util.mjs';
 
-const HELP = `Usage: node scripts/lab.mjs [options] [-- CMD ARGS...]
+const HELP = `Usage: node scripts/lab.mjs [options] [--] [CMD ARGS...]
+       npm run lab -- [options] [--] [CMD ARGS...]
 
 Boots Debian's 6.12 kernel in QEMU with real vhost-vdpa devices (blk0: vdpa_sim_blk, vduse0: VDUSE block,
 net0: vdpa_sim_net) and runs CMD as root in the project root (${PROJECT_ROOT}, mounted read-write).
@@ -51,8 +52,10 @@ function parseArgs(argv) {
       if (!Number.isFinite(n) || n <= 0) throw new Error(`${a} needs a positive number`);
       return n;
     };
-    if (a === '--') {
-      o.command = argv.slice(i + 1);
+    if (a === '--' || !a.startsWith('-')) {
+      // `npm run lab -- CMD ARGS` arrives here without the `--` (npm consumes it): the first word that is
+      // not an option starts the command.
+      o.command = argv.slice(a === '--' ? i + 1 : i);
       break;
     } else if (a === '--help' || a === '-h') o.help = true;
     else if (a === '--timeout') o.timeoutSec = number();
