@@ -159,9 +159,11 @@ export interface CloseOptions {
    * true (default): stop accepting requests and wait for those in flight or
    * queued to finish, up to `timeoutMs`; whatever is left then is rejected.
    * false: reject everything in flight or queued at once with `ERR_CLOSED`.
+   * Either way the device is reset only once it has finished the requests it
+   * already holds (or `timeoutMs` passed), so it never writes into freed memory.
    */
   drain?: boolean;
-  /** Longest wait for draining, in ms (default 30000). */
+  /** Longest wait for the device, in ms (default 30000). */
   timeoutMs?: number;
 }
 
@@ -199,6 +201,8 @@ class Request {
   data: Uint8Array | undefined = undefined;
   result: unknown = undefined;
   remaining = 0;
+  /** The promise was settled (possibly before the device finished, on close). */
+  settled = false;
   error: VdpaError | undefined = undefined;
   resolve: (value: never) => void = noop;
   reject: (error: Error) => void = noop;
@@ -782,10 +786,12 @@ export class BlockDevice {
   /**
    * Stops the device. New requests are refused with `ERR_CLOSED`. By default
    * waits for requests in flight or queued (up to `timeoutMs`); those still
-   * pending then — or all of them with `drain: false` — are rejected with
-   * `ERR_CLOSED` naming the request, after the device was reset so it no longer
-   * touches their buffers. Then unmaps and frees all DMA memory (including
-   * {@link allocBuffer} buffers) and closes the device if it was opened by path.
+   * pending then — or all of them at once with `drain: false` — are rejected
+   * with `ERR_CLOSED` naming the request. Requests the device already holds are
+   * given up to `timeoutMs` to finish (their results are discarded) before the
+   * device is reset, because a reset with requests in flight is what devices
+   * handle worst; then all DMA memory (including {@link allocBuffer} buffers)
+   * is unmapped and freed, and the device is closed if it was opened by path.
    * Idempotent: later calls return the same promise.
    */
   close(options: CloseOptions = {}): Promise<void> {
@@ -1127,7 +1133,9 @@ export class BlockDevice {
     const slot = op.head * SLOT_SIZE;
     const status = q.slots8[slot + SLOT_STATUS];
     const request = op.request;
-    if (status === VIRTIO_BLK_S_OK) {
+    if (request.settled) {
+      // Rejected by close() while the device still had it: its data goes nowhere.
+    } else if (status === VIRTIO_BLK_S_OK) {
       if (op.chunkCount > 0 && op.type === VIRTIO_BLK_T_IN) {
         this.#bounce.copyOut(op.chunks, request.data as Uint8Array, op.offsetInRequest, op.length);
       } else if (op.raw) {
@@ -1151,10 +1159,14 @@ export class BlockDevice {
     op.request = undefined as unknown as Request;
     op.dmaBuffer = undefined;
     this.#opPool.push(op);
-    if (--request.remaining === 0) {
-      if (request.error !== undefined) request.reject(request.error);
-      else request.resolve(request.result as never);
-    }
+    if (--request.remaining === 0) this.#settle(request);
+  }
+
+  #settle(request: Request): void {
+    if (request.settled) return;
+    request.settled = true;
+    if (request.error !== undefined) request.reject(request.error);
+    else request.resolve(request.result as never);
   }
 
   #describe(request: Request): string {
@@ -1244,38 +1256,65 @@ export class BlockDevice {
     if (this.#state !== 'open') return;
     this.#state = 'closing';
     let timedOut = false;
-    if (drain && this.#outstanding > 0 && this.#failure === undefined) {
-      await new Promise<void>((resolve) => {
-        const timer = setTimeout(() => {
-          timedOut = true;
-          resolve();
-        }, timeoutMs);
-        this.#onIdle = () => {
-          clearTimeout(timer);
-          resolve();
-        };
-      });
-      this.#onIdle = undefined;
-    }
-    this.#completions.close();
-    // Reset before failing what is left: after it the device no longer writes into request memory.
-    if (this.#ownsTransport) this.#transport.close();
-    else if (!this.#transport.closed) this.#transport.reset();
+    if (drain && this.#outstanding > 0 && this.#failure === undefined)
+      timedOut = !(await this.#idle(timeoutMs));
     const why = !drain
       ? 'close({ drain: false }) was called'
       : timedOut
         ? `close() waited ${timeoutMs} ms for it`
         : 'the block device was closed';
-    this.#abortAll(
-      (request) =>
-        new VdpaError(
-          `${this.#describe(request)} on ${this.path} was aborted: ${why}. The device was reset before it ` +
-            'completed, so a read target may hold partial data and a written range partial new data',
-          { code: ErrorCodes.CLOSED, path: this.path },
-        ),
-    );
+    const closedError = (request: Request): VdpaError =>
+      new VdpaError(
+        `${this.#describe(request)} on ${this.path} was aborted: ${why}. Its outcome on the device is unknown ` +
+          '(a written range may hold old or new data)',
+        { code: ErrorCodes.CLOSED, path: this.path },
+      );
+    // Settle every pending promise now; nothing is left pending forever.
+    this.#rejectPending(closedError);
+    // Device requests already in rings stay owned by the device. Give it a bounded chance to finish
+    // them before the reset: resetting with requests in flight is the path devices handle worst
+    // (qemu-storage-daemon's VDUSE export can fail the device), and until the device is reset or
+    // idle, the ring, slot and bounce memory it may still write cannot be freed.
+    if (!drain && this.#outstanding > 0 && this.#failure === undefined) await this.#idle(timeoutMs);
+    this.#completions.close();
+    // Reset before forgetting the rest: after it the device no longer touches request memory.
+    if (this.#ownsTransport) this.#transport.close();
+    else if (!this.#transport.closed) this.#transport.reset();
+    this.#abortAll(closedError);
     this.#state = 'closed';
     this.#releaseResources();
+  }
+
+  /** Resolves true once nothing is queued or in flight, false after `timeoutMs`. */
+  #idle(timeoutMs: number): Promise<boolean> {
+    if (this.#outstanding === 0) return Promise.resolve(true);
+    return new Promise<boolean>((resolve) => {
+      const timer = setTimeout(() => {
+        this.#onIdle = undefined;
+        resolve(false);
+      }, timeoutMs);
+      this.#onIdle = () => {
+        clearTimeout(timer);
+        this.#onIdle = undefined;
+        resolve(true);
+      };
+    });
+  }
+
+  /** Fails queued device requests and settles (rejects) the requests of those in flight. */
+  #rejectPending(errorFor: (request: Request) => VdpaError): void {
+    while (this.#fifo.size > 0) {
+      const op = this.#fifo.shift();
+      op.request.error ??= errorFor(op.request);
+      this.#finish(op);
+    }
+    for (const q of this.#queues) {
+      for (const op of q.vq.inFlightTokens()) {
+        op.request.error ??= errorFor(op.request);
+        this.#settle(op.request);
+      }
+    }
+    if (this.#outstanding === 0) this.#onIdle?.();
   }
 
   /** Closes eventfds and doorbells, unmaps (if the device stays open) and frees all DMA memory. */

@@ -520,6 +520,13 @@ export class SplitVirtqueue<T> {
     }
   }
 
+  /** Tokens of the chains in flight (in descriptor order), without changing anything. */
+  inFlightTokens(): T[] {
+    const tokens: T[] = [];
+    for (let i = 0; i < this.size; i++) if (this.#active[i] !== 0) tokens.push(this.#tokens[i] as T);
+    return tokens;
+  }
+
   /**
    * Forgets every chain (after the device was reset, or the queue broke) and
    * returns their tokens so the caller can fail them. The ring is empty and

@@ -56,7 +56,7 @@ describe('BlockDevice (host, fake device)', () => {
     return { fake, dev };
   }
   afterEach(async () => {
-    for (const dev of open.splice(0)) await dev.close({ drain: false });
+    for (const dev of open.splice(0)) await dev.close({ drain: false, timeoutMs: 100 });
     for (const fake of fakes.splice(0)) {
       assert.deepEqual(fake.violations, [], 'the driver broke a device rule');
       fake.close();
@@ -470,8 +470,9 @@ describe('BlockDevice (host, fake device)', () => {
         dev.read(512, 512),
       ];
       await tick();
-      await dev.close({ drain: false });
+      const closing = dev.close({ drain: false, timeoutMs: 50 });
       const settled = await Promise.allSettled(pending);
+      await closing;
       const messages = settled.map((s) => {
         assert.equal(s.status, 'rejected');
         assert.equal((s.reason as VdpaError).code, 'ERR_CLOSED');
@@ -481,6 +482,29 @@ describe('BlockDevice (host, fake device)', () => {
       assert.match(messages[1], /write of 1024 bytes at offset 8192/);
       assert.match(messages[2], /^flush/);
       assert.equal(fake.status, 0);
+    });
+
+    it('with drain: false rejects at once, but resets the device only after it finished what it holds', async () => {
+      const { fake, dev } = start();
+      fake.hold = true;
+      const target = Buffer.alloc(4096, 0xaa);
+      const pending = dev.readInto(0, target);
+      await tick();
+      assert.equal(fake.heldCount, 1);
+      fake.disk.fill(0x55, 0, 4096);
+      let closed = false;
+      const closing = dev.close({ drain: false }).then(() => (closed = true));
+      await rejects(pending, 'ERR_CLOSED');
+      await tick();
+      assert.equal(closed, false, 'close waits for the device');
+      assert.ok(fake.status & VIRTIO_CONFIG_S_DRIVER_OK, 'not reset while the device holds a request');
+      fake.release();
+      await closing;
+      assert.equal(fake.status, 0);
+      assert.ok(
+        target.every((b) => b === 0xaa),
+        'a rejected read never writes into the caller’s buffer',
+      );
     });
 
     it('rejects what is still pending when draining times out', async () => {
