@@ -73,30 +73,47 @@ export async function prepare(log = createLogger()) {
   if (process.getuid?.() !== 0) throw new Error('the lab must run as root (apt-get, 9p export of /, QEMU)');
 
   await ensurePackages(log);
-  const kernel = await resolveKernel(log);
-  const dir = path.join(CACHE_ROOT, kernel.kver);
-  const initHash = initramfsHash(kernel.kver);
-  const result = {
-    kver: kernel.kver,
+  let kernel = await resolveKernel(log);
+  let assets = assetPaths(kernel);
+  if (assetsReady(kernel, assets)) return assets;
+
+  await withLock(path.join(CACHE_ROOT, '.lock'), log, async () => {
+    // Re-checked under the lock: a concurrent run may have finished the work while we waited.
+    if (!stampOk(assets.dir, 'kernel', kernel.version)) {
+      fs.mkdirSync(assets.dir, { recursive: true });
+      if (!(await fetchKernel(log, assets.dir, kernel))) {
+        // Stale apt lists name a kernel the mirror no longer has: refresh, re-resolve, retry once.
+        await aptUpdate(log);
+        kernel = await resolveKernel(log, { force: true });
+        assets = assetPaths(kernel);
+        fs.mkdirSync(assets.dir, { recursive: true });
+        if (!stampOk(assets.dir, 'kernel', kernel.version) && !(await fetchKernel(log, assets.dir, kernel)))
+          throw new Error(`apt-get download of kernel ${kernel.kver} (${kernel.version}) failed twice`);
+      }
+    }
+    if (!stampOk(assets.dir, 'modules', kernel.version)) await buildSimModules(log, assets.dir, kernel);
+    if (!fs.existsSync(assets.initramfs)) await buildInitramfs(log, assets.dir, kernel, assets.initramfs);
+  });
+  return assets;
+}
+
+function assetPaths({ kver }) {
+  const dir = path.join(CACHE_ROOT, kver);
+  return {
+    kver,
     dir,
     vmlinuz: path.join(dir, 'vmlinuz'),
-    initramfs: path.join(dir, `initramfs-${initHash.slice(0, 12)}.cpio`),
-    moduleTree: path.join(dir, 'root', 'lib', 'modules', kernel.kver),
+    initramfs: path.join(dir, `initramfs-${initramfsHash(kver).slice(0, 12)}.cpio`),
+    moduleTree: path.join(dir, 'root', 'lib', 'modules', kver),
   };
-  const ready = () =>
-    stampOk(dir, 'kernel', kernel.version) &&
-    stampOk(dir, 'modules', kernel.version) &&
-    fs.existsSync(result.initramfs);
-  if (ready()) return result;
+}
 
-  fs.mkdirSync(dir, { recursive: true });
-  await withLock(path.join(CACHE_ROOT, '.lock'), log, async () => {
-    // Re-check under the lock: a concurrent run may have finished the work while we waited.
-    if (!stampOk(dir, 'kernel', kernel.version)) await fetchKernel(log, dir, kernel);
-    if (!stampOk(dir, 'modules', kernel.version)) await buildSimModules(log, dir, kernel);
-    if (!fs.existsSync(result.initramfs)) await buildInitramfs(log, dir, kernel, result.initramfs);
-  });
-  return result;
+function assetsReady(kernel, assets) {
+  return (
+    stampOk(assets.dir, 'kernel', kernel.version) &&
+    stampOk(assets.dir, 'modules', kernel.version) &&
+    fs.existsSync(assets.initramfs)
+  );
 }
 
 // ---------------------------------------------------------------------------------------------------------
@@ -149,11 +166,11 @@ function aptListsStamp() {
 }
 
 /** Resolves the newest 6.12 kernel ABI (e.g. 6.12.117+deb12-amd64) and its package version from apt's lists. */
-async function resolveKernel(log) {
+async function resolveKernel(log, { force = false } = {}) {
   const cacheFile = path.join(CACHE_ROOT, 'kernel.json');
   const listsStamp = aptListsStamp();
   const cached = readJson(cacheFile);
-  if (cached && cached.listsStamp === listsStamp && cached.kver && cached.version) return cached;
+  if (!force && cached && cached.listsStamp === listsStamp && cached.kver && cached.version) return cached;
 
   const query = async () => {
     const dep = await run('apt-cache', ['depends', KERNEL_META], { allowFail: true });
@@ -196,6 +213,7 @@ function writeStamp(dir, stage, version, extra = {}) {
 }
 
 /**
+ * Returns false if apt-get download failed (the caller refreshes apt's lists and retries).
  * Downloads (never installs: installing headers drags in initramfs-tools + udev, ~100 s) the kernel image,
  * headers and kbuild and unpacks them into <dir>/root; extracts only the simulator sources from linux-source.
  */
@@ -204,8 +222,7 @@ async function fetchKernel(log, dir, { kver, kabi, version }) {
   const debs = path.join(dir, 'debs');
   const root = path.join(dir, 'root');
   const src = path.join(dir, 'src');
-  fs.rmSync(path.join(dir, '.stamp-modules'), { force: true }); // modules depend on this tree
-  for (const d of [debs, root, src]) fs.rmSync(d, { recursive: true, force: true });
+  fs.rmSync(debs, { recursive: true, force: true });
   fs.mkdirSync(debs, { recursive: true });
 
   const sourcePkg = `linux-source-${kver.split('.').slice(0, 2).join('.')}`; // linux-source-6.12
@@ -216,19 +233,21 @@ async function fetchKernel(log, dir, { kver, kabi, version }) {
     `linux-kbuild-${kabi}`,
   ];
   log(`downloading kernel ${kver} (${version}): ${[...pkgs, sourcePkg].join(' ')}`);
-  const download = () =>
-    run('apt-get', ['download', ...[...pkgs, sourcePkg].map((p) => `${p}=${version}`)], {
+  try {
+    await run('apt-get', ['download', ...[...pkgs, sourcePkg].map((p) => `${p}=${version}`)], {
       cwd: debs,
       env: APT_ENV,
     });
-  try {
-    await download();
-  } catch {
-    // Stale lists name a version the mirror no longer has; refresh once and retry.
-    await aptUpdate(log);
-    await download();
+  } catch (e) {
+    log(`apt-get download failed: ${e.message.split('\n').slice(-1)[0]}`);
+    fs.rmSync(debs, { recursive: true, force: true });
+    return false;
   }
 
+  // Only now that the download worked is the old tree (if any) invalidated and replaced: the stamps go
+  // first, so an interruption from here on leaves a tree that is known to be incomplete.
+  for (const stage of ['kernel', 'modules']) fs.rmSync(path.join(dir, `.stamp-${stage}`), { force: true });
+  for (const d of [root, src]) fs.rmSync(d, { recursive: true, force: true });
   log('unpacking kernel packages');
   fs.mkdirSync(root, { recursive: true });
   const files = fs.readdirSync(debs);
@@ -266,6 +285,7 @@ async function fetchKernel(log, dir, { kver, kabi, version }) {
   fs.rmSync(debs, { recursive: true, force: true }); // ~300 MB we no longer need
   writeStamp(dir, 'kernel', version);
   log(`kernel ready (${((Date.now() - t) / 1000).toFixed(1)}s)`);
+  return true;
 }
 
 /** Builds vringh + vdpa_sim{,_blk,_net} against the unpacked headers and adds them to the module tree. */
