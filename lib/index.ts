@@ -25,3 +25,5 @@ export * from './virtio-config';
 export * from './virtqueue';
 export * from './blk';
 export { BouncePool } from './bounce';
+export * from './mgmt';
+export { ManagementService, KernelBackend, type ServiceOptions, type ServiceBackend } from './service';

@@ -26,12 +26,14 @@ fail() { # name reason
   dmesg | tail -n 20 | sed 's/^/[lab]   dmesg: /' >&2
 }
 
-# The one place that creates a device. iproute2's `vdpa` for now; set VDPA_LAB_DEVTOOL=cli to use the
-# project's own CLI instead, once `vhost-vdpa dev add` exists with the same arguments.
+# The one place that creates a device: the project's own CLI (`vhost-vdpa dev add`, over netlink), so every
+# lab boot exercises it. VDPA_LAB_DEVTOOL=iproute2 uses iproute2's `vdpa` instead (also the fallback when
+# dist/ has not been built).
 dev_add() { # name mgmtdev
-  if [ "${VDPA_LAB_DEVTOOL:-iproute2}" = cli ] && [ -f "$LAB_PROJECT/dist/cli/main.js" ]; then
-    node "$LAB_PROJECT/dist/cli/main.js" dev add name "$1" mgmtdev "$2"
+  if [ "${VDPA_LAB_DEVTOOL:-cli}" = cli ] && [ -f "$LAB_PROJECT/dist/cli/main.js" ]; then
+    node "$LAB_PROJECT/dist/cli/main.js" dev add name "$1" mgmtdev "$2" >/dev/null
   else
+    [ "${VDPA_LAB_DEVTOOL:-cli}" = cli ] && echo "[lab] dist/cli/main.js missing (run npm install): using iproute2" >&2
     vdpa dev add name "$1" mgmtdev "$2"
   fi
 }
