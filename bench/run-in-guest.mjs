@@ -6,7 +6,7 @@
 //
 //   node bench/run-in-guest.mjs --out FILE [--device-name blk0] [--seconds 10] [--ramp 1]
 //                               [--heap-ios 1000000] [--qds 1,32] [--rws randread,randwrite]
-//                               [--engines ours-irq,ours-poll,c-poll,c-event,kernel] [--cpu-prof DIR]
+//                               [--engines ours-irq,ours-poll,c-poll,c-event,kernel] [--cpu-prof DIR] [--pin] [--spin-us 1000]
 //
 // Engines: ours-irq / ours-poll (dist-test/bench/blk-bench.js: this package's BlockDevice), c-poll / c-event
 // (bench/c-baseline/vdpa-blk-bench), kernel (bench/kernel-fio.sh: virtio_vdpa + virtio-blk + fio). One
@@ -35,6 +35,8 @@ function parseArgs(argv) {
     rws: ['randread', 'randwrite'],
     engines: ALL_ENGINES,
     cpuProf: undefined,
+    pin: false,
+    spinUs: 1000,
   };
   for (let i = 0; i < argv.length; i++) {
     const a = argv[i];
@@ -56,6 +58,8 @@ function parseArgs(argv) {
     else if (a === '--rws') o.rws = value().split(',');
     else if (a === '--engines') o.engines = value().split(',');
     else if (a === '--cpu-prof') o.cpuProf = value();
+    else if (a === '--pin') o.pin = true;
+    else if (a === '--spin-us') o.spinUs = number(0);
     else throw new Error(`unknown option ${a}`);
   }
   if (!o.out) throw new Error('--out FILE is required');
@@ -83,8 +87,15 @@ function driverOf(name) {
   }
 }
 
-/** Runs a command; resolves with {code, stdout, stderr, ms}; kills it after `timeoutSec`. */
+/** With --pin: the CPU the drivers (ours, C, fio) run on; the simulator's worker gets CPU 0. */
+let driverCpu;
+
+/** Runs a command (on `driverCpu` when set); resolves with {code, stdout, stderr, ms}; kills it after `timeoutSec`. */
 function run(cmd, args, timeoutSec) {
+  if (driverCpu !== undefined) {
+    args = ['-c', String(driverCpu), cmd, ...args];
+    cmd = 'taskset';
+  }
   return new Promise((resolve) => {
     const t0 = Date.now();
     const child = spawn(cmd, args, { cwd: ROOT, stdio: ['ignore', 'pipe', 'pipe'] });
@@ -186,20 +197,9 @@ async function runEngine(engine, o, rw, qd) {
       `--cpu-prof-dir=${o.cpuProf}`,
       `--cpu-prof-name=${engine}-${rw}-qd${qd}.cpuprofile`,
     );
-  const args = [
-    '--device',
-    device,
-    '--rw',
-    rw,
-    '--qd',
-    String(qd),
-    '--seconds',
-    secs,
-    '--ramp',
-    ramp,
-    '--mode',
-    mode,
-  ];
+  const args = ['--device', device, '--rw', rw, '--qd', String(qd), '--seconds', secs, '--ramp', ramp];
+  args.push('--mode', mode);
+  if (mode === 'poll') args.push('--spin-us', String(o.spinUs));
   const res = await run(process.execPath, [...node, JS_BENCH, ...args], timeout);
   const r = lastJson(res.stdout);
   return res.code === 0 && r ? r : failure('blk-bench.js', res);
@@ -224,6 +224,28 @@ function readFirstLine(file) {
   }
 }
 
+/**
+ * --pin: the simulator's kthread ("vDPA sim worker: NAME") on CPU 0, every driver on CPU 1, so that a
+ * spinning driver never shares a vCPU with the device it waits for (the guest scheduler otherwise decides,
+ * differently from run to run).
+ */
+async function pinWorker(o) {
+  const want = `vDPA sim worker: ${o.deviceName}`;
+  for (const pid of fs.readdirSync('/proc').filter((e) => /^\d+$/.test(e))) {
+    let comm;
+    try {
+      comm = fs.readFileSync(`/proc/${pid}/comm`, 'utf8').trim();
+    } catch {
+      continue;
+    }
+    if (comm !== want) continue;
+    const res = await run('taskset', ['-pc', '0', pid], 30);
+    if (res.code !== 0) throw new Error(`taskset -pc 0 ${pid} (${want}) failed: ${res.stderr.trim()}`);
+    return Number(pid);
+  }
+  throw new Error(`no kernel thread named "${want}" to pin`);
+}
+
 async function environment(o) {
   const fio = await run('fio', ['--version'], 30);
   return {
@@ -241,12 +263,19 @@ async function environment(o) {
     date: new Date().toISOString(),
     seconds: o.seconds,
     ramp: o.ramp,
+    // ours-poll: BlockDevice option pollSpinMicros (µs of re-checking before yielding to the event loop).
+    pollSpinMicros: o.spinUs,
   };
 }
 
 async function main() {
   const o = parseArgs(process.argv.slice(2));
   const doc = { environment: await environment(o), results: [], heap: null, failures: [] };
+  if (o.pin) {
+    if (os.cpus().length < 2) throw new Error('--pin needs at least 2 CPUs');
+    doc.environment.pinning = { simulatorWorkerPid: await pinWorker(o), simulatorCpu: 0, driverCpu: 1 };
+    driverCpu = 1;
+  }
   log(
     `kernel ${doc.environment.kernel}, idle=${doc.environment.idle}, ${doc.environment.cpus} CPUs, ${o.seconds}s per run (+${o.ramp}s ramp)`,
   );
@@ -284,18 +313,8 @@ async function main() {
     log(`heap growth: ${o.heapIos} I/Os (randread, qd 32, poll) …`);
     try {
       const device = vhostChardev(o.deviceName);
-      const args = [
-        '--device',
-        device,
-        '--rw',
-        'randread',
-        '--qd',
-        '32',
-        '--mode',
-        'poll',
-        '--heap-ios',
-        String(o.heapIos),
-      ];
+      const args = ['--device', device, '--rw', 'randread', '--qd', '32', '--mode', 'poll'];
+      args.push('--spin-us', String(o.spinUs), '--heap-ios', String(o.heapIos));
       // Generous bound: the rate under TCG is a few thousand I/Os per second.
       const res = await run(process.execPath, ['--expose-gc', JS_BENCH, ...args], 1800);
       const r = lastJson(res.stdout);

@@ -29,6 +29,9 @@ Options:
   --idle-poll        boot the guest with idle=poll (recorded in the results)
   --engines LIST     comma-separated subset of ${ENGINES.join(',')}
   --qds LIST         queue depths (default 1,32)
+  --no-pin           let the guest scheduler place the simulator's worker thread and the drivers (default:
+                     worker on guest CPU 0, every driver on CPU 1)
+  --spin-us N        our poll mode's pollSpinMicros (default 1000: like the C driver, keep spinning)
   --cpu-prof         also write V8 CPU profiles of our runs to bench/results/profiles-<timestamp>/
   --no-save          do not write bench/results/ (the JSON goes to a temporary file)
   --timeout SEC      bound on the VM run (default: computed from the above)
@@ -41,6 +44,8 @@ function parseArgs(argv) {
     ramp: 1,
     heapIos: 1_000_000,
     idlePoll: false,
+    pin: true,
+    spinUs: 1000,
     engines: ENGINES,
     qds: [1, 32],
     save: true,
@@ -65,6 +70,8 @@ function parseArgs(argv) {
     else if (a === '--engines') o.engines = value().split(',');
     else if (a === '--qds') o.qds = value().split(',').map(Number);
     else if (a === '--cpu-prof') o.cpuProf = true;
+    else if (a === '--no-pin') o.pin = false;
+    else if (a === '--spin-us') o.spinUs = number(0);
     else if (a === '--no-save') o.save = false;
     else if (a === '--timeout') o.timeoutSec = number(1);
     else if (a === '--table') o.table = value();
@@ -149,8 +156,8 @@ function renderTables(doc) {
   const env = doc.environment;
   const out = [];
   out.push(
-    `vdpa_sim_blk ${env.device}, kernel ${env.kernel}, ${env.accel ?? '?'} guest, ${env.cpus} vCPUs, idle=${env.idle}, ` +
-      `node ${env.node}, ${env.seconds}s per run (+${env.ramp}s ramp), ${env.date}` +
+    `vdpa_sim_blk ${env.device}, kernel ${env.kernel}, ${env.accel ?? '?'} guest, ${env.cpus} vCPUs, idle=${env.idle}, ${env.pinning ? `pinned (simulator CPU ${env.pinning.simulatorCpu}, drivers CPU ${env.pinning.driverCpu})` : 'unpinned'}, ` +
+      `node ${env.node}, ours-poll spins ${env.pollSpinMicros ?? 0} µs, ${env.seconds}s per run (+${env.ramp}s ramp), ${env.date}` +
       (env.hostLoadBefore
         ? `\nhost: ${env.hostCpus} CPUs, load average ${env.hostLoadBefore.join(' ')} before, ${env.hostLoadAfter?.join(' ') ?? '?'} after`
         : ''),
@@ -282,6 +289,8 @@ async function main() {
     String(o.ramp),
   ];
   guestArgs.push('--heap-ios', String(o.heapIos), '--engines', o.engines.join(','), '--qds', o.qds.join(','));
+  if (o.pin) guestArgs.push('--pin');
+  guestArgs.push('--spin-us', String(o.spinUs));
   let profDir;
   if (o.cpuProf) {
     profDir = path.join(RESULTS_DIR, `profiles-${stamp}`);
@@ -316,7 +325,15 @@ async function main() {
     gcc: firstLine('gcc', ['--version']),
     commit: firstLine('git', ['-C', PROJECT_ROOT, 'rev-parse', '--short', 'HEAD']),
     labTimings: res.timings,
-    options: { seconds: o.seconds, ramp: o.ramp, heapIos: o.heapIos, idlePoll: o.idlePoll, quick: !!o.quick },
+    options: {
+      seconds: o.seconds,
+      ramp: o.ramp,
+      heapIos: o.heapIos,
+      idlePoll: o.idlePoll,
+      pin: o.pin,
+      spinUs: o.spinUs,
+      quick: !!o.quick,
+    },
   });
   if (profDir) doc.environment.cpuProfiles = path.relative(PROJECT_ROOT, profDir);
   if (res.exitCode !== 0 && doc.failures.length === 0) doc.failures.push(`guest run exited ${res.exitCode}`);
