@@ -1,5 +1,5 @@
 import { strict as assert } from 'node:assert';
-import { readdirSync, readFileSync, statSync, writeFileSync } from 'node:fs';
+import { readFileSync, statSync } from 'node:fs';
 import {
   bit,
   DmaRegion,
@@ -17,41 +17,22 @@ import {
   VHOST_IOTLB_UPDATE,
   decodeBlkConfig,
 } from '../../lib';
+import { bindDriver, describeBinding } from '../../lib/mgmt';
 import { native } from '../../lib/native';
 import { forEachDevice, sh, TestDevice, testDevices, waitFor } from './helpers';
 
 const gc = (global as { gc?: () => void }).gc;
 
-/** Binds a vdpa device to the kernel's virtio_vdpa (→ virtio-blk), runs `body` with its /dev/vdX name, binds it back. */
+/** Binds a vdpa device to the kernel's virtio_vdpa (→ virtio-blk), runs `body` with its vdX name, binds it back. */
 async function withKernelVirtioBlk<T>(device: TestDevice, body: (disk: string) => T): Promise<T> {
-  const sysdev = `/sys/bus/vdpa/devices/${device.name}`;
-  writeFileSync('/sys/bus/vdpa/drivers/vhost_vdpa/unbind', device.name);
-  writeFileSync(`${sysdev}/driver_override`, 'virtio_vdpa');
-  writeFileSync('/sys/bus/vdpa/drivers/virtio_vdpa/bind', device.name);
+  await bindDriver(device.name, 'virtio_vdpa');
   try {
-    const disk = await waitFor(`a virtio-blk disk for ${device.name}`, () => {
-      for (const entry of readdirSync(sysdev)) {
-        if (!entry.startsWith('virtio')) continue;
-        try {
-          return readdirSync(`${sysdev}/${entry}/block`)[0];
-        } catch {
-          return undefined;
-        }
-      }
-      return undefined;
-    });
+    const disk = await waitFor(`a virtio-blk disk for ${device.name}`, () =>
+      describeBinding(device.name).kernelDevices?.find((name) => name.startsWith('vd')),
+    );
     return body(disk);
   } finally {
-    writeFileSync('/sys/bus/vdpa/drivers/virtio_vdpa/unbind', device.name);
-    writeFileSync(`${sysdev}/driver_override`, 'vhost_vdpa');
-    writeFileSync('/sys/bus/vdpa/drivers/vhost_vdpa/bind', device.name);
-    await waitFor(`${device.chardev} to come back`, () => {
-      try {
-        return statSync(device.chardev).isCharacterDevice() ? true : undefined;
-      } catch {
-        return undefined;
-      }
-    });
+    await bindDriver(device.name, 'vhost_vdpa');
   }
 }
 
