@@ -24,7 +24,7 @@ export default tseslint.config(
     languageOptions: { globals: nodeGlobals },
   },
   {
-    files: ['**/*.cjs'],
+    files: ['**/*.cjs', 'examples/**/*.js'],
     languageOptions: {
       sourceType: 'commonjs',
       globals: { ...nodeGlobals, require: 'readonly', module: 'writable' },
