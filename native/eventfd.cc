@@ -3,12 +3,12 @@
 // to a JavaScript callback (one crossing per wake-up, however many signals).
 #include <sys/eventfd.h>
 #include <unistd.h>
-#include <uv.h>
 
 #include <cerrno>
 #include <cstdint>
 
 #include "errors.h"
+#include "fd_poller.h"
 #include "unique_fd.h"
 
 namespace vdpa {
@@ -33,8 +33,6 @@ class EventFd : public Napi::ObjectWrap<EventFd> {
     if (fd < 0) ThrowErrno(info.Env(), errno, "eventfd");
     fd_ = UniqueFd(fd);
   }
-
-  ~EventFd() override { StopPoll(); }
 
  private:
   int CheckedFd(Napi::Env env, const char* syscall) {
@@ -83,30 +81,19 @@ class EventFd : public Napi::ObjectWrap<EventFd> {
     if (info.Length() < 1 || !info[0].IsFunction())
       throw Napi::TypeError::New(env, "callback must be a function");
     callback_ = Napi::Persistent(info[0].As<Napi::Function>());
-    if (poll_ == nullptr) {
-      uv_loop_t* loop = nullptr;
-      if (napi_get_uv_event_loop(env, &loop) != napi_ok) throw Napi::Error::New(env, "no libuv loop");
-      poll_ = new uv_poll_t;
-      int rc = uv_poll_init(loop, poll_, fd);
+    if (!poller_.Active()) {
+      int rc = poller_.Start(env, fd, OnReadable, this);
       if (rc < 0) {
-        delete poll_;
-        poll_ = nullptr;
-        ThrowErrno(env, -rc, "uv_poll_init(eventfd)");
-      }
-      poll_->data = this;
-      rc = uv_poll_start(poll_, UV_READABLE, OnReadable);
-      if (rc < 0) {
-        StopPoll();
+        callback_.Reset();
         ThrowErrno(env, -rc, "uv_poll_start(eventfd)");
       }
       Ref();
-      if (!referenced_) uv_unref(reinterpret_cast<uv_handle_t*>(poll_));
     }
     return env.Undefined();
   }
 
-  static void OnReadable(uv_poll_t* handle, int status, int /*events*/) {
-    auto* self = static_cast<EventFd*>(handle->data);
+  static void OnReadable(void* owner, int status) {
+    auto* self = static_cast<EventFd*>(owner);
     Napi::Env env = self->Env();
     Napi::HandleScope scope(env);
     if (status < 0 || !self->fd_.Valid()) return;
@@ -130,28 +117,16 @@ class EventFd : public Napi::ObjectWrap<EventFd> {
 
   // setRef(bool): whether a watch keeps the event loop alive (like timer.unref()).
   Napi::Value SetRef(const Napi::CallbackInfo& info) {
-    referenced_ = info.Length() < 1 || info[0].ToBoolean().Value();
-    if (poll_ != nullptr) {
-      auto* handle = reinterpret_cast<uv_handle_t*>(poll_);
-      if (referenced_) {
-        uv_ref(handle);
-      } else {
-        uv_unref(handle);
-      }
-    }
+    poller_.SetRef(info.Length() < 1 || info[0].ToBoolean().Value());
     return info.Env().Undefined();
   }
 
   void StopPoll() {
-    if (poll_ == nullptr) return;
-    uv_poll_stop(poll_);
-    poll_->data = nullptr;
-    uv_close(reinterpret_cast<uv_handle_t*>(poll_),
-             [](uv_handle_t* handle) { delete reinterpret_cast<uv_poll_t*>(handle); });
-    poll_ = nullptr;
+    if (!poller_.Active()) return;
+    poller_.Stop();
     callback_.Reset();
-    // Balance the Ref() taken in Watch(); safe here because we are called from
-    // JavaScript (Unwatch/Close), never from the destructor while watched.
+    // Balances the Ref() taken in Watch(). Reached from JavaScript only: while
+    // watched, that Ref() keeps the destructor from running.
     Unref();
   }
 
@@ -164,8 +139,7 @@ class EventFd : public Napi::ObjectWrap<EventFd> {
   Napi::Value Fd(const Napi::CallbackInfo& info) { return Napi::Number::New(info.Env(), fd_.Get()); }
 
   UniqueFd fd_;
-  uv_poll_t* poll_ = nullptr;
-  bool referenced_ = true;
+  FdPoller poller_;
   Napi::FunctionReference callback_;
 };
 

@@ -5,7 +5,6 @@
 #include <linux/netlink.h>
 #include <sys/socket.h>
 #include <unistd.h>
-#include <uv.h>
 
 #include <cerrno>
 #include <cstdint>
@@ -13,6 +12,7 @@
 #include <vector>
 
 #include "errors.h"
+#include "fd_poller.h"
 #include "unique_fd.h"
 
 namespace vdpa {
@@ -58,8 +58,6 @@ class NetlinkSocket : public Napi::ObjectWrap<NetlinkSocket> {
     }
     port_id_ = local.nl_pid;
   }
-
-  ~NetlinkSocket() override { StopPoll(); }
 
  private:
   int CheckedFd(Napi::Env env, const char* syscall) {
@@ -171,31 +169,20 @@ class NetlinkSocket : public Napi::ObjectWrap<NetlinkSocket> {
     if (info.Length() < 1 || !info[0].IsFunction())
       throw Napi::TypeError::New(env, "callback must be a function");
     callback_ = Napi::Persistent(info[0].As<Napi::Function>());
-    if (poll_ == nullptr) {
-      uv_loop_t* loop = nullptr;
-      if (napi_get_uv_event_loop(env, &loop) != napi_ok) throw Napi::Error::New(env, "no libuv loop");
-      poll_ = new uv_poll_t;
-      int rc = uv_poll_init(loop, poll_, fd);
+    if (!poller_.Active()) {
+      int rc = poller_.Start(env, fd, OnReadable, this);
       if (rc < 0) {
-        delete poll_;
-        poll_ = nullptr;
-        ThrowErrno(env, -rc, "uv_poll_init(AF_NETLINK)");
-      }
-      poll_->data = this;
-      rc = uv_poll_start(poll_, UV_READABLE, OnReadable);
-      if (rc < 0) {
-        StopPoll();
+        callback_.Reset();
         ThrowErrno(env, -rc, "uv_poll_start(AF_NETLINK)");
       }
       Ref();
-      if (!referenced_) uv_unref(reinterpret_cast<uv_handle_t*>(poll_));
     }
     return env.Undefined();
   }
 
-  static void OnReadable(uv_poll_t* handle, int status, int /*events*/) {
-    auto* self = static_cast<NetlinkSocket*>(handle->data);
-    if (self == nullptr || !self->fd_.Valid()) return;
+  static void OnReadable(void* owner, int status) {
+    auto* self = static_cast<NetlinkSocket*>(owner);
+    if (!self->fd_.Valid()) return;
     Napi::Env env = self->Env();
     Napi::HandleScope scope(env);
     std::vector<Datagram> datagrams;
@@ -214,25 +201,13 @@ class NetlinkSocket : public Napi::ObjectWrap<NetlinkSocket> {
 
   // setRef(bool): whether a watch keeps the event loop alive.
   Napi::Value SetRef(const Napi::CallbackInfo& info) {
-    referenced_ = info.Length() < 1 || info[0].ToBoolean().Value();
-    if (poll_ != nullptr) {
-      auto* handle = reinterpret_cast<uv_handle_t*>(poll_);
-      if (referenced_) {
-        uv_ref(handle);
-      } else {
-        uv_unref(handle);
-      }
-    }
+    poller_.SetRef(info.Length() < 1 || info[0].ToBoolean().Value());
     return info.Env().Undefined();
   }
 
   void StopPoll() {
-    if (poll_ == nullptr) return;
-    uv_poll_stop(poll_);
-    poll_->data = nullptr;
-    uv_close(reinterpret_cast<uv_handle_t*>(poll_),
-             [](uv_handle_t* handle) { delete reinterpret_cast<uv_poll_t*>(handle); });
-    poll_ = nullptr;
+    if (!poller_.Active()) return;
+    poller_.Stop();
     callback_.Reset();
     // Balances the Ref() taken in Watch(). Reached from JavaScript only: while
     // watched, that Ref() keeps the destructor from running.
@@ -250,8 +225,7 @@ class NetlinkSocket : public Napi::ObjectWrap<NetlinkSocket> {
 
   UniqueFd fd_;
   uint32_t port_id_ = 0;
-  uv_poll_t* poll_ = nullptr;
-  bool referenced_ = true;
+  FdPoller poller_;
   Napi::FunctionReference callback_;
 };
 
