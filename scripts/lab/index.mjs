@@ -137,7 +137,7 @@ function writeRunFiles(runDir, assets, o) {
       assign('LAB_PROJECT', PROJECT_ROOT) +
       assign('LAB_SCRIPTS', LAB_DIR) +
       assign('LAB_MODULE_TREE', assets.moduleTree) +
-      assign('LAB_DEVTOOL', o.env.VDPA_LAB_DEVTOOL || process.env.VDPA_LAB_DEVTOOL || 'iproute2') +
+      assign('LAB_DEVTOOL', o.env.VDPA_LAB_DEVTOOL || process.env.VDPA_LAB_DEVTOOL || 'cli') +
       assign('LAB_ROOT_CACHE', process.env.VDPA_LAB_ROOT_CACHE || 'loose') +
       assign('LAB_PROJECT_CACHE', process.env.VDPA_LAB_PROJECT_CACHE || 'loose') +
       // The host's node first, wherever it is installed (nvm, /usr/local, /usr/bin).
