@@ -35,5 +35,7 @@ for (const [id, us] of selfUs) {
 const rows = [...byFunction].sort((a, b) => b[1] - a[1]).slice(0, top);
 process.stdout.write(`${path.basename(file)}: ${(total / 1000).toFixed(0)} ms sampled\n`);
 for (const [key, us] of rows) {
-  process.stdout.write(`${((100 * us) / total).toFixed(1).padStart(5)}%  ${(us / 1000).toFixed(0).padStart(6)} ms  ${key}\n`);
+  process.stdout.write(
+    `${((100 * us) / total).toFixed(1).padStart(5)}%  ${(us / 1000).toFixed(0).padStart(6)} ms  ${key}\n`,
+  );
 }
