@@ -7,10 +7,13 @@
 //   node bench/run-in-guest.mjs --out FILE [--device-name blk0] [--seconds 10] [--ramp 1]
 //                               [--heap-ios 1000000] [--qds 1,32] [--rws randread,randwrite]
 //                               [--engines ours-irq,ours-poll,c-poll,c-event,kernel] [--cpu-prof DIR] [--pin] [--spin-us 1000]
+//                               [--ref-js FILE]
 //
 // Engines: ours-irq / ours-poll (dist-test/bench/blk-bench.js: this package's BlockDevice), c-poll / c-event
 // (bench/c-baseline/vdpa-blk-bench), kernel (bench/kernel-fio.sh: virtio_vdpa + virtio-blk + fio). One
 // engine failing is recorded as {error} and the rest still run; the exit status is 1 if anything failed.
+// ref-irq / ref-poll run another build's blk-bench.js (--ref-js, e.g. one built from an older commit) in the
+// same boot, for A/B comparisons of driver changes on this noisy machine; `npm run bench` does not use them.
 import { spawn } from 'node:child_process';
 import fs from 'node:fs';
 import os from 'node:os';
@@ -22,7 +25,7 @@ const ROOT = path.dirname(BENCH_DIR);
 const C_BIN = path.join(BENCH_DIR, 'c-baseline', 'vdpa-blk-bench');
 const JS_BENCH = path.join(ROOT, 'dist-test', 'bench', 'blk-bench.js');
 const KERNEL_FIO = path.join(BENCH_DIR, 'kernel-fio.sh');
-const ALL_ENGINES = ['ours-irq', 'ours-poll', 'c-poll', 'c-event', 'kernel'];
+const ALL_ENGINES = ['ours-irq', 'ours-poll', 'c-poll', 'c-event', 'kernel', 'ref-irq', 'ref-poll'];
 
 function parseArgs(argv) {
   const o = {
@@ -37,6 +40,7 @@ function parseArgs(argv) {
     cpuProf: undefined,
     pin: false,
     spinUs: 1000,
+    refJs: undefined,
   };
   for (let i = 0; i < argv.length; i++) {
     const a = argv[i];
@@ -60,10 +64,13 @@ function parseArgs(argv) {
     else if (a === '--cpu-prof') o.cpuProf = value();
     else if (a === '--pin') o.pin = true;
     else if (a === '--spin-us') o.spinUs = number(0);
+    else if (a === '--ref-js') o.refJs = path.resolve(value());
     else throw new Error(`unknown option ${a}`);
   }
   if (!o.out) throw new Error('--out FILE is required');
   for (const e of o.engines) if (!ALL_ENGINES.includes(e)) throw new Error(`unknown engine ${e}`);
+  if (o.engines.some((e) => e.startsWith('ref-')) && !o.refJs)
+    throw new Error('ref-* engines need --ref-js FILE');
   for (const q of o.qds) if (!Number.isInteger(q) || q < 1) throw new Error(`bad queue depth ${q}`);
   for (const r of o.rws) if (r !== 'randread' && r !== 'randwrite') throw new Error(`bad --rws entry ${r}`);
   return o;
@@ -189,7 +196,7 @@ async function runEngine(engine, o, rw, qd) {
     const r = lastJson(res.stdout);
     return res.code === 0 && r ? r : failure('vdpa-blk-bench', res);
   }
-  const mode = engine === 'ours-poll' ? 'poll' : 'interrupt';
+  const mode = engine === 'ours-poll' || engine === 'ref-poll' ? 'poll' : 'interrupt';
   const node = ['--expose-gc'];
   if (o.cpuProf)
     node.push(
@@ -200,7 +207,11 @@ async function runEngine(engine, o, rw, qd) {
   const args = ['--device', device, '--rw', rw, '--qd', String(qd), '--seconds', secs, '--ramp', ramp];
   args.push('--mode', mode);
   if (mode === 'poll') args.push('--spin-us', String(o.spinUs));
-  const res = await run(process.execPath, [...node, JS_BENCH, ...args], timeout);
+  const res = await run(
+    process.execPath,
+    [...node, engine.startsWith('ref-') ? o.refJs : JS_BENCH, ...args],
+    timeout,
+  );
   const r = lastJson(res.stdout);
   return res.code === 0 && r ? r : failure('blk-bench.js', res);
 }

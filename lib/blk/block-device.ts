@@ -4,16 +4,20 @@
  * Life of a request: the public method validates it (alignment, bounds,
  * read-only, supported operation) and splits it into device requests no larger
  * than the device's limits; those wait in one FIFO. On the next microtask (or
- * at once, for {@link BlockDevice.submit}) the FIFO is drained in order into
- * the rings until a ring or the bounce pool is full — back-pressure, never an
- * error — and each ring is published with at most one kick. Completions come
- * from the call eventfd (or polling), free ring and bounce space, and drain the
- * FIFO again.
+ * at once, for {@link BlockDevice.submit}; or, in poll mode, in the poll round
+ * already queued after the current microtask checkpoint) the FIFO is drained
+ * in order into the rings until a ring or the bounce pool is full —
+ * back-pressure, never an error — and each ring is published with at most one
+ * kick. Completions come from the call eventfd (or polling), free ring and
+ * bounce space, and drain the FIFO again.
  *
  * Per-request device memory (the 16-byte header, discard payload, GET_ID
  * answer and the status byte) is preallocated per descriptor slot: a chain's
  * head index picks its slot, so the hot path allocates no DMA memory and
- * issues no system call besides the kick.
+ * issues no system call besides the kick. Nor does it allocate JavaScript
+ * objects beyond the request's Promise: {@link Request} and {@link Op} objects
+ * are pooled, the last zero-copy buffer's DMA mapping is cached, and the
+ * Promise executor is a shared function.
  */
 import { VhostVdpaDevice, IotlbMapping, OpenOptions } from '../device';
 import { BouncePool } from '../bounce';
@@ -82,6 +86,13 @@ export interface BlockDeviceOptions {
   completion?: CompletionMode;
   /** Poll mode: µs to spin re-checking before yielding to the event loop (default 0). */
   pollSpinMicros?: number;
+  /**
+   * Poll mode: longest time (µs, default 1000) the poll loop keeps chaining
+   * rounds between microtask checkpoints — picking up requests resubmitted from
+   * completion callbacks without an event-loop turn — before it lets timers
+   * and I/O run (see lib/virtqueue/completions.ts).
+   */
+  pollSliceMicros?: number;
   /** Bytes of DMA memory for copying ordinary Buffers (default 4 MiB, at least two maximal requests). */
   bounceBytes?: number;
   /** Largest single device request in bytes (default 1 MiB); larger requests are split. */
@@ -139,9 +150,13 @@ export interface BlockDeviceStats {
   kicksSuppressed: number;
   /** Completions consumed. */
   completions: number;
-  /** Call-eventfd wake-ups and poll-mode checks. */
+  /** Call-eventfd wake-ups and poll-mode rounds. */
   interrupts: number;
   polls: number;
+  /** Poll-mode rounds that waited for a full event-loop turn (setImmediate). */
+  pollYields: number;
+  /** Synchronous {@link BlockDevice.poll} calls. */
+  syncPolls: number;
 }
 
 /** One element of {@link BlockDevice.submit}. */
@@ -193,7 +208,7 @@ const DEFAULT_MAX_TRANSFER = 1 << 20;
 const DEFAULT_BOUNCE_BYTES = 4 << 20;
 const MAX_U32 = 0xffffffff;
 
-/** A request made through the public API; it may become several device requests. */
+/** A request made through the public API; it may become several device requests. Pooled once settled and finished. */
 class Request {
   kind = '';
   offset = 0;
@@ -254,6 +269,21 @@ interface DmaBufferEntry {
 }
 
 function noop(): void {}
+
+/** A settled promise: `RESOLVED.then(f)` queues a microtask without the AsyncResource `queueMicrotask` creates. */
+const RESOLVED = Promise.resolve();
+
+/**
+ * The Request the next Promise executor binds. A module-level executor reading
+ * it allocates no closure per request; it is set right before `new Promise`,
+ * which calls the executor synchronously.
+ */
+let executorTarget: Request | undefined;
+function bindRequest(resolve: (value: never) => void, reject: (error: Error) => void): void {
+  const request = executorTarget as Request;
+  request.resolve = resolve;
+  request.reject = reject;
+}
 
 /** A FIFO of device requests waiting for ring or bounce space (a growable ring buffer). */
 class OpFifo {
@@ -325,8 +355,12 @@ export class BlockDevice {
   readonly #completions: CompletionDriver;
   readonly #fifo = new OpFifo();
   readonly #opPool: Op[] = [];
+  readonly #requestPool: Request[] = [];
   readonly #dmaBuffers = new Map<ArrayBuffer, DmaBufferEntry>();
-  readonly #requestCounters = { requests: 0, deviceRequests: 0, bounced: 0 };
+  /** The last zero-copy buffer looked up, so a caller reusing a buffer skips the Map. */
+  #lastDmaKey: ArrayBuffer | undefined;
+  #lastDma: DmaBufferEntry | undefined;
+  readonly #requestCounters = { requests: 0, deviceRequests: 0, bounced: 0, syncPolls: 0 };
   #outstanding = 0;
   #nextQueue = 0;
   #scheduled = false;
@@ -456,6 +490,7 @@ export class BlockDevice {
       this.#completions = new CompletionDriver(calls, this.#service, this.#busy, {
         mode,
         spinMicros: options.pollSpinMicros ?? 0,
+        sliceMicros: options.pollSliceMicros ?? 1000,
       });
     } catch (error) {
       // Stop the device before freeing memory it might have been told about.
@@ -527,6 +562,7 @@ export class BlockDevice {
       completions: 0,
       interrupts: this.#completions.interrupts,
       polls: this.#completions.polls,
+      pollYields: this.#completions.pollYields,
     };
     for (const q of this.#queues) {
       s.indirect += q.vq.stats.indirectChains;
@@ -578,6 +614,7 @@ export class BlockDevice {
       });
     }
     this.#dmaBuffers.delete(buffer.buffer as ArrayBuffer);
+    this.#forgetDmaCache();
     if (!this.#transport.closed && this.#transport.mappings.includes(entry.mapping)) {
       this.#transport.unmapBatch([entry.mapping]);
     }
@@ -773,6 +810,22 @@ export class BlockDevice {
     return promises;
   }
 
+  /**
+   * Services the queues once, synchronously, for callers that run their own
+   * loop: publishes what was submitted (without waiting for the usual
+   * microtask), collects every completion and refills the rings from the
+   * waiting requests. Returns the number of completions found. Their promises
+   * are resolved now, but — as always with promises — their reactions run at
+   * the next microtask checkpoint, so spin with something like
+   * `while (device.poll() === 0) {}` and then `await` the request. Works in
+   * either completion mode alongside the driver's own servicing; after
+   * {@link close} it returns 0.
+   */
+  poll(): number {
+    this.#requestCounters.syncPolls++;
+    return this.#service();
+  }
+
   /** Lets the process exit while the device is open and idle (like `socket.unref()`). */
   unref(): void {
     this.#completions.setRef(false);
@@ -906,22 +959,42 @@ export class BlockDevice {
   // ---- request construction -------------------------------------------------------------------
 
   #request(kind: string, offset: number, length: number, data: Uint8Array | undefined): Request {
-    const request = new Request();
+    const request = this.#requestPool.pop() ?? new Request();
     request.kind = kind;
     request.offset = offset;
     request.length = length;
     request.data = data;
+    request.result = undefined;
+    request.remaining = 0;
+    request.settled = false;
+    request.error = undefined;
     this.#requestCounters.requests++;
     return request;
   }
 
   #promise<T>(request: Request): Promise<T> {
-    const promise = new Promise<T>((resolve, reject) => {
-      request.resolve = resolve as (value: never) => void;
-      request.reject = reject;
-    });
+    executorTarget = request;
+    const promise = new Promise<T>(bindRequest);
+    executorTarget = undefined;
     this.#schedule();
     return promise;
+  }
+
+  /** The DMA buffer `data` lives in, or undefined for ordinary memory; the last hit is cached. */
+  #dmaBufferOf(data: Uint8Array): DmaBufferEntry | undefined {
+    const key = data.buffer as ArrayBuffer;
+    if (key === this.#lastDmaKey) return this.#lastDma;
+    const entry = this.#dmaBuffers.get(key);
+    if (entry === undefined || entry.region.freed) return undefined;
+    // Only hits are cached; freeBuffer() and close forget the entry before freeing its region.
+    this.#lastDmaKey = key;
+    this.#lastDma = entry;
+    return entry;
+  }
+
+  #forgetDmaCache(): void {
+    this.#lastDmaKey = undefined;
+    this.#lastDma = undefined;
   }
 
   #op(request: Request, type: number, segments: number): Op {
@@ -947,8 +1020,8 @@ export class BlockDevice {
   #data<T>(kind: string, type: number, offset: number, data: Uint8Array, result: unknown): Promise<T> {
     const request = this.#request(kind, offset, data.length, data);
     request.result = result;
-    const dma = this.#dmaBuffers.get(data.buffer as ArrayBuffer);
-    const zeroCopy = dma !== undefined && !dma.region.freed;
+    const dma = this.#dmaBufferOf(data);
+    const zeroCopy = dma !== undefined;
     const max = zeroCopy ? this.limits.maxTransferBytes : this.limits.maxBounceTransferBytes;
     const segmentBytes = zeroCopy ? (this.limits.sizeMax ?? max) : this.#bounce.chunkSize;
     for (let done = 0; done < data.length; ) {
@@ -996,11 +1069,18 @@ export class BlockDevice {
 
   // ---- submission (the hot path) --------------------------------------------------------------
 
-  /** Drains the FIFO and publishes on the next microtask: calls made in one tick share a kick. */
+  /**
+   * Drains the FIFO and publishes on the next microtask: calls made in one tick
+   * share a kick. In poll mode, when a poll round is already queued after this
+   * microtask checkpoint, that round publishes instead (it calls #service first
+   * thing), so calls made anywhere in the checkpoint — typically `await`
+   * continuations of the completions the last round found — share one kick and
+   * cost no microtask of their own.
+   */
   #schedule(): void {
-    if (this.#scheduled || this.#batching > 0) return;
+    if (this.#scheduled || this.#batching > 0 || this.#completions.roundQueued) return;
     this.#scheduled = true;
-    queueMicrotask(this.#kick);
+    void RESOLVED.then(this.#kick);
   }
 
   readonly #kick = (): void => {
@@ -1108,9 +1188,15 @@ export class BlockDevice {
 
   readonly #busy = (): boolean => this.#outstanding > 0;
 
-  /** Collects every queue's completions, refills the rings from the FIFO and publishes. */
+  /**
+   * Publishes what is waiting, collects every queue's completions, then
+   * refills the rings from the FIFO and publishes again. Returns the
+   * completions found.
+   */
   readonly #service = (): number => {
     if (this.#state === 'closed' || this.#failure !== undefined) return 0;
+    if (this.#fifo.size > 0) this.#pump();
+    this.#publish();
     let found = 0;
     for (const q of this.#queues) {
       try {
@@ -1121,8 +1207,10 @@ export class BlockDevice {
       }
     }
     if (found > 0) {
-      if (this.#fifo.size > 0) this.#pump();
-      this.#publish();
+      if (this.#fifo.size > 0) {
+        this.#pump();
+        this.#publish();
+      }
       if (this.#outstanding === 0) this.#onIdle?.();
     }
     return found;
@@ -1159,7 +1247,16 @@ export class BlockDevice {
     op.request = undefined as unknown as Request;
     op.dmaBuffer = undefined;
     this.#opPool.push(op);
-    if (--request.remaining === 0) this.#settle(request);
+    if (--request.remaining === 0) {
+      this.#settle(request);
+      // No op refers to it any more and its promise is settled: reuse it.
+      request.data = undefined;
+      request.result = undefined;
+      request.error = undefined;
+      request.resolve = noop;
+      request.reject = noop;
+      this.#requestPool.push(request);
+    }
   }
 
   #settle(request: Request): void {
@@ -1338,6 +1435,7 @@ export class BlockDevice {
       }
     }
     this.#dmaBuffers.clear();
+    this.#forgetDmaCache();
     for (const region of regions) region.free();
   }
 }

@@ -1,16 +1,39 @@
 /**
  * How completions reach the driver: the call eventfd through libuv's uv_poll
  * (one callback per wake-up, however many completions), or busy polling of the
- * used rings from the event loop for the lowest latency.
+ * used rings for the lowest latency.
+ *
+ * ## The poll loop and the event loop
+ *
+ * A poll *round* calls `service()` (which publishes what was submitted and
+ * collects completions) and, when it finds nothing, re-checks for up to
+ * `spinMicros`. Completions resolve promises whose reactions — typically the
+ * caller's `await` continuation, which submits the next request — run only
+ * after the round returns, at the next microtask checkpoint. So when a round
+ * finds completions, the next round is chained to run right *after* that
+ * checkpoint: a microtask queues a `process.nextTick`, and Node runs ticks
+ * queued from a microtask only once the microtask queue is empty. That round
+ * sees the resubmitted request (and publishes it itself: see
+ * {@link CompletionDriver.roundQueued}) without a libuv iteration in between.
+ *
+ * Chained rounds run before timers and I/O callbacks, so they are bounded:
+ * once `sliceMicros` (default 1000 µs) have passed since the loop last gave
+ * the event loop a turn, the next round goes through `setImmediate` instead,
+ * which lets timers, I/O and other immediates run first. A round that finds
+ * nothing while requests are in flight also yields through `setImmediate`.
+ * The event loop is therefore never held for longer than about
+ * `sliceMicros + spinMicros` plus one round; polling stops when a round finds
+ * nothing in flight.
  */
 import { performance } from 'node:perf_hooks';
 import type { EventFd } from '../eventfd';
 
 /**
  * `'interrupt'`: sleep until the device signals the call eventfd.
- * `'poll'`: while requests are in flight, check the used rings on every turn of
- * the event loop (setImmediate) and ask the device not to interrupt. Costs a
- * CPU while busy; other JavaScript still runs between checks.
+ * `'poll'`: while requests are in flight, check the used rings continually
+ * (see the module comment for how this shares the event loop) and ask the
+ * device not to interrupt. Costs a CPU while busy; other JavaScript still runs
+ * between checks.
  */
 export type CompletionMode = 'interrupt' | 'poll';
 
@@ -23,12 +46,22 @@ export interface CompletionDriverOptions {
    * once; a few tens of µs trade CPU for latency at queue depth 1.
    */
   spinMicros?: number;
+  /**
+   * Poll mode only: the longest time (µs, default 1000) rounds are chained
+   * through the microtask/nextTick queues before one goes through
+   * `setImmediate` and lets timers and I/O run. 0 yields after every round.
+   */
+  sliceMicros?: number;
 }
 
+/** A settled promise: `RESOLVED.then(f)` queues `f` as a microtask more cheaply than `queueMicrotask` (no AsyncResource). */
+const RESOLVED = Promise.resolve();
+
 /**
- * Calls `service()` when completions may be waiting. `service` collects from
- * the used rings and returns how many it found; `busy` says whether anything
- * is in flight (poll mode stops when nothing is).
+ * Calls `service()` when completions may be waiting. `service` publishes
+ * pending submissions, collects from the used rings and returns how many
+ * completions it found; `busy` says whether anything is queued or in flight
+ * (poll mode stops when nothing is).
  */
 export class CompletionDriver {
   readonly mode: CompletionMode;
@@ -36,12 +69,20 @@ export class CompletionDriver {
   readonly #service: () => number;
   readonly #busy: () => boolean;
   readonly #spinMs: number;
+  readonly #sliceMs: number;
+  /** A round is scheduled or running (poll mode). */
   #polling = false;
+  /** A round is queued to run after the current microtask checkpoint. */
+  #chained = false;
+  /** When the poll loop last let the event loop have a turn. */
+  #sliceStart = 0;
   #closed = false;
   /** Wake-ups from the call eventfds. */
   interrupts = 0;
-  /** Poll-mode checks. */
+  /** Poll-mode rounds (each checks the rings at least once). */
   polls = 0;
+  /** Poll-mode rounds that went through `setImmediate` (a full event-loop turn). */
+  pollYields = 0;
 
   constructor(
     calls: readonly EventFd[],
@@ -54,6 +95,7 @@ export class CompletionDriver {
     this.#service = service;
     this.#busy = busy;
     this.#spinMs = (options.spinMicros ?? 0) / 1000;
+    this.#sliceMs = (options.sliceMicros ?? 1000) / 1000;
     // The call eventfd is watched in both modes: in poll mode the device was
     // only asked not to interrupt, and a device that does anyway is served.
     const onCall = (): void => {
@@ -63,11 +105,25 @@ export class CompletionDriver {
     for (const call of calls) call.watch(onCall);
   }
 
-  /** Tells the driver requests were submitted; in poll mode this starts the polling loop. */
+  /**
+   * True while a poll round is queued to run after the current microtask
+   * checkpoint. That round calls `service()` first thing, so a submission made
+   * now needs no publishing of its own: it will be published (with the others
+   * of this checkpoint, one kick) before the rings are checked.
+   */
+  get roundQueued(): boolean {
+    return this.#chained;
+  }
+
+  /**
+   * Tells the driver requests were submitted; in poll mode this starts the
+   * polling loop (its first round runs after the current microtask checkpoint).
+   */
   submitted(): void {
     if (this.mode === 'poll' && !this.#polling && !this.#closed) {
       this.#polling = true;
-      setImmediate(this.#poll);
+      this.#sliceStart = performance.now();
+      this.#chain();
     }
   }
 
@@ -82,8 +138,25 @@ export class CompletionDriver {
     for (const call of this.#calls) call.unwatch();
   }
 
+  /** Queues a round after the current microtask checkpoint: microtask → nextTick (see the module comment). */
+  #chain(): void {
+    this.#chained = true;
+    void RESOLVED.then(this.#afterMicrotasks);
+  }
+
+  readonly #afterMicrotasks = (): void => {
+    process.nextTick(this.#round);
+  };
+
+  /** A round reached through `setImmediate`: the event loop just had its turn. */
   readonly #poll = (): void => {
-    if (this.#closed) {
+    this.#sliceStart = performance.now();
+    this.#round();
+  };
+
+  readonly #round = (): void => {
+    this.#chained = false;
+    if (this.#closed || !this.#busy()) {
       this.#polling = false;
       return;
     }
@@ -91,9 +164,17 @@ export class CompletionDriver {
     let found = this.#service();
     if (found === 0 && this.#spinMs > 0 && this.#busy()) {
       const until = performance.now() + this.#spinMs;
-      while (found === 0 && performance.now() < until) found = this.#service();
+      while (found === 0 && !this.#closed && performance.now() < until) found = this.#service();
     }
-    if (this.#busy()) setImmediate(this.#poll);
-    else this.#polling = false;
+    if (found > 0 && performance.now() - this.#sliceStart < this.#sliceMs) {
+      // Completions: their continuations may submit again; check right after them.
+      this.#chain();
+    } else if (this.#busy() || found > 0) {
+      // Nothing yet (or the slice is used up): let timers and I/O run, then check again.
+      this.pollYields++;
+      setImmediate(this.#poll);
+    } else {
+      this.#polling = false;
+    }
   };
 }

@@ -1,4 +1,5 @@
 import { strict as assert } from 'node:assert';
+import { performance } from 'node:perf_hooks';
 import {
   bit,
   BlockDevice,
@@ -248,6 +249,121 @@ describe('BlockDevice (host, fake device)', () => {
         [0, 1, 2].map((q) => fake.seen.filter((s) => s.queue === q).length),
         [3, 3, 3],
       );
+    });
+  });
+
+  describe('poll mode and the event loop', () => {
+    it('picks up a request resubmitted from an await continuation without an event-loop turn', async () => {
+      const { dev } = start({ synchronous: true }, { completion: 'poll', pollSliceMicros: 10_000_000 });
+      const buffer = dev.allocBuffer(4096);
+      await dev.readInto(0, buffer); // polling is running from here on
+      let turns = 0;
+      let counting = true;
+      const count = (): void => {
+        turns++;
+        if (counting) setImmediate(count);
+      };
+      setImmediate(count);
+      const before = dev.stats;
+      for (let i = 0; i < 100; i++) await dev.readInto(i * 4096, buffer);
+      counting = false;
+      const after = dev.stats;
+      assert.equal(after.completions - before.completions, 100);
+      assert.equal(after.pollYields - before.pollYields, 0, 'no round waited for setImmediate');
+      assert.equal(after.polls - before.polls, 100, 'one poll round per request');
+      assert.ok(turns <= 1, `${turns} event-loop turns for 100 sequential requests`);
+    });
+
+    it('shares one kick among the requests resubmitted in one microtask checkpoint', async () => {
+      const { dev } = start(
+        { synchronous: true, perPass: 64 },
+        { completion: 'poll', pollSliceMicros: 10_000_000 },
+      );
+      const buffers = Array.from({ length: 8 }, () => dev.allocBuffer(4096));
+      await Promise.all(buffers.map((b, i) => dev.readInto(i * 4096, b)));
+      const before = dev.stats;
+      // Eight loops at QD8: each round completes all eight, each checkpoint resubmits all eight.
+      await Promise.all(
+        buffers.map(async (b, i) => {
+          for (let n = 0; n < 10; n++) await dev.readInto(((i * 10 + n) % 64) * 4096, b);
+        }),
+      );
+      const after = dev.stats;
+      assert.equal(after.completions - before.completions, 80);
+      assert.equal(after.kicks - before.kicks, 10, 'one kick per batch of 8');
+    });
+
+    it('lets timers and I/O run while completions keep coming (bounded slices)', async () => {
+      const { dev } = start({ synchronous: true }, { completion: 'poll', pollSliceMicros: 2000 });
+      const buffer = dev.allocBuffer(4096);
+      const t0 = performance.now();
+      let stop = false;
+      let ios = 0;
+      const loop = (async () => {
+        // The time guard only matters if the loop starved the timer below (the test then fails).
+        while (!stop && performance.now() - t0 < 3000) {
+          await dev.readInto(0, buffer);
+          ios++;
+        }
+      })();
+      await new Promise((resolve) => setTimeout(resolve, 5));
+      const waited = performance.now() - t0;
+      stop = true;
+      await loop;
+      assert.ok(ios > 0);
+      assert.ok(waited < 1000, `a 5 ms timer fired after ${waited.toFixed(1)} ms`);
+      assert.ok(dev.stats.pollYields > 0, 'the poll loop yielded to the event loop');
+    });
+
+    it('stops polling when nothing is in flight', async () => {
+      const { dev } = start({}, { completion: 'poll' });
+      await dev.read(0, 512);
+      await tick();
+      const polls = dev.stats.polls;
+      await tick();
+      assert.equal(dev.stats.polls, polls);
+    });
+  });
+
+  describe('poll()', () => {
+    it('publishes, collects and resolves synchronously; reactions run at the next checkpoint', async () => {
+      const { fake, dev } = start({ synchronous: true }, { completion: 'interrupt' });
+      const data = pattern(4096, 9);
+      let settled = false;
+      const written = dev.write(8192, data).then(() => {
+        settled = true;
+      });
+      assert.equal(fake.kicks, 0, 'nothing published before the microtask');
+      assert.equal(dev.poll(), 1, 'published and completed in one call');
+      assert.equal(fake.kicks, 1);
+      assert.equal(settled, false, 'promise reactions wait for the microtask checkpoint');
+      await written;
+      assert.equal(settled, true);
+      assert.deepEqual(fake.disk.subarray(8192, 8192 + 4096), data);
+      assert.equal(dev.poll(), 0);
+      assert.equal(dev.stats.syncPolls, 2);
+      await tick(); // the call-eventfd wake-up finds nothing left
+      assert.equal(dev.stats.completions, 1);
+    });
+
+    it('lets a caller spin without the event loop', async () => {
+      const { fake, dev } = start({}, { completion: 'poll' });
+      fake.hold = true;
+      const read = dev.read(0, 512);
+      dev.poll();
+      await tick();
+      assert.equal(fake.heldCount, 1);
+      fake.release();
+      let spins = 0;
+      while (dev.poll() === 0) spins++;
+      assert.ok(spins < 1000);
+      assert.equal((await read).length, 512);
+    });
+
+    it('returns 0 after close', async () => {
+      const { dev } = start();
+      await dev.close();
+      assert.equal(dev.poll(), 0);
     });
   });
 

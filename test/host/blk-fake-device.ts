@@ -50,6 +50,12 @@ export interface FakeBlkOptions {
   doorbell?: boolean;
   /** Requests served per pass before rescheduling (vdpa_sim: 5). */
   perPass?: number;
+  /**
+   * Serve inside the kick itself (default false: on the next event-loop turn,
+   * as a device thread would). Lets tests count the driver's own event-loop
+   * turns: a completion is ready as soon as the request is published.
+   */
+  synchronous?: boolean;
   id?: string;
   deviceId?: number;
 }
@@ -133,6 +139,7 @@ export class FakeBlkDevice implements BlockTransport {
       maxWriteZeroesSectors: options.maxWriteZeroesSectors ?? 0xffffffff,
       queueMax: options.queueMax ?? 256,
       doorbell: options.doorbell ?? true,
+      synchronous: options.synchronous ?? false,
       perPass: options.perPass ?? 5,
       id: options.id ?? 'fake-blk',
     };
@@ -313,7 +320,8 @@ export class FakeBlkDevice implements BlockTransport {
   kick(index: number): void {
     this.kicks++;
     if (index >= this.rings.length) this.violations.push(`kick for unknown queue ${index}`);
-    this.#schedule();
+    if (this.options.synchronous) this.#serve();
+    else this.#schedule();
   }
 
   /** Completes every held request. */

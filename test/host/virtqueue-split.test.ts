@@ -556,7 +556,7 @@ describe('split virtqueue', () => {
       }
     });
 
-    it('poll mode: checks every loop turn while busy, then stops', async () => {
+    it('poll mode: checks after every microtask checkpoint while busy, then stops', async () => {
       const call = new EventFd();
       let busy = 5;
       let served = 0;
@@ -576,6 +576,76 @@ describe('split virtqueue', () => {
         await new Promise((resolve) => setTimeout(resolve, 50));
         assert.equal(served, 5);
         assert.equal(driver.polls, 5);
+        assert.equal(driver.pollYields, 0, 'rounds that found completions were chained, not deferred');
+      } finally {
+        driver.close();
+        call.close();
+      }
+    });
+
+    it('poll mode: a round chained after the checkpoint sees what promise continuations submitted', async () => {
+      const call = new EventFd();
+      let inFlight = 0;
+      let completed: (() => void) | undefined;
+      let immediates = 0;
+      const driver = new CompletionDriver(
+        [call],
+        () => {
+          if (inFlight === 0 || completed === undefined) return 0;
+          inFlight--;
+          const done = completed;
+          completed = undefined;
+          done();
+          return 1;
+        },
+        () => inFlight > 0,
+        { mode: 'poll', sliceMicros: 10_000_000 },
+      );
+      const submit = (): Promise<void> => {
+        inFlight++;
+        const p = new Promise<void>((resolve) => (completed = resolve));
+        driver.submitted();
+        return p;
+      };
+      try {
+        let counting = true;
+        const count = (): void => {
+          immediates++;
+          if (counting) setImmediate(count);
+        };
+        setImmediate(count);
+        // Resubmitting from an await continuation, through an extra async hop.
+        const once = async (): Promise<void> => {
+          await submit();
+        };
+        for (let i = 0; i < 50; i++) await once();
+        counting = false;
+        assert.equal(driver.polls, 50);
+        assert.equal(driver.pollYields, 0);
+        assert.ok(immediates <= 1, `${immediates} event-loop turns`);
+      } finally {
+        driver.close();
+        call.close();
+      }
+    });
+
+    it('poll mode: sliceMicros 0 yields to the event loop after every round', async () => {
+      const call = new EventFd();
+      let busy = 5;
+      const driver = new CompletionDriver(
+        [call],
+        () => {
+          busy--;
+          return 1;
+        },
+        () => busy > 0,
+        { mode: 'poll', sliceMicros: 0 },
+      );
+      try {
+        driver.submitted();
+        await new Promise((resolve) => setTimeout(resolve, 50));
+        assert.equal(driver.polls, 5);
+        assert.equal(driver.pollYields, 5);
       } finally {
         driver.close();
         call.close();
