@@ -7,9 +7,17 @@
  */
 import { ErrorCodes, hasCode, VdpaError } from './errors';
 import { decodeBackendFeatures, bit, hasBit, VhostBackendF, VirtioF } from './features';
-import { DmaRegion, hex, IovaAllocator, IovaRange } from './memory';
+import {
+  DmaAccess,
+  IotlbMapper,
+  IotlbMapping,
+  MapOptions,
+  MapRequest,
+  MemlockPolicy,
+  RawMemory,
+} from './iotlb';
+import { DmaRegion, IovaRange } from './memory';
 import { native, NativeDeviceHandle, NativeDoorbell, PAGE_SIZE } from './native';
-import { memlockLimit, whyNotDmaCapable } from './procfs';
 import {
   encodeIotlbMessages,
   encodeVringAddr,
@@ -20,13 +28,6 @@ import {
   IotlbMessage,
   VDPA_CONFIG_HEADER_SIZE,
   VDPA_IOVA_RANGE_SIZE,
-  VHOST_ACCESS_RO,
-  VHOST_ACCESS_RW,
-  VHOST_ACCESS_WO,
-  VHOST_IOTLB_BATCH_BEGIN,
-  VHOST_IOTLB_BATCH_END,
-  VHOST_IOTLB_INVALIDATE,
-  VHOST_IOTLB_UPDATE,
   VHOST_MSG_V2_SIZE,
   VIRTIO_CONFIG_S_ACKNOWLEDGE,
   VIRTIO_CONFIG_S_DRIVER,
@@ -34,40 +35,7 @@ import {
   VringAddresses,
 } from './uapi';
 
-/** Who may access a mapping, from the device's point of view. */
-export type DmaAccess = 'ro' | 'wo' | 'rw';
-
-/** Memory that is not a {@link DmaRegion}: a raw user-space range. Must be shared and file-backed. */
-export interface RawMemory {
-  uaddr: bigint;
-  size: bigint;
-}
-
-/** Options for {@link VhostVdpaDevice.map}. */
-export interface MapOptions {
-  /** IOVA to map at; by default one is allocated from the device's IOVA range. */
-  iova?: bigint;
-  /** Device access; default `'rw'`. */
-  access?: DmaAccess;
-  /** Address space id; default 0. Non-zero needs VHOST_BACKEND_F_IOTLB_ASID. */
-  asid?: number;
-  /** Byte offset into a DmaRegion (page-aligned); default 0. */
-  offset?: number;
-  /** Bytes to map (page multiple); default the rest of the region. */
-  size?: number;
-}
-
-/** A live IOTLB mapping. */
-export interface IotlbMapping {
-  readonly iova: bigint;
-  readonly size: bigint;
-  readonly uaddr: bigint;
-  readonly asid: number;
-  readonly access: DmaAccess;
-}
-
-/** How {@link VhostVdpaDevice.map} checks RLIMIT_MEMLOCK. */
-export type MemlockPolicy = 'enforce' | 'ignore';
+export type { DmaAccess, IotlbMapping, MapOptions, MapRequest, MemlockPolicy, RawMemory };
 
 /** Options for {@link VhostVdpaDevice.open}. */
 export interface OpenOptions {
@@ -134,12 +102,6 @@ const DEFAULT_BACKEND_FEATURES =
   bit(VhostBackendF.SUSPEND) |
   bit(VhostBackendF.RESUME);
 
-const ACCESS_PERM: Record<DmaAccess, number> = {
-  ro: VHOST_ACCESS_RO,
-  wo: VHOST_ACCESS_WO,
-  rw: VHOST_ACCESS_RW,
-};
-
 function checkIndex(name: string, value: number, max = 0xffffffff): void {
   if (!Number.isInteger(value) || value < 0 || value > max) {
     throw new VdpaError(`${name} must be an integer in [0, ${max}], got ${String(value)}`, {
@@ -185,19 +147,20 @@ export class VhostVdpaDevice {
   /** The device path. */
   readonly path: string;
   readonly #handle: NativeDeviceHandle;
-  readonly #memlock: MemlockPolicy;
   #closed = false;
   #deviceId: number | undefined;
   #ackedBackend = 0n;
   #iovaRange: IovaRange | undefined;
-  #asNum: number | undefined;
-  readonly #allocators = new Map<number, IovaAllocator>();
-  readonly #mappings = new Set<IotlbMapping>();
+  readonly #iotlb: IotlbMapper;
 
   private constructor(handle: NativeDeviceHandle, memlock: MemlockPolicy) {
     this.#handle = handle;
     this.path = handle.path;
-    this.#memlock = memlock;
+    this.#iotlb = new IotlbMapper(
+      this,
+      (bytes) => handle.writeMessages(bytes, VHOST_MSG_V2_SIZE, 'IOTLB'),
+      memlock,
+    );
   }
 
   /**
@@ -315,7 +278,7 @@ export class VhostVdpaDevice {
   setStatus(status: number): void {
     checkIndex('status', status, 0xff);
     this.#ioctl('VHOST_VDPA_SET_STATUS', Uint8Array.of(status));
-    if (status === 0 && !hasBit(this.#ackedBackend, VhostBackendF.IOTLB_PERSIST)) this.#forgetMappings();
+    if (status === 0 && !hasBit(this.#ackedBackend, VhostBackendF.IOTLB_PERSIST)) this.#iotlb.forget();
   }
 
   /** Resets the device (status 0). */
@@ -538,7 +501,7 @@ export class VhostVdpaDevice {
 
   /** Live IOTLB mappings made through this object. */
   get mappings(): readonly IotlbMapping[] {
-    return [...this.#mappings];
+    return this.#iotlb.mappings;
   }
 
   /**
@@ -557,40 +520,9 @@ export class VhostVdpaDevice {
    * (BATCH_BEGIN … BATCH_END) when the device offers batching. All or nothing:
    * if the kernel refuses one, those already applied are invalidated.
    */
-  mapBatch(entries: readonly (MapOptions & { memory: DmaRegion | RawMemory })[]): IotlbMapping[] {
+  mapBatch(entries: readonly MapRequest[]): IotlbMapping[] {
     this.#check();
-    const prepared: IotlbMapping[] = [];
-    const reserved: IotlbMapping[] = [];
-    try {
-      let pending = 0n;
-      for (const entry of entries) {
-        const mapping = this.#prepareMapping(entry, pending);
-        pending += mapping.size;
-        reserved.push(mapping);
-        prepared.push(mapping);
-      }
-    } catch (error) {
-      for (const mapping of reserved) this.#allocator(mapping.asid).release(mapping.iova);
-      throw error;
-    }
-    const updates = prepared.map(
-      (m): IotlbMessage => ({
-        type: VHOST_IOTLB_UPDATE,
-        asid: m.asid,
-        iova: m.iova,
-        size: m.size,
-        uaddr: m.uaddr,
-        perm: ACCESS_PERM[m.access],
-      }),
-    );
-    try {
-      this.#writeIotlb(updates);
-    } catch (error) {
-      for (const mapping of prepared) this.#allocator(mapping.asid).release(mapping.iova);
-      throw error;
-    }
-    for (const mapping of prepared) this.#mappings.add(mapping);
-    return prepared;
+    return this.#iotlb.mapBatch(entries);
   }
 
   /** Removes a mapping (IOTLB INVALIDATE) and frees its IOVA range. */
@@ -601,28 +533,7 @@ export class VhostVdpaDevice {
   /** Removes several mappings in one batch. */
   unmapBatch(mappings: readonly IotlbMapping[]): void {
     this.#check();
-    for (const mapping of mappings) {
-      if (!this.#mappings.has(mapping)) {
-        throw new VdpaError(`IOVA ${hex(mapping.iova)} is not a live mapping of ${this.path}`, {
-          code: ErrorCodes.INVALID_ARG,
-          path: this.path,
-        });
-      }
-    }
-    this.#writeIotlb(
-      mappings.map((m) => ({
-        type: VHOST_IOTLB_INVALIDATE,
-        asid: m.asid,
-        iova: m.iova,
-        size: m.size,
-        uaddr: 0n,
-        perm: 0,
-      })),
-    );
-    for (const mapping of mappings) {
-      this.#mappings.delete(mapping);
-      this.#allocator(mapping.asid).release(mapping.iova);
-    }
+    this.#iotlb.unmapBatch(mappings);
   }
 
   /**
@@ -689,8 +600,7 @@ export class VhostVdpaDevice {
     if (this.#closed) return;
     this.#closed = true;
     this.#handle.close();
-    this.#mappings.clear();
-    this.#allocators.clear();
+    this.#iotlb.forget();
   }
 
   // ---- internals ----------------------------------------------------------------------------
@@ -803,138 +713,6 @@ export class VhostVdpaDevice {
       );
     }
   }
-
-  #asNumCached(): number {
-    this.#asNum ??= this.getAsNum();
-    return this.#asNum;
-  }
-
-  #allocator(asid: number): IovaAllocator {
-    let allocator = this.#allocators.get(asid);
-    if (allocator === undefined) {
-      allocator = new IovaAllocator(this.getIovaRange(), PAGE_SIZE);
-      this.#allocators.set(asid, allocator);
-    }
-    return allocator;
-  }
-
-  #forgetMappings(): void {
-    this.#mappings.clear();
-    for (const allocator of this.#allocators.values()) allocator.clear();
-  }
-
-  /** Validates one map request and reserves its IOVA range. */
-  #prepareMapping(entry: MapOptions & { memory: DmaRegion | RawMemory }, pendingBytes: bigint): IotlbMapping {
-    const access = entry.access ?? 'rw';
-    if (!(access in ACCESS_PERM)) {
-      throw new VdpaError(`access must be 'ro', 'wo' or 'rw', got ${String(access)}`, {
-        code: ErrorCodes.INVALID_ARG,
-      });
-    }
-    const asid = entry.asid ?? 0;
-    checkIndex('asid', asid);
-    if (asid !== 0 && !hasBit(this.#ackedBackend, VhostBackendF.IOTLB_ASID)) {
-      throw new VdpaError(
-        `ASID ${asid} needs VHOST_BACKEND_F_IOTLB_ASID, which ${this.path} did not acknowledge`,
-        {
-          code: ErrorCodes.UNSUPPORTED,
-          path: this.path,
-        },
-      );
-    }
-    const asNum = this.#asNumCached();
-    if (asid >= asNum) {
-      throw new VdpaError(`ASID ${asid} does not exist: ${this.path} has ${asNum} address space(s)`, {
-        code: ErrorCodes.OUT_OF_RANGE,
-        path: this.path,
-      });
-    }
-    const { uaddr, size } = resolveMemory(entry);
-    const page = BigInt(PAGE_SIZE);
-    if (uaddr % page !== 0n || size % page !== 0n || size === 0n) {
-      throw new VdpaError(
-        `memory to map must be page-aligned and a non-zero multiple of ${PAGE_SIZE} bytes ` +
-          `(address ${hex(uaddr)}, size ${size})`,
-        { code: ErrorCodes.MISALIGNED },
-      );
-    }
-    if (this.#memlock === 'enforce') this.#checkMemlock(size + pendingBytes);
-    const allocator = this.#allocator(asid);
-    let iova: bigint;
-    if (entry.iova === undefined) {
-      iova = allocator.allocate(size);
-    } else {
-      this.#checkU64('iova', entry.iova);
-      allocator.reserve(entry.iova, size);
-      iova = entry.iova;
-    }
-    return { iova, size, uaddr, asid, access };
-  }
-
-  #checkMemlock(extra: bigint): void {
-    const limit = memlockLimit();
-    if (limit === undefined) return;
-    let mapped = 0n;
-    for (const m of this.#mappings) mapped += m.size;
-    if (mapped + extra > limit) {
-      throw new VdpaError(
-        `mapping ${extra} more bytes (${mapped} already mapped) exceeds RLIMIT_MEMLOCK of ${limit} bytes: ` +
-          `hardware vDPA devices pin mapped memory. Raise the limit (ulimit -l, LimitMEMLOCK=) or, ` +
-          `for VA-mode devices (VDUSE, vdpa_sim) that do not pin, open with { memlock: 'ignore' }`,
-        { code: ErrorCodes.MEMLOCK, path: this.path },
-      );
-    }
-  }
-
-  /** Writes IOTLB messages, inside a batch when the device offers batching. */
-  #writeIotlb(messages: IotlbMessage[]): void {
-    const asid = messages[0]?.asid ?? 0;
-    // BATCH_END commits the batch to the ASID it names, so only same-ASID messages share a batch.
-    const batch =
-      messages.length > 1 &&
-      hasBit(this.#ackedBackend, VhostBackendF.IOTLB_BATCH) &&
-      messages.every((m) => m.asid === asid);
-    const marker = (type: number): IotlbMessage => ({ type, asid, iova: 0n, size: 0n, uaddr: 0n, perm: 0 });
-    const all = batch
-      ? [marker(VHOST_IOTLB_BATCH_BEGIN), ...messages, marker(VHOST_IOTLB_BATCH_END)]
-      : messages;
-    try {
-      this.#handle.writeMessages(encodeIotlbMessages(all), VHOST_MSG_V2_SIZE, 'IOTLB');
-    } catch (error) {
-      const failedAt = (error as { index?: number }).index ?? 0;
-      const applied = all.slice(0, failedAt).filter((m) => m.type === VHOST_IOTLB_UPDATE);
-      const rollback: IotlbMessage[] = applied.map((m) => ({
-        ...m,
-        type: VHOST_IOTLB_INVALIDATE,
-        uaddr: 0n,
-        perm: 0,
-      }));
-      if (batch && failedAt > 0) rollback.push(marker(VHOST_IOTLB_BATCH_END));
-      if (rollback.length > 0) {
-        try {
-          this.#handle.writeMessages(encodeIotlbMessages(rollback), VHOST_MSG_V2_SIZE, 'IOTLB');
-        } catch {
-          // The original error is the one to report; a failed rollback leaves
-          // nothing worse than the failed batch did.
-        }
-      }
-      const failed = all[failedAt];
-      const e = error as VdpaError;
-      const what =
-        failed === undefined
-          ? 'IOTLB message'
-          : `IOTLB ${failed.type === VHOST_IOTLB_UPDATE ? 'UPDATE' : failed.type === VHOST_IOTLB_INVALIDATE ? 'INVALIDATE' : 'BATCH'} ` +
-            `of IOVA [${hex(failed.iova)}, +${failed.size}) in ASID ${failed.asid}`;
-      throw new VdpaError(
-        `${this.path} rejected the ${what}: ${e.code}` +
-          (e.code === 'EFAULT'
-            ? ' (the kernel reports every IOTLB failure as EFAULT: overlap, bad ASID, out of memory or memlock;' +
-              ' see dmesg for details)'
-            : ''),
-        { code: e.code, errno: e.errno, syscall: 'write(IOTLB)', path: this.path, cause: error },
-      );
-    }
-  }
 }
 
 function checkFd(fd: number): void {
@@ -943,57 +721,6 @@ function checkFd(fd: number): void {
       code: ErrorCodes.INVALID_ARG,
     });
   }
-}
-
-function resolveMemory(entry: MapOptions & { memory: DmaRegion | RawMemory }): {
-  uaddr: bigint;
-  size: bigint;
-} {
-  const memory = entry.memory;
-  if (memory instanceof DmaRegion) {
-    if (memory.freed) throw new VdpaError('cannot map a freed DMA region', { code: ErrorCodes.CLOSED });
-    const offset = entry.offset ?? 0;
-    checkIndex('offset', offset, memory.size);
-    const size = entry.size ?? memory.size - offset;
-    if (!Number.isSafeInteger(size) || size <= 0 || offset + size > memory.size) {
-      throw new VdpaError(
-        `range [${offset}, ${offset + size}) is not inside the ${memory.size}-byte region`,
-        {
-          code: ErrorCodes.OUT_OF_RANGE,
-        },
-      );
-    }
-    return { uaddr: memory.address + BigInt(offset), size: BigInt(size) };
-  }
-  if (ArrayBuffer.isView(memory) || memory instanceof ArrayBuffer) {
-    const address = ArrayBuffer.isView(memory) ? native.addressOf(memory) : undefined;
-    throw new VdpaError(
-      'a Buffer, TypedArray or ArrayBuffer cannot be mapped for DMA' +
-        (address === undefined ? '' : ` (it lives at ${hex(address)} in the JavaScript heap)`) +
-        ': it is anonymous memory, which VA-mode devices (VDUSE, vdpa_sim) silently ignore. ' +
-        'Allocate with DmaRegion.allocate() and copy the data in',
-      { code: ErrorCodes.NOT_DMA_MEMORY },
-    );
-  }
-  if (
-    typeof memory !== 'object' ||
-    memory === null ||
-    typeof memory.uaddr !== 'bigint' ||
-    typeof memory.size !== 'bigint'
-  ) {
-    throw new VdpaError('memory must be a DmaRegion or { uaddr: bigint, size: bigint }', {
-      code: ErrorCodes.INVALID_ARG,
-    });
-  }
-  const reason = whyNotDmaCapable(memory.uaddr, memory.size);
-  if (reason !== undefined) {
-    throw new VdpaError(
-      `cannot map [${hex(memory.uaddr)}, +${memory.size}) for DMA: ${reason}. VA-mode devices (VDUSE, vdpa_sim) ` +
-        'only see shared, file-backed memory (memfd, hugetlbfs); use DmaRegion.allocate()',
-      { code: ErrorCodes.NOT_DMA_MEMORY },
-    );
-  }
-  return { uaddr: memory.uaddr, size: memory.size };
 }
 
 function explainOpenError(error: unknown, path: string): unknown {

@@ -14,6 +14,7 @@ export {
   DmaAccess,
   IotlbMapping,
   MapOptions,
+  MapRequest,
   MemlockPolicy,
   Negotiation,
   OpenOptions,
