@@ -238,6 +238,7 @@ async function timed(device: BlockDevice, o: Options): Promise<Record<string, un
       kicks_suppressed: round2(s.kicksSuppressed / s.deviceRequests),
       interrupts: round2(s.interrupts / s.deviceRequests),
       polls: round2(s.polls / s.deviceRequests),
+      poll_yields: round2(s.pollYields / s.deviceRequests),
       bounced: round2(s.bounced / s.deviceRequests),
     },
     notification: device.notification,

@@ -365,6 +365,12 @@ export class BlockDevice {
   #nextQueue = 0;
   #scheduled = false;
   #batching = 0;
+  /**
+   * Set when the last service found exactly one completion and left nothing
+   * queued or in flight (queue depth 1): the next request, if it is then the
+   * only one, is published at once instead of at the end of the checkpoint.
+   */
+  #solo = false;
   #state: 'open' | 'closing' | 'closed' = 'open';
   #failure: VdpaError | undefined;
   #closing: Promise<void> | undefined;
@@ -491,6 +497,7 @@ export class BlockDevice {
         mode,
         spinMicros: options.pollSpinMicros ?? 0,
         sliceMicros: options.pollSliceMicros ?? 1000,
+        ready: this.#ready,
       });
     } catch (error) {
       // Stop the device before freeing memory it might have been told about.
@@ -1078,7 +1085,21 @@ export class BlockDevice {
    * cost no microtask of their own.
    */
   #schedule(): void {
-    if (this.#scheduled || this.#batching > 0 || this.#completions.roundQueued) return;
+    if (this.#scheduled || this.#batching > 0) return;
+    if (this.#solo) {
+      this.#solo = false;
+      // Queue depth 1: a completion just came back alone and this request is alone too — most likely its
+      // resubmission. Publishing it now lets the device start while the rest of the checkpoint (and the
+      // poll round) runs; waiting would only delay it. A burst still shares kicks: the requests after this
+      // one take the usual path (one more kick at most).
+      if (this.#outstanding === 1 && this.#state === 'open') {
+        this.#pump();
+        this.#publish();
+        this.#completions.submitted();
+        return;
+      }
+    }
+    if (this.#completions.roundQueued) return;
     this.#scheduled = true;
     void RESOLVED.then(this.#kick);
   }
@@ -1188,6 +1209,13 @@ export class BlockDevice {
 
   readonly #busy = (): boolean => this.#outstanding > 0;
 
+  /** Some queue has completions to collect (one atomic load per queue). */
+  readonly #ready = (): boolean => {
+    const queues = this.#queues;
+    for (let i = 0; i < queues.length; i++) if (queues[i].vq.hasCompletions()) return true;
+    return false;
+  };
+
   /**
    * Publishes what is waiting, collects every queue's completions, then
    * refills the rings from the FIFO and publishes again. Returns the
@@ -1195,6 +1223,7 @@ export class BlockDevice {
    */
   readonly #service = (): number => {
     if (this.#state === 'closed' || this.#failure !== undefined) return 0;
+    this.#solo = false;
     if (this.#fifo.size > 0) this.#pump();
     this.#publish();
     let found = 0;
@@ -1211,7 +1240,10 @@ export class BlockDevice {
         this.#pump();
         this.#publish();
       }
-      if (this.#outstanding === 0) this.#onIdle?.();
+      if (this.#outstanding === 0) {
+        this.#solo = found === 1;
+        this.#onIdle?.();
+      }
     }
     return found;
   };

@@ -315,6 +315,25 @@ describe('BlockDevice (host, fake device)', () => {
       assert.ok(dev.stats.pollYields > 0, 'the poll loop yielded to the event loop');
     });
 
+    it('publishes a lone request made right after a lone completion at once; a burst still batches', async () => {
+      for (const completion of ['interrupt', 'poll'] as const) {
+        const { fake, dev } = start({}, { completion });
+        await dev.read(0, 512); // this continuation runs after a service that found exactly one completion
+        const kicks = fake.kicks;
+        const first = dev.read(512, 512);
+        assert.equal(fake.kicks, kicks + 1, `${completion}: published without waiting for the microtask`);
+        const second = dev.read(1024, 512);
+        const third = dev.read(1536, 512);
+        assert.equal(fake.kicks, kicks + 1, `${completion}: the requests after it wait for the batch`);
+        await Promise.all([first, second, third]);
+        assert.equal(fake.kicks, kicks + 2, `${completion}: one kick for the rest of the burst`);
+        const burst = Array.from({ length: 8 }, (_, i) => dev.read(i * 512, 512));
+        assert.equal(fake.kicks, kicks + 2, `${completion}: after a batch of completions nothing is published early`);
+        await Promise.all(burst);
+        assert.equal(fake.kicks, kicks + 3);
+      }
+    });
+
     it('stops polling when nothing is in flight', async () => {
       const { dev } = start({}, { completion: 'poll' });
       await dev.read(0, 512);
