@@ -1095,7 +1095,7 @@ export class BlockDevice {
       if (this.#outstanding === 1 && this.#state === 'open') {
         this.#pump();
         this.#publish();
-        this.#completions.submitted();
+        this.#completions.submittedAlone();
         return;
       }
     }

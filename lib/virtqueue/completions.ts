@@ -16,6 +16,12 @@
  * sees the resubmitted request (and publishes it itself: see
  * {@link CompletionDriver.roundQueued}) without a libuv iteration in between.
  *
+ * One exception: when the caller reports (via {@link CompletionDriver.submittedAlone})
+ * that a continuation already published its single request — queue depth 1 —
+ * the chained round runs in the microtask itself, saving the nextTick: the
+ * only thing it may delay (by at most one round) is other microtasks queued
+ * later in the same checkpoint.
+ *
  * Chained rounds run before timers and I/O callbacks, so they are bounded:
  * once `sliceMicros` (default 1000 µs) have passed since the loop last gave
  * the event loop a turn, the next round goes through `setImmediate` instead,
@@ -81,6 +87,8 @@ export class CompletionDriver {
   #polling = false;
   /** A round is queued to run after the current microtask checkpoint. */
   #chained = false;
+  /** {@link submittedAlone} was called since the last round. */
+  #alone = false;
   /** When the poll loop last let the event loop have a turn. */
   #sliceStart = 0;
   #closed = false;
@@ -135,6 +143,16 @@ export class CompletionDriver {
     }
   }
 
+  /**
+   * Like {@link submitted}, for a request published on its own right after a
+   * round found its only completion (queue depth 1): the chained round then
+   * runs in its microtask rather than waiting for a nextTick.
+   */
+  submittedAlone(): void {
+    this.#alone = true;
+    this.submitted();
+  }
+
   /** Whether open watches keep the process alive (like `socket.ref()/unref()`). */
   setRef(referenced: boolean): void {
     for (const call of this.#calls) call.setRef(referenced);
@@ -153,7 +171,8 @@ export class CompletionDriver {
   }
 
   readonly #afterMicrotasks = (): void => {
-    process.nextTick(this.#round);
+    if (this.#alone) this.#round();
+    else process.nextTick(this.#round);
   };
 
   /**
@@ -183,6 +202,7 @@ export class CompletionDriver {
 
   readonly #round = (): void => {
     this.#chained = false;
+    this.#alone = false;
     if (this.#closed || !this.#busy()) {
       this.#polling = false;
       return;
