@@ -328,7 +328,11 @@ describe('BlockDevice (host, fake device)', () => {
         await Promise.all([first, second, third]);
         assert.equal(fake.kicks, kicks + 2, `${completion}: one kick for the rest of the burst`);
         const burst = Array.from({ length: 8 }, (_, i) => dev.read(i * 512, 512));
-        assert.equal(fake.kicks, kicks + 2, `${completion}: after a batch of completions nothing is published early`);
+        assert.equal(
+          fake.kicks,
+          kicks + 2,
+          `${completion}: after a batch of completions nothing is published early`,
+        );
         await Promise.all(burst);
         assert.equal(fake.kicks, kicks + 3);
       }
