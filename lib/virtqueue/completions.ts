@@ -149,7 +149,7 @@ export class CompletionDriver {
    * runs in its microtask rather than waiting for a nextTick.
    */
   submittedAlone(): void {
-    this.#alone = true;
+    if (this.mode === 'poll') this.#alone = true;
     this.submitted();
   }
 
