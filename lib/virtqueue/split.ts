@@ -60,6 +60,9 @@ import {
   VRING_USED_F_NO_NOTIFY,
   VringAddresses,
 } from '../uapi';
+import type { Virtqueue, VirtqueueStats } from './types';
+
+export type { VirtqueueStats } from './types';
 
 /** sizeof(struct vring_desc). */
 export const VRING_DESC_SIZE = 16;
@@ -140,29 +143,15 @@ export interface SplitVirtqueueOptions {
   notify: () => void;
 }
 
-/** Counters for tests and benchmarks. */
-export interface VirtqueueStats {
-  /** Chains added. */
-  chains: number;
-  /** Chains that went out as one indirect descriptor. */
-  indirectChains: number;
-  /** publish() calls that exposed new chains. */
-  publishes: number;
-  /** Notifications sent. */
-  kicks: number;
-  /** Notifications the device asked us to skip (NO_NOTIFY or avail_event). */
-  kicksSuppressed: number;
-  /** Used entries consumed. */
-  completions: number;
-}
-
 /**
  * A split virtqueue, driver side. Chains are built with
  * {@link begin}/{@link push}/{@link end}, made visible with one
  * {@link publish} per batch, and completions are consumed with {@link collect}.
  * `T` is the caller's token for a chain, handed back on completion.
  */
-export class SplitVirtqueue<T> {
+export class SplitVirtqueue<T> implements Virtqueue<T> {
+  /** Ring format. */
+  readonly format = 'split' as const;
   /** Queue index. */
   readonly index: number;
   /** Number of descriptors. */
@@ -173,6 +162,8 @@ export class SplitVirtqueue<T> {
   readonly eventIdx: boolean;
   /** IOVAs of the three parts, for VHOST_SET_VRING_ADDR. */
   readonly addresses: VringAddresses;
+  /** VHOST_SET_VRING_BASE for a new or reset split ring: the next avail index, 0. */
+  readonly vringBase = 0;
   /** Counters (monotonic). */
   readonly stats: VirtqueueStats = {
     chains: 0,
