@@ -23,7 +23,7 @@ import { VhostVdpaDevice, IotlbMapping, OpenOptions } from '../device';
 import { BouncePool } from '../bounce';
 import { ErrorCodes, VdpaError } from '../errors';
 import { EventFd } from '../eventfd';
-import { bits, decodeFeatures, hasBit, VirtioBlkF, VirtioF } from '../features';
+import { bit, bits, decodeFeatures, hasBit, VirtioBlkF, VirtioF } from '../features';
 import { DmaRegion } from '../memory';
 import { PAGE_SIZE } from '../native';
 import {
@@ -38,7 +38,9 @@ import {
 import { BlkConfig, decodeBlkConfig } from '../virtio-config';
 import { attachVirtqueue, QueueNotifier, VirtqueueTransport } from '../virtqueue/attach';
 import { CompletionDriver, CompletionMode } from '../virtqueue/completions';
+import { PackedVirtqueue, packedRingLayout } from '../virtqueue/packed';
 import { SplitVirtqueue, splitRingLayout } from '../virtqueue/split';
+import type { Virtqueue, VirtqueueFormat } from '../virtqueue/types';
 import {
   blkRequestTypeName,
   VIRTIO_BLK_ID_BYTES,
@@ -107,6 +109,12 @@ export interface BlockDeviceOptions {
   excludeFeatures?: bigint;
   /** Use the doorbell page when the device has one (default true). */
   doorbell?: boolean;
+  /**
+   * Virtqueue format: `'split'`, `'packed'` (VIRTIO_F_RING_PACKED; fails with
+   * `ERR_NEGOTIATION` if the device does not offer it) or `'auto'` (default:
+   * packed when offered, split otherwise).
+   */
+  ring?: 'split' | 'packed' | 'auto';
   /** Options for {@link VhostVdpaDevice.open} when a path is given. */
   open?: OpenOptions;
 }
@@ -253,7 +261,7 @@ class Op {
 }
 
 interface BlkQueue {
-  readonly vq: SplitVirtqueue<Op>;
+  readonly vq: Virtqueue<Op>;
   readonly notifier: QueueNotifier;
   readonly call: EventFd;
   readonly slots8: Uint8Array;
@@ -341,6 +349,8 @@ export class BlockDevice {
   readonly eventIdx: boolean;
   /** VIRTIO_F_RING_INDIRECT_DESC in use. */
   readonly indirect: boolean;
+  /** Virtqueue format in use: `'packed'` when VIRTIO_F_RING_PACKED was negotiated. */
+  readonly ring: VirtqueueFormat;
   /** How queues are notified. */
   readonly notification: 'doorbell' | 'eventfd';
   /** Limits enforced by the driver. */
@@ -398,6 +408,7 @@ export class BlockDevice {
     this.readOnly = config.readOnly || (options.readOnly ?? false);
     this.eventIdx = hasBit(negotiated, VirtioF.RING_EVENT_IDX);
     this.indirect = hasBit(negotiated, VirtioF.RING_INDIRECT_DESC);
+    this.ring = hasBit(negotiated, VirtioF.RING_PACKED) ? 'packed' : 'split';
     this.deviceQueues = hasBit(negotiated, VirtioBlkF.MQ) ? Math.max(1, config.numQueues ?? 1) : 1;
     const queues = options.queues ?? 1;
     if (!Number.isInteger(queues) || queues < 1 || queues > this.deviceQueues) {
@@ -423,7 +434,10 @@ export class BlockDevice {
     const indirectEntries = this.indirect ? this.limits.segmentsPerRequest + 2 : 0;
 
     // DMA memory: per queue the ring plus the request slots, and one bounce pool; mapped in one IOTLB batch.
-    const layout = splitRingLayout(this.queueSize, indirectEntries);
+    const packed = this.ring === 'packed';
+    const layout = packed
+      ? packedRingLayout(this.queueSize, indirectEntries)
+      : splitRingLayout(this.queueSize, indirectEntries);
     const ringBytes = Math.ceil(layout.bytes / SLOT_SIZE) * SLOT_SIZE;
     const chunkSize = Math.min(PAGE_SIZE, this.limits.sizeMax ?? PAGE_SIZE);
     const bounceBytes = Math.max(
@@ -449,7 +463,7 @@ export class BlockDevice {
         const notifier = QueueNotifier.create(transport, i, options.doorbell ?? true);
         const call = new EventFd();
         calls.push(call);
-        const vq = new SplitVirtqueue<Op>({
+        const queueOptions = {
           index: i,
           size: this.queueSize,
           memory: region.buffer,
@@ -458,7 +472,10 @@ export class BlockDevice {
           indirectEntries,
           eventIdx: this.eventIdx,
           notify: () => notifier.notify(),
-        });
+        };
+        const vq: Virtqueue<Op> = packed
+          ? new PackedVirtqueue<Op>(queueOptions)
+          : new SplitVirtqueue<Op>(queueOptions);
         this.#queues.push({
           vq,
           notifier,
@@ -467,7 +484,18 @@ export class BlockDevice {
           slots32: new Uint32Array(region.buffer, ringBytes, (this.queueSize * SLOT_SIZE) / 4),
           slotsIova: iova + ringBytes,
         });
-        attachVirtqueue(transport, vq, notifier.kick.fd, call.fd);
+        if (vq instanceof SplitVirtqueue) {
+          attachVirtqueue(transport, vq, notifier.kick.fd, call.fd);
+        } else {
+          // attachVirtqueue() programs base 0 (split); a packed ring needs its wrap counters
+          // in the base, and SET_VRING_ADDR takes desc ring, driver area, device area.
+          transport.setVringNum(i, vq.size);
+          transport.setVringBase(i, vq.vringBase);
+          transport.setVringAddr(i, vq.addresses);
+          transport.setVringKick(i, notifier.kick.fd);
+          transport.setVringCall(i, call.fd);
+          transport.setVringEnable(i, true);
+        }
       }
       this.notification = this.#queues[0].notifier.path;
       const ok =
@@ -513,7 +541,8 @@ export class BlockDevice {
 
   /**
    * Opens a virtio-blk vDPA device and starts it: negotiates features
-   * (including EVENT_IDX, INDIRECT_DESC and MQ where offered), reads the config
+   * (including EVENT_IDX, INDIRECT_DESC, MQ and — unless `ring: 'split'` —
+   * RING_PACKED where offered), reads the config
    * space, maps ring and bounce memory, sets up the queues and sets DRIVER_OK.
    * Given a path, the device is opened (and closed by {@link close}); given an
    * open {@link VhostVdpaDevice}, it is reset by close() but left open.
@@ -534,7 +563,23 @@ export class BlockDevice {
           },
         );
       }
-      const { negotiated } = transport.negotiate(WANTED_FEATURES & ~(options.excludeFeatures ?? 0n));
+      const ring = options.ring ?? 'auto';
+      if (ring !== 'split' && ring !== 'packed' && ring !== 'auto') {
+        throw new VdpaError(`ring must be 'split', 'packed' or 'auto', got ${String(ring)}`, {
+          code: ErrorCodes.INVALID_ARG,
+        });
+      }
+      const wanted = WANTED_FEATURES | (ring === 'split' ? 0n : bit(VirtioF.RING_PACKED));
+      const { negotiated } = transport.negotiate(wanted & ~(options.excludeFeatures ?? 0n));
+      if (ring === 'packed' && !hasBit(negotiated, VirtioF.RING_PACKED)) {
+        throw new VdpaError(
+          `${transport.path} does not offer VIRTIO_F_RING_PACKED (ring: 'packed' was asked)`,
+          {
+            code: ErrorCodes.NEGOTIATION,
+            path: transport.path,
+          },
+        );
+      }
       const config = decodeBlkConfig(transport.getConfig(0, transport.getConfigSize()), negotiated);
       return new BlockDevice(transport, owns, negotiated, config, options);
     } catch (error) {

@@ -1,7 +1,8 @@
 /**
  * A fake virtio-blk vDPA device for host tests: implements the BlockTransport
  * surface of VhostVdpaDevice over ordinary DmaRegions, plays the device side
- * of the rings (test/host/virtqueue-fake-device.ts), serves requests from an
+ * of the rings (test/host/virtqueue-fake-device.ts, or with `packed` the packed
+ * ring of test/host/virtqueue-packed-fake-device.ts), serves requests from an
  * in-memory disk and signals the real call eventfds. It checks what a strict
  * device would (limits, chain shape) and records violations, and can be told
  * to hold completions, fail requests or corrupt the used ring.
@@ -30,6 +31,52 @@ import {
   VringAddresses,
 } from '../../lib';
 import { DeviceChain, DeviceRing, IovaSpace } from './virtqueue-fake-device';
+import { PackedDeviceRing } from './virtqueue-packed-fake-device';
+
+/**
+ * A packed device ring behind the part of DeviceRing's surface the fake
+ * device uses: chains are named by buffer id (`head`), and a completion skips
+ * as many slots as the chain occupied.
+ */
+class PackedServedRing {
+  readonly eventIdx = false;
+  readonly lastAvail = 0;
+  readonly ring: PackedDeviceRing;
+  readonly #descriptors = new Map<number, number>();
+
+  constructor(ring: PackedDeviceRing) {
+    this.ring = ring;
+  }
+
+  get pending(): number {
+    return this.ring.hasAvailable ? 1 : 0;
+  }
+
+  pop(): DeviceChain | undefined {
+    const c = this.ring.pop();
+    if (c === undefined) return undefined;
+    this.#descriptors.set(c.id, c.ringDescriptors);
+    return {
+      head: c.id,
+      readable: c.readable,
+      writable: c.writable,
+      iovas: c.iovas,
+      ringDescriptors: c.ringDescriptors,
+      indirect: c.indirect,
+    };
+  }
+
+  /** Completes chain `head`, writing `id` (possibly corrupted) in the used descriptor. */
+  complete(head: number, id: number, length: number): boolean {
+    const descriptors = this.#descriptors.get(head) ?? 1;
+    this.#descriptors.delete(head);
+    return this.ring.push(id, length, descriptors);
+  }
+
+  setAvailEvent(): void {
+    // Packed rings: the device event structure stays ENABLE.
+  }
+}
 
 export interface FakeBlkOptions {
   /** Bytes (default 4 MiB). */
@@ -38,6 +85,8 @@ export interface FakeBlkOptions {
   features?: bigint;
   eventIdx?: boolean;
   indirect?: boolean;
+  /** Offer VIRTIO_F_RING_PACKED and serve packed rings when it is negotiated. */
+  packed?: boolean;
   readOnly?: boolean;
   segMax?: number;
   sizeMax?: number;
@@ -88,6 +137,7 @@ const BASE_FEATURES = bits(
 
 interface VringSetup {
   num: number;
+  base: number;
   addr?: VringAddresses;
   kick: number;
   call: number;
@@ -107,7 +157,7 @@ export class FakeBlkDevice implements BlockTransport {
   readonly seen: SeenRequest[] = [];
   /** Limits or protocol rules the driver broke. Tests assert it stays empty. */
   readonly violations: string[] = [];
-  rings: DeviceRing[] = [];
+  rings: (DeviceRing | PackedServedRing)[] = [];
   kicks = 0;
   interruptsSent = 0;
   /** While true, chains are taken from the ring but not completed until {@link release}. */
@@ -130,6 +180,7 @@ export class FakeBlkDevice implements BlockTransport {
       capacity: options.capacity ?? 4 << 20,
       eventIdx: options.eventIdx ?? false,
       indirect: options.indirect ?? false,
+      packed: options.packed ?? false,
       readOnly: options.readOnly ?? false,
       segMax: options.segMax ?? 32,
       sizeMax: options.sizeMax ?? 4096,
@@ -149,10 +200,12 @@ export class FakeBlkDevice implements BlockTransport {
       BASE_FEATURES |
         (this.options.eventIdx ? bit(VirtioF.RING_EVENT_IDX) : 0n) |
         (this.options.indirect ? bit(VirtioF.RING_INDIRECT_DESC) : 0n) |
+        (this.options.packed ? bit(VirtioF.RING_PACKED) : 0n) |
         (this.options.readOnly ? bit(VirtioBlkF.RO) : 0n);
     this.disk = Buffer.alloc(this.options.capacity);
     this.#vrings = Array.from({ length: this.options.numQueues }, () => ({
       num: 0,
+      base: 0,
       kick: -1,
       call: -1,
       enabled: false,
@@ -234,8 +287,16 @@ export class FakeBlkDevice implements BlockTransport {
   }
 
   setVringBase(index: number, base: number): void {
-    if (base !== 0) this.violations.push(`vring base ${base}`);
-    this.#vring(index);
+    // Split: the next avail index, 0. Packed: avail and used slot 0 with wrap counters 1.
+    const expected = this.packed ? 0x80008000 : 0;
+    if (base !== expected)
+      this.violations.push(`vring base 0x${base.toString(16)}, expected 0x${expected.toString(16)}`);
+    this.#vring(index).base = base;
+  }
+
+  /** VIRTIO_F_RING_PACKED was negotiated. */
+  get packed(): boolean {
+    return (this.negotiated & bit(VirtioF.RING_PACKED)) !== 0n;
   }
 
   setVringAddr(index: number, addr: VringAddresses): void {
@@ -280,12 +341,18 @@ export class FakeBlkDevice implements BlockTransport {
       return;
     }
     if ((status & VIRTIO_CONFIG_S_DRIVER_OK) !== 0 && (this.status & VIRTIO_CONFIG_S_DRIVER_OK) === 0) {
+      const ringOptions = {
+        eventIdx: (this.negotiated & bit(VirtioF.RING_EVENT_IDX)) !== 0n,
+        indirect: (this.negotiated & bit(VirtioF.RING_INDIRECT_DESC)) !== 0n,
+      };
       this.rings = this.#vrings.map((v) =>
         v.enabled && v.addr !== undefined
-          ? new DeviceRing(this.space.translate, v.num, v.addr, {
-              eventIdx: (this.negotiated & bit(VirtioF.RING_EVENT_IDX)) !== 0n,
-              indirect: (this.negotiated & bit(VirtioF.RING_INDIRECT_DESC)) !== 0n,
-            })
+          ? this.packed
+            ? new PackedServedRing(
+                // With EVENT_IDX the packed driver may ask for DESC interrupts; the device honours them.
+                new PackedDeviceRing(this.space.translate, v.num, v.addr, { ...ringOptions, base: v.base }),
+              )
+            : new DeviceRing(this.space.translate, v.num, v.addr, ringOptions)
           : (undefined as unknown as DeviceRing),
       );
       if (!this.options.doorbell) {
@@ -367,7 +434,9 @@ export class FakeBlkDevice implements BlockTransport {
     const ring = this.rings[queue];
     if (ring === undefined) return;
     const override = this.corrupt?.(head, length);
-    const interrupt = ring.push(override?.id ?? head, override?.length ?? length);
+    const id = override?.id ?? head;
+    const used = override?.length ?? length;
+    const interrupt = ring instanceof PackedServedRing ? ring.complete(head, id, used) : ring.push(id, used);
     if (interrupt) {
       this.interruptsSent++;
       const one = Buffer.alloc(8);
