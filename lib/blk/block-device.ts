@@ -484,18 +484,7 @@ export class BlockDevice {
           slots32: new Uint32Array(region.buffer, ringBytes, (this.queueSize * SLOT_SIZE) / 4),
           slotsIova: iova + ringBytes,
         });
-        if (vq instanceof SplitVirtqueue) {
-          attachVirtqueue(transport, vq, notifier.kick.fd, call.fd);
-        } else {
-          // attachVirtqueue() programs base 0 (split); a packed ring needs its wrap counters
-          // in the base, and SET_VRING_ADDR takes desc ring, driver area, device area.
-          transport.setVringNum(i, vq.size);
-          transport.setVringBase(i, vq.vringBase);
-          transport.setVringAddr(i, vq.addresses);
-          transport.setVringKick(i, notifier.kick.fd);
-          transport.setVringCall(i, call.fd);
-          transport.setVringEnable(i, true);
-        }
+        attachVirtqueue(transport, vq, notifier.kick.fd, call.fd);
       }
       this.notification = this.#queues[0].notifier.path;
       const ok =

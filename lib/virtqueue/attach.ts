@@ -5,7 +5,7 @@
  */
 import type { Doorbell, VhostVdpaDevice } from '../device';
 import { EventFd } from '../eventfd';
-import type { SplitVirtqueue } from './split';
+import type { Virtqueue } from './types';
 
 /** The device operations a queue needs; {@link VhostVdpaDevice} has them all (tests substitute a fake). */
 export type VirtqueueTransport = Pick<
@@ -80,19 +80,21 @@ export class QueueNotifier {
 }
 
 /**
- * Programs queue `vq.index` on the device: SET_VRING_NUM, SET_VRING_BASE(0),
- * SET_VRING_ADDR (IOVAs), SET_VRING_KICK, SET_VRING_CALL, SET_VRING_ENABLE(1).
+ * Programs queue `vq.index` on the device: SET_VRING_NUM, SET_VRING_BASE
+ * (`vq.vringBase`: 0 for a new split ring; a packed ring's wrap counters in
+ * bits 15 and 31), SET_VRING_ADDR (IOVAs: descriptors and driver/device areas),
+ * SET_VRING_KICK, SET_VRING_CALL, SET_VRING_ENABLE(1).
  * Call after feature negotiation and after the ring memory is mapped, before
  * DRIVER_OK (SET_VRING_ADDR/BASE fail with EINVAL on a running device).
  */
 export function attachVirtqueue(
   device: VirtqueueTransport,
-  vq: SplitVirtqueue<unknown>,
+  vq: Virtqueue<unknown>,
   kickFd: number,
   callFd: number,
 ): void {
   device.setVringNum(vq.index, vq.size);
-  device.setVringBase(vq.index, 0);
+  device.setVringBase(vq.index, vq.vringBase);
   device.setVringAddr(vq.index, vq.addresses);
   device.setVringKick(vq.index, kickFd);
   device.setVringCall(vq.index, callFd);
