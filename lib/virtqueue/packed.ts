@@ -47,8 +47,17 @@
  */
 import { VdpaError } from '../errors';
 import { VRING_DESC_F_INDIRECT, VRING_DESC_F_NEXT, VRING_DESC_F_WRITE, VringAddresses } from '../uapi';
-import { ERR_QUEUE_CORRUPT, VIRTQUEUE_MAX_SIZE, VRING_DESC_SIZE } from './split';
-import type { Virtqueue, VirtqueueStats } from './types';
+import {
+  alignUp,
+  CACHE_LINE,
+  checkIndirectEntries,
+  needEvent,
+  VIRTQUEUE_MAX_SIZE,
+  VirtqueueBase,
+  VirtqueueBaseOptions,
+  VRING_DESC_SIZE,
+} from './chain';
+import type { Virtqueue } from './types';
 
 /** Descriptor flag: available (bit 7), valid when ≠ USED for the driver's avail wrap counter. */
 export const VRING_PACKED_DESC_F_AVAIL = 1 << 7;
@@ -64,9 +73,6 @@ export const VRING_PACKED_EVENT_FLAG_DESC = 2;
 export const VRING_PACKED_EVENT_F_WRAP_CTR = 15;
 /** Size of a packed ring's event suppression structure. */
 export const VRING_PACKED_EVENT_SIZE = 4;
-
-const CACHE_LINE = 64;
-const alignUp = (value: number, to: number): number => Math.ceil(value / to) * to;
 
 /** Byte offsets of a packed ring's parts inside its memory, from {@link packedRingLayout}. */
 export interface PackedRingLayout {
@@ -97,12 +103,7 @@ export function packedRingLayout(size: number, indirectEntries = 0): PackedRingL
       { code: 'ERR_INVALID_ARG' },
     );
   }
-  if (!Number.isInteger(indirectEntries) || indirectEntries < 0 || indirectEntries > size) {
-    throw new VdpaError(
-      `indirect table size must be an integer in [0, ${size}], got ${String(indirectEntries)}`,
-      { code: 'ERR_INVALID_ARG' },
-    );
-  }
+  checkIndirectEntries(size, indirectEntries);
   const desc = 0;
   const driver = desc + VRING_DESC_SIZE * size;
   const device = alignUp(driver + VRING_PACKED_EVENT_SIZE, CACHE_LINE);
@@ -112,132 +113,61 @@ export function packedRingLayout(size: number, indirectEntries = 0): PackedRingL
 }
 
 /** Options for {@link PackedVirtqueue}: those of {@link SplitVirtqueueOptions}, the memory laid out by {@link packedRingLayout}. */
-export interface PackedVirtqueueOptions {
-  /** Queue index (for messages and VHOST_SET_VRING_*). */
-  index: number;
+export interface PackedVirtqueueOptions extends VirtqueueBaseOptions {
   /** Number of descriptors: an integer in [1, 32768]. */
   size: number;
   /** The memory holding the ring, laid out by {@link packedRingLayout}. */
   memory: ArrayBuffer;
-  /** Byte offset of the ring inside `memory`; a multiple of 64. */
-  byteOffset: number;
-  /** IOVA at which the device sees `byteOffset`. */
-  iova: number;
-  /** Descriptors per indirect table; 0 (default) when VIRTIO_F_RING_INDIRECT_DESC is not negotiated. */
-  indirectEntries?: number;
   /** VIRTIO_F_RING_EVENT_IDX negotiated (enables RING_EVENT_FLAGS_DESC). */
   eventIdx?: boolean;
-  /** Notifies the device. Called at most once per {@link PackedVirtqueue.publish}. */
-  notify: () => void;
 }
 
 /**
  * A packed virtqueue, driver side. {@link begin} returns the chain's buffer
  * id, stable until the chain completes (the ring slots are not: they move on
- * every lap).
+ * every lap). The format-independent half (checks, records, getters) is
+ * {@link VirtqueueBase}.
  */
-export class PackedVirtqueue<T> implements Virtqueue<T> {
+export class PackedVirtqueue<T> extends VirtqueueBase<T> implements Virtqueue<T> {
   /** Ring format. */
   readonly format = 'packed' as const;
-  readonly index: number;
-  readonly size: number;
-  readonly indirectEntries: number;
-  readonly eventIdx: boolean;
   /** IOVAs: `desc` = descriptor ring, `avail` = driver event area, `used` = device event area. */
   readonly addresses: VringAddresses;
-  readonly stats: VirtqueueStats = {
-    chains: 0,
-    indirectChains: 0,
-    publishes: 0,
-    kicks: 0,
-    kicksSuppressed: 0,
-    completions: 0,
-  };
 
-  readonly #notify: () => void;
   // Ring memory, as seen by the device.
-  readonly #desc32: Uint32Array;
-  readonly #desc16: Uint16Array;
   readonly #driverEvent32: Uint32Array;
   readonly #deviceEvent16: Uint16Array;
-  readonly #indirect32: Uint32Array;
-  readonly #indirect16: Uint16Array;
-  readonly #indirectIova: number;
   // Shadow state in JavaScript memory: the device cannot corrupt it.
   readonly #freeIds: Uint16Array;
   #numFreeIds = 0;
-  readonly #chainLength: Uint16Array;
-  readonly #writable: Float64Array;
-  readonly #active: Uint8Array;
-  readonly #tokens: (T | undefined)[];
   // Head slots and flags of chains ended but not published (in ring order).
   readonly #pendingSlot: Uint16Array;
   readonly #pendingFlags: Uint16Array;
   #pending = 0;
-  #numFree: number;
-  #inFlight = 0;
   #nextAvail = 0;
   #availWrap = 1;
   /** Descriptors made available since the last publish (for RING_EVENT_FLAGS_DESC). */
   #added = 0;
   #nextUsed = 0;
   #usedWrap = 1;
-  #interrupts = true;
-  #broken: VdpaError | undefined;
-  // The chain being built.
-  #id = -1;
-  #count = 0;
-  #expected = 0;
-  #indirect = false;
-  #chainWritable = 0;
+  // Where the flags of the chain's last non-head descriptor are (-1: only the head so far).
   #lastFlagsAt = -1;
 
   constructor(options: PackedVirtqueueOptions) {
     const { size, memory, byteOffset, iova } = options;
     const indirectEntries = options.indirectEntries ?? 0;
     const layout = packedRingLayout(size, indirectEntries);
-    if (!Number.isInteger(byteOffset) || byteOffset < 0 || byteOffset % CACHE_LINE !== 0) {
-      throw new VdpaError(`ring byte offset must be a non-negative multiple of ${CACHE_LINE}`, {
-        code: 'ERR_MISALIGNED',
-      });
-    }
-    if (byteOffset + layout.bytes > memory.byteLength) {
-      throw new VdpaError(
-        `a ${size}-entry packed ring needs ${layout.bytes} bytes at offset ${byteOffset}; the memory has ${memory.byteLength}`,
-        { code: 'ERR_OUT_OF_RANGE' },
-      );
-    }
-    if (!Number.isSafeInteger(iova) || iova < 0 || iova % CACHE_LINE !== 0) {
-      throw new VdpaError(`ring IOVA must be a non-negative safe integer, multiple of ${CACHE_LINE}`, {
-        code: 'ERR_MISALIGNED',
-      });
-    }
-    this.index = options.index;
-    this.size = size;
-    this.indirectEntries = indirectEntries;
-    this.eventIdx = options.eventIdx ?? false;
-    this.#notify = options.notify;
-    this.#desc32 = new Uint32Array(memory, byteOffset + layout.desc, size * 4);
-    this.#desc16 = new Uint16Array(memory, byteOffset + layout.desc, size * 8);
+    super(options, layout, 'packed ring');
     this.#driverEvent32 = new Uint32Array(memory, byteOffset + layout.driver, 1);
     this.#deviceEvent16 = new Uint16Array(memory, byteOffset + layout.device, 2);
-    const indirectWords = indirectEntries > 0 ? size * indirectEntries * 4 : 0;
-    this.#indirect32 = new Uint32Array(memory, byteOffset + layout.indirect, indirectWords);
-    this.#indirect16 = new Uint16Array(memory, byteOffset + layout.indirect, indirectWords * 2);
-    this.#indirectIova = iova + layout.indirect;
     this.addresses = {
       desc: BigInt(iova + layout.desc),
       avail: BigInt(iova + layout.driver),
       used: BigInt(iova + layout.device),
     };
     this.#freeIds = new Uint16Array(size);
-    this.#chainLength = new Uint16Array(size);
-    this.#writable = new Float64Array(size);
-    this.#active = new Uint8Array(size);
-    this.#tokens = new Array<T | undefined>(size).fill(undefined);
     this.#pendingSlot = new Uint16Array(size);
     this.#pendingFlags = new Uint16Array(size);
-    this.#numFree = size;
     this.reset();
   }
 
@@ -253,74 +183,30 @@ export class PackedVirtqueue<T> implements Virtqueue<T> {
     return (avail + used * 0x10000) >>> 0;
   }
 
-  get numFree(): number {
-    return this.#numFree;
-  }
-
-  get inFlight(): number {
-    return this.#inFlight;
-  }
-
   get unpublished(): number {
     return this.#pending;
   }
 
-  get broken(): VdpaError | undefined {
-    return this.#broken;
-  }
-
-  descriptorsFor(segments: number): number {
-    return segments > 1 && segments <= this.indirectEntries ? 1 : segments;
-  }
-
-  canAdd(segments: number): boolean {
-    return this.#broken === undefined && this.descriptorsFor(segments) <= this.#numFree;
-  }
-
-  /** Starts a chain; returns its buffer id, or -1 when the ring lacks free descriptors. */
-  begin(segments: number): number {
-    if (this.#broken !== undefined) throw this.#broken;
-    if (this.#id >= 0)
-      throw new VdpaError('begin() while a chain is open; call end() first', { code: 'ERR_INVALID_ARG' });
-    const indirect = segments > 1 && segments <= this.indirectEntries;
-    const needed = indirect ? 1 : segments;
-    if (!Number.isInteger(segments) || segments < 1 || needed > this.size) {
-      throw new VdpaError(
-        `a chain of ${String(segments)} buffers cannot fit queue ${this.index} ` +
-          `(${this.size} descriptors, indirect tables of ${this.indirectEntries})`,
-        { code: 'ERR_OUT_OF_RANGE' },
-      );
-    }
+  /** The chain takes a free buffer id. */
+  protected startChain(): number {
     // Ids in flight never outnumber descriptors in flight, so a free descriptor implies a free id.
-    if (needed > this.#numFree) return -1;
-    this.#indirect = indirect;
-    this.#expected = segments;
-    this.#count = 0;
-    this.#chainWritable = 0;
     this.#lastFlagsAt = -1;
-    this.#id = this.#freeIds[--this.#numFreeIds];
-    return this.#id;
+    return this.#freeIds[--this.#numFreeIds];
   }
 
-  push(iova: number, length: number, deviceWritable: boolean): void {
-    if (this.#count >= this.#expected) {
-      throw new VdpaError(`push() beyond the ${this.#expected} buffers announced to begin()`, {
-        code: 'ERR_INVALID_ARG',
-      });
-    }
-    if (deviceWritable) this.#chainWritable += length;
-    const id = this.#id;
-    if (this.#indirect) {
+  protected writeDescriptor(iova: number, length: number, deviceWritable: boolean): void {
+    const id = this.chain;
+    if (this.chainIndirect) {
       // Indirect tables of a packed ring: no NEXT (the length gives the count), no AVAIL/USED.
-      const entry = id * this.indirectEntries + this.#count;
+      const entry = id * this.indirectEntries + this.count;
       const w = entry * 4;
-      this.#indirect32[w] = iova >>> 0;
-      this.#indirect32[w + 1] = Math.floor(iova / 0x100000000);
-      this.#indirect32[w + 2] = length;
-      this.#indirect16[entry * 8 + 6] = id;
-      this.#indirect16[entry * 8 + 7] = deviceWritable ? VRING_DESC_F_WRITE : 0;
+      this.indirect32[w] = iova >>> 0;
+      this.indirect32[w + 1] = Math.floor(iova / 0x100000000);
+      this.indirect32[w + 2] = length;
+      this.indirect16[entry * 8 + 6] = id;
+      this.indirect16[entry * 8 + 7] = deviceWritable ? VRING_DESC_F_WRITE : 0;
     } else {
-      let slot = this.#nextAvail + this.#count;
+      let slot = this.#nextAvail + this.count;
       let wrap = this.#availWrap;
       if (slot >= this.size) {
         slot -= this.size;
@@ -331,66 +217,50 @@ export class PackedVirtqueue<T> implements Virtqueue<T> {
         VRING_DESC_F_NEXT |
         (wrap !== 0 ? VRING_PACKED_DESC_F_AVAIL : VRING_PACKED_DESC_F_USED);
       const w = slot * 4;
-      this.#desc32[w] = iova >>> 0;
-      this.#desc32[w + 1] = Math.floor(iova / 0x100000000);
-      this.#desc32[w + 2] = length;
-      this.#desc16[slot * 8 + 6] = id;
-      if (this.#count === 0) {
+      this.desc32[w] = iova >>> 0;
+      this.desc32[w + 1] = Math.floor(iova / 0x100000000);
+      this.desc32[w + 2] = length;
+      this.desc16[slot * 8 + 6] = id;
+      if (this.count === 0) {
         // The head's flags make the chain available: deferred to publish().
         this.#pendingSlot[this.#pending] = slot;
         this.#pendingFlags[this.#pending] = flags;
       } else {
-        this.#desc16[slot * 8 + 7] = flags;
+        this.desc16[slot * 8 + 7] = flags;
         this.#lastFlagsAt = slot * 8 + 7;
       }
     }
-    this.#count++;
   }
 
-  /** Closes the chain; it becomes visible at the next {@link publish}. Returns its buffer id. */
-  end(token: T): number {
-    const id = this.#id;
-    if (id < 0 || this.#count !== this.#expected) {
-      throw new VdpaError(`end() after ${this.#count} of ${this.#expected} buffers`, {
-        code: 'ERR_INVALID_ARG',
-      });
-    }
+  /** Ends the chain (or writes its indirect descriptor) and queues its head flags for {@link publish}. */
+  protected closeChain(id: number): number {
     let length: number;
-    if (this.#indirect) {
+    if (this.chainIndirect) {
       const slot = this.#nextAvail;
-      const table = this.#indirectIova + id * this.indirectEntries * VRING_DESC_SIZE;
+      const table = this.indirectIova + id * this.indirectEntries * VRING_DESC_SIZE;
       const w = slot * 4;
-      this.#desc32[w] = table >>> 0;
-      this.#desc32[w + 1] = Math.floor(table / 0x100000000);
-      this.#desc32[w + 2] = this.#count * VRING_DESC_SIZE;
-      this.#desc16[slot * 8 + 6] = id;
+      this.desc32[w] = table >>> 0;
+      this.desc32[w + 1] = Math.floor(table / 0x100000000);
+      this.desc32[w + 2] = this.count * VRING_DESC_SIZE;
+      this.desc16[slot * 8 + 6] = id;
       this.#pendingSlot[this.#pending] = slot;
       this.#pendingFlags[this.#pending] =
         VRING_DESC_F_INDIRECT |
         (this.#availWrap !== 0 ? VRING_PACKED_DESC_F_AVAIL : VRING_PACKED_DESC_F_USED);
       length = 1;
-      this.stats.indirectChains++;
     } else {
       if (this.#lastFlagsAt < 0) this.#pendingFlags[this.#pending] &= ~VRING_DESC_F_NEXT;
-      else this.#desc16[this.#lastFlagsAt] &= ~VRING_DESC_F_NEXT;
-      length = this.#count;
+      else this.desc16[this.#lastFlagsAt] &= ~VRING_DESC_F_NEXT;
+      length = this.count;
     }
     this.#pending++;
-    this.#chainLength[id] = length;
-    this.#numFree -= length;
     this.#added += length;
     this.#nextAvail += length;
     if (this.#nextAvail >= this.size) {
       this.#nextAvail -= this.size;
       this.#availWrap ^= 1;
     }
-    this.#writable[id] = this.#chainWritable;
-    this.#active[id] = 1;
-    this.#tokens[id] = token;
-    this.#inFlight++;
-    this.#id = -1;
-    this.stats.chains++;
-    return id;
+    return length;
   }
 
   /**
@@ -403,9 +273,9 @@ export class PackedVirtqueue<T> implements Virtqueue<T> {
   publish(): boolean {
     const n = this.#pending;
     if (n === 0) return false;
-    for (let i = n - 1; i > 0; i--) this.#desc16[this.#pendingSlot[i] * 8 + 7] = this.#pendingFlags[i];
+    for (let i = n - 1; i > 0; i--) this.desc16[this.#pendingSlot[i] * 8 + 7] = this.#pendingFlags[i];
     // Release: every descriptor of the batch before the head that exposes the first chain.
-    Atomics.store(this.#desc16, this.#pendingSlot[0] * 8 + 7, this.#pendingFlags[0]);
+    Atomics.store(this.desc16, this.#pendingSlot[0] * 8 + 7, this.#pendingFlags[0]);
     const added = this.#added;
     this.#pending = 0;
     this.#added = 0;
@@ -421,17 +291,11 @@ export class PackedVirtqueue<T> implements Virtqueue<T> {
       const now = this.#nextAvail;
       const old = now - added;
       // vring_need_event(): notify when the event slot lies in [old, now).
-      kick = ((now - event - 1) & 0xffff) < ((now - old) & 0xffff);
+      kick = needEvent(event, now, old);
     } else {
       kick = flags !== VRING_PACKED_EVENT_FLAG_DISABLE;
     }
-    if (kick) {
-      this.stats.kicks++;
-      this.#notify();
-    } else {
-      this.stats.kicksSuppressed++;
-    }
-    return kick;
+    return this.kickIf(kick);
   }
 
   /**
@@ -439,14 +303,14 @@ export class PackedVirtqueue<T> implements Virtqueue<T> {
    * the next used slot (with EVENT_IDX, re-armed by every collect). A hint only.
    */
   setInterrupts(enabled: boolean): void {
-    this.#interrupts = enabled;
+    this.interrupts = enabled;
     this.#armInterrupts();
   }
 
   /** Writes off_wrap and flags of the driver event structure in one 32-bit store. */
   #armInterrupts(): void {
     let value: number;
-    if (!this.#interrupts) value = VRING_PACKED_EVENT_FLAG_DISABLE * 0x10000;
+    if (!this.interrupts) value = VRING_PACKED_EVENT_FLAG_DISABLE * 0x10000;
     else if (!this.eventIdx) value = VRING_PACKED_EVENT_FLAG_ENABLE * 0x10000;
     else
       value =
@@ -457,7 +321,7 @@ export class PackedVirtqueue<T> implements Virtqueue<T> {
 
   /** True when the next used slot holds a used descriptor (one atomic load). */
   hasCompletions(): boolean {
-    return this.#broken === undefined && this.#isUsed(Atomics.load(this.#desc16, this.#nextUsed * 8 + 7));
+    return this.brokenBy === undefined && this.#isUsed(Atomics.load(this.desc16, this.#nextUsed * 8 + 7));
   }
 
   #isUsed(flags: number): boolean {
@@ -473,91 +337,67 @@ export class PackedVirtqueue<T> implements Virtqueue<T> {
    *   flight, or an impossible length; the entry is not handed over.
    */
   collect(onUsed: (token: T, length: number) => void): number {
-    if (this.#broken !== undefined) throw this.#broken;
+    if (this.brokenBy !== undefined) throw this.brokenBy;
     let total = 0;
     for (;;) {
       const slot = this.#nextUsed;
       // Acquire: id, length (and the buffers) are read after the flags.
-      if (!this.#isUsed(Atomics.load(this.#desc16, slot * 8 + 7))) {
-        if (this.eventIdx && this.#interrupts) {
+      if (!this.#isUsed(Atomics.load(this.desc16, slot * 8 + 7))) {
+        if (this.eventIdx && this.interrupts) {
           // Store→load: re-arm at the new used slot, then re-check so a completion
           // that raced the re-arm is collected now.
           this.#armInterrupts();
-          if (this.#isUsed(Atomics.load(this.#desc16, slot * 8 + 7))) continue;
+          if (this.#isUsed(Atomics.load(this.desc16, slot * 8 + 7))) continue;
         }
         return total;
       }
-      const id = this.#desc16[slot * 8 + 6];
-      const length = this.#desc32[slot * 4 + 2];
-      if (id >= this.size || this.#active[id] === 0) {
-        this.#corrupt(
+      const id = this.desc16[slot * 8 + 6];
+      const length = this.desc32[slot * 4 + 2];
+      if (id >= this.size || this.active[id] === 0) {
+        this.corrupt(
           `used descriptor at slot ${slot} (wrap ${this.#usedWrap}) names buffer id ${id}, which is ` +
             (id >= this.size ? `outside [0, ${this.size})` : 'not in flight'),
         );
       }
-      if (length > this.#writable[id]) {
-        this.#corrupt(
+      if (length > this.writable[id]) {
+        this.corrupt(
           `used descriptor at slot ${slot} reports ${length} bytes written to buffer ${id}, ` +
-            `which has only ${this.#writable[id]} device-writable bytes`,
+            `which has only ${this.writable[id]} device-writable bytes`,
         );
       }
-      const token = this.#tokens[id] as T;
-      const count = this.#chainLength[id];
+      const token = this.tokens[id] as T;
+      const count = this.chainLength[id];
       this.#nextUsed += count;
       if (this.#nextUsed >= this.size) {
         this.#nextUsed -= this.size;
         this.#usedWrap ^= 1;
       }
-      this.#numFree += count;
-      this.#active[id] = 0;
-      this.#tokens[id] = undefined;
+      this.freeCount += count;
+      this.active[id] = 0;
+      this.tokens[id] = undefined;
       this.#freeIds[this.#numFreeIds++] = id;
-      this.#inFlight--;
+      this.chainsInFlight--;
       total++;
       this.stats.completions++;
       onUsed(token, length);
     }
   }
 
-  /** Tokens of the chains in flight (in buffer id order), without changing anything. */
-  inFlightTokens(): T[] {
-    const tokens: T[] = [];
-    for (let i = 0; i < this.size; i++) if (this.#active[i] !== 0) tokens.push(this.#tokens[i] as T);
-    return tokens;
-  }
-
   /** Forgets every chain and returns their tokens; the ring is empty (both wrap counters 1). */
   reset(): T[] {
-    const orphans: T[] = [];
-    for (let i = 0; i < this.size; i++) {
-      if (this.#active[i] !== 0) orphans.push(this.#tokens[i] as T);
-      this.#active[i] = 0;
-      this.#tokens[i] = undefined;
-      // Ids handed out from the stack top: 0, 1, 2, … on a fresh ring.
-      this.#freeIds[i] = this.size - 1 - i;
-    }
+    const orphans = this.resetChains();
+    // Ids handed out from the stack top: 0, 1, 2, … on a fresh ring.
+    for (let i = 0; i < this.size; i++) this.#freeIds[i] = this.size - 1 - i;
     this.#numFreeIds = this.size;
-    this.#numFree = this.size;
-    this.#inFlight = 0;
     this.#pending = 0;
     this.#added = 0;
     this.#nextAvail = 0;
     this.#availWrap = 1;
     this.#nextUsed = 0;
     this.#usedWrap = 1;
-    this.#id = -1;
-    this.#broken = undefined;
-    this.#desc16.fill(0);
+    this.desc16.fill(0);
     this.#deviceEvent16.fill(0);
     this.#armInterrupts();
     return orphans;
-  }
-
-  #corrupt(message: string): never {
-    this.#broken = new VdpaError(
-      `virtqueue ${this.index}: ${message}; the queue is unusable until the device is reset`,
-      { code: ERR_QUEUE_CORRUPT },
-    );
-    throw this.#broken;
   }
 }

@@ -60,19 +60,20 @@ import {
   VRING_USED_F_NO_NOTIFY,
   VringAddresses,
 } from '../uapi';
-import type { Virtqueue, VirtqueueStats } from './types';
+import {
+  alignUp,
+  CACHE_LINE,
+  checkIndirectEntries,
+  needEvent,
+  VIRTQUEUE_MAX_SIZE,
+  VirtqueueBase,
+  VirtqueueBaseOptions,
+  VRING_DESC_SIZE,
+} from './chain';
+import type { Virtqueue } from './types';
 
 export type { VirtqueueStats } from './types';
-
-/** sizeof(struct vring_desc). */
-export const VRING_DESC_SIZE = 16;
-/** Largest split-ring size the virtio spec allows. */
-export const VIRTQUEUE_MAX_SIZE = 32768;
-/** Error code of a queue whose used ring the device corrupted. */
-export const ERR_QUEUE_CORRUPT = 'ERR_QUEUE_CORRUPT';
-
-const CACHE_LINE = 64;
-const alignUp = (value: number, to: number): number => Math.ceil(value / to) * to;
+export { ERR_QUEUE_CORRUPT, VIRTQUEUE_MAX_SIZE, VRING_DESC_SIZE } from './chain';
 
 /** Byte offsets of a split ring's parts inside its memory, from {@link splitRingLayout}. */
 export interface SplitRingLayout {
@@ -98,14 +99,7 @@ export interface SplitRingLayout {
  */
 export function splitRingLayout(size: number, indirectEntries = 0): SplitRingLayout {
   checkSize(size);
-  if (!Number.isInteger(indirectEntries) || indirectEntries < 0 || indirectEntries > size) {
-    throw new VdpaError(
-      `indirect table size must be an integer in [0, ${size}], got ${String(indirectEntries)}`,
-      {
-        code: 'ERR_INVALID_ARG',
-      },
-    );
-  }
+  checkIndirectEntries(size, indirectEntries);
   const desc = 0;
   const avail = desc + VRING_DESC_SIZE * size;
   const used = alignUp(avail + 4 + 2 * size + 2, CACHE_LINE);
@@ -124,126 +118,54 @@ function checkSize(size: number): void {
 }
 
 /** Options for {@link SplitVirtqueue}. */
-export interface SplitVirtqueueOptions {
-  /** Queue index (for messages and VHOST_SET_VRING_*). */
-  index: number;
+export interface SplitVirtqueueOptions extends VirtqueueBaseOptions {
   /** Number of descriptors: a power of two ≤ 32768. */
   size: number;
   /** The memory holding the ring (a DmaRegion's buffer), laid out by {@link splitRingLayout}. */
   memory: ArrayBuffer;
-  /** Byte offset of the ring inside `memory`; a multiple of 64. */
-  byteOffset: number;
-  /** IOVA at which the device sees `byteOffset`. */
-  iova: number;
-  /** Descriptors per indirect table; 0 (default) when VIRTIO_F_RING_INDIRECT_DESC is not negotiated. */
-  indirectEntries?: number;
-  /** VIRTIO_F_RING_EVENT_IDX negotiated. */
-  eventIdx?: boolean;
-  /** Notifies the device (kick eventfd or doorbell). Called at most once per {@link SplitVirtqueue.publish}. */
-  notify: () => void;
 }
 
 /**
  * A split virtqueue, driver side. Chains are built with
  * {@link begin}/{@link push}/{@link end}, made visible with one
  * {@link publish} per batch, and completions are consumed with {@link collect}.
- * `T` is the caller's token for a chain, handed back on completion.
+ * `T` is the caller's token for a chain, handed back on completion. A chain's
+ * index is its head descriptor. The format-independent half (checks, records,
+ * getters) is {@link VirtqueueBase}.
  */
-export class SplitVirtqueue<T> implements Virtqueue<T> {
+export class SplitVirtqueue<T> extends VirtqueueBase<T> implements Virtqueue<T> {
   /** Ring format. */
   readonly format = 'split' as const;
-  /** Queue index. */
-  readonly index: number;
-  /** Number of descriptors. */
-  readonly size: number;
-  /** Descriptors per indirect table (0 = indirect descriptors not used). */
-  readonly indirectEntries: number;
-  /** VIRTIO_F_RING_EVENT_IDX in use. */
-  readonly eventIdx: boolean;
   /** IOVAs of the three parts, for VHOST_SET_VRING_ADDR. */
   readonly addresses: VringAddresses;
   /** VHOST_SET_VRING_BASE for a new or reset split ring: the next avail index, 0. */
   readonly vringBase = 0;
-  /** Counters (monotonic). */
-  readonly stats: VirtqueueStats = {
-    chains: 0,
-    indirectChains: 0,
-    publishes: 0,
-    kicks: 0,
-    kicksSuppressed: 0,
-    completions: 0,
-  };
 
   readonly #mask: number;
-  readonly #notify: () => void;
   // Ring memory, as seen by the device.
-  readonly #desc32: Uint32Array;
-  readonly #desc16: Uint16Array;
   readonly #avail16: Uint16Array;
   readonly #used16: Uint16Array;
   readonly #used32: Uint32Array;
-  readonly #indirect32: Uint32Array;
-  readonly #indirect16: Uint16Array;
-  readonly #indirectIova: number;
   readonly #usedEventAt: number;
   readonly #availEventAt: number;
   // Shadow state in JavaScript memory: the device cannot corrupt it.
   readonly #next: Uint16Array;
-  readonly #chainLength: Uint16Array;
-  readonly #writable: Float64Array;
-  readonly #active: Uint8Array;
-  readonly #tokens: (T | undefined)[];
   #freeHead = 0;
-  #numFree: number;
-  #inFlight = 0;
   #availIdx = 0;
   #publishedIdx = 0;
   #lastUsed = 0;
-  #interrupts = true;
-  #broken: VdpaError | undefined;
-  // The chain being built.
-  #head = -1;
+  // The last descriptor written of the chain being built (ring or indirect table entry).
   #last = -1;
-  #count = 0;
-  #expected = 0;
-  #indirect = false;
-  #chainWritable = 0;
 
   constructor(options: SplitVirtqueueOptions) {
     const { size, memory, byteOffset, iova } = options;
     const indirectEntries = options.indirectEntries ?? 0;
     const layout = splitRingLayout(size, indirectEntries);
-    if (!Number.isInteger(byteOffset) || byteOffset < 0 || byteOffset % CACHE_LINE !== 0) {
-      throw new VdpaError(`ring byte offset must be a non-negative multiple of ${CACHE_LINE}`, {
-        code: 'ERR_MISALIGNED',
-      });
-    }
-    if (byteOffset + layout.bytes > memory.byteLength) {
-      throw new VdpaError(
-        `a ${size}-entry ring needs ${layout.bytes} bytes at offset ${byteOffset}; the memory has ${memory.byteLength}`,
-        { code: 'ERR_OUT_OF_RANGE' },
-      );
-    }
-    if (!Number.isSafeInteger(iova) || iova < 0 || iova % CACHE_LINE !== 0) {
-      throw new VdpaError(`ring IOVA must be a non-negative safe integer, multiple of ${CACHE_LINE}`, {
-        code: 'ERR_MISALIGNED',
-      });
-    }
-    this.index = options.index;
-    this.size = size;
-    this.indirectEntries = indirectEntries;
-    this.eventIdx = options.eventIdx ?? false;
+    super(options, layout, 'ring');
     this.#mask = size - 1;
-    this.#notify = options.notify;
-    this.#desc32 = new Uint32Array(memory, byteOffset + layout.desc, size * 4);
-    this.#desc16 = new Uint16Array(memory, byteOffset + layout.desc, size * 8);
     this.#avail16 = new Uint16Array(memory, byteOffset + layout.avail, 3 + size);
     this.#used16 = new Uint16Array(memory, byteOffset + layout.used, 3 + 4 * size);
     this.#used32 = new Uint32Array(memory, byteOffset + layout.used, 1 + 2 * size);
-    const indirectWords = indirectEntries > 0 ? size * indirectEntries * 4 : 0;
-    this.#indirect32 = new Uint32Array(memory, byteOffset + layout.indirect, indirectWords);
-    this.#indirect16 = new Uint16Array(memory, byteOffset + layout.indirect, indirectWords * 2);
-    this.#indirectIova = iova + layout.indirect;
     this.#usedEventAt = 2 + size;
     this.#availEventAt = 2 + 4 * size;
     this.addresses = {
@@ -252,22 +174,7 @@ export class SplitVirtqueue<T> implements Virtqueue<T> {
       used: BigInt(iova + layout.used),
     };
     this.#next = new Uint16Array(size);
-    this.#chainLength = new Uint16Array(size);
-    this.#writable = new Float64Array(size);
-    this.#active = new Uint8Array(size);
-    this.#tokens = new Array<T | undefined>(size).fill(undefined);
-    this.#numFree = size;
     this.reset();
-  }
-
-  /** Free descriptors in the ring. */
-  get numFree(): number {
-    return this.#numFree;
-  }
-
-  /** Chains added and not yet completed. */
-  get inFlight(): number {
-    return this.#inFlight;
   }
 
   /** Chains added but not yet exposed by {@link publish}. */
@@ -275,127 +182,62 @@ export class SplitVirtqueue<T> implements Virtqueue<T> {
     return (this.#availIdx - this.#publishedIdx) & 0xffff;
   }
 
-  /** The error that broke this queue (a corrupt used ring), if any. */
-  get broken(): VdpaError | undefined {
-    return this.#broken;
-  }
-
-  /**
-   * Ring descriptors a chain of `segments` buffers needs: 1 when it goes out
-   * as an indirect table, otherwise one per segment.
-   */
-  descriptorsFor(segments: number): number {
-    return segments > 1 && segments <= this.indirectEntries ? 1 : segments;
-  }
-
-  /** True when a chain of `segments` buffers fits now. */
-  canAdd(segments: number): boolean {
-    return this.#broken === undefined && this.descriptorsFor(segments) <= this.#numFree;
-  }
-
-  /**
-   * Starts a chain of exactly `segments` buffers and returns its head
-   * descriptor index (stable until the chain completes: callers index
-   * per-request memory by it). Returns -1 (and changes nothing) when the ring
-   * lacks free descriptors: the caller waits for completions. Throws for a
-   * chain that can never fit.
-   */
-  begin(segments: number): number {
-    if (this.#broken !== undefined) throw this.#broken;
-    if (this.#head >= 0)
-      throw new VdpaError('begin() while a chain is open; call end() first', { code: 'ERR_INVALID_ARG' });
-    const indirect = segments > 1 && segments <= this.indirectEntries;
-    const needed = indirect ? 1 : segments;
-    if (!Number.isInteger(segments) || segments < 1 || needed > this.size) {
-      throw new VdpaError(
-        `a chain of ${String(segments)} buffers cannot fit queue ${this.index} ` +
-          `(${this.size} descriptors, indirect tables of ${this.indirectEntries})`,
-        { code: 'ERR_OUT_OF_RANGE' },
-      );
-    }
-    if (needed > this.#numFree) return -1;
-    this.#indirect = indirect;
-    this.#expected = segments;
-    this.#count = 0;
-    this.#chainWritable = 0;
-    this.#head = this.#freeHead;
+  /** The chain is headed by the first free descriptor. */
+  protected startChain(indirect: boolean): number {
+    const head = this.#freeHead;
     this.#last = -1;
     if (indirect) {
       // The head is the only ring descriptor; its table is table `head`.
-      this.#freeHead = this.#next[this.#head];
+      this.#freeHead = this.#next[head];
     }
-    return this.#head;
+    return head;
   }
 
-  /** Adds one buffer (device-readable, or device-writable when `deviceWritable`) to the open chain. */
-  push(iova: number, length: number, deviceWritable: boolean): void {
-    if (this.#count >= this.#expected) {
-      throw new VdpaError(`push() beyond the ${this.#expected} buffers announced to begin()`, {
-        code: 'ERR_INVALID_ARG',
-      });
-    }
+  protected writeDescriptor(iova: number, length: number, deviceWritable: boolean): void {
     const flags = (deviceWritable ? VRING_DESC_F_WRITE : 0) | VRING_DESC_F_NEXT;
-    if (deviceWritable) this.#chainWritable += length;
-    if (this.#indirect) {
-      const entry = this.#head * this.indirectEntries + this.#count;
+    if (this.chainIndirect) {
+      const entry = this.chain * this.indirectEntries + this.count;
       const w = entry * 4;
-      this.#indirect32[w] = iova >>> 0;
-      this.#indirect32[w + 1] = Math.floor(iova / 0x100000000);
-      this.#indirect32[w + 2] = length;
-      this.#indirect16[entry * 8 + 6] = flags;
-      this.#indirect16[entry * 8 + 7] = this.#count + 1;
+      this.indirect32[w] = iova >>> 0;
+      this.indirect32[w + 1] = Math.floor(iova / 0x100000000);
+      this.indirect32[w + 2] = length;
+      this.indirect16[entry * 8 + 6] = flags;
+      this.indirect16[entry * 8 + 7] = this.count + 1;
       this.#last = entry;
     } else {
       // Chains follow the free list, so `next` is already the free list's link.
       const d = this.#freeHead;
       this.#freeHead = this.#next[d];
       const w = d * 4;
-      this.#desc32[w] = iova >>> 0;
-      this.#desc32[w + 1] = Math.floor(iova / 0x100000000);
-      this.#desc32[w + 2] = length;
-      this.#desc16[d * 8 + 6] = flags;
-      this.#desc16[d * 8 + 7] = this.#next[d];
+      this.desc32[w] = iova >>> 0;
+      this.desc32[w + 1] = Math.floor(iova / 0x100000000);
+      this.desc32[w + 2] = length;
+      this.desc16[d * 8 + 6] = flags;
+      this.desc16[d * 8 + 7] = this.#next[d];
       this.#last = d;
     }
-    this.#count++;
   }
 
-  /**
-   * Closes the chain and places it in the avail ring (not yet visible to the
-   * device: see {@link publish}). Returns its head descriptor index.
-   */
-  end(token: T): number {
-    const head = this.#head;
-    if (head < 0 || this.#count !== this.#expected) {
-      throw new VdpaError(`end() after ${this.#count} of ${this.#expected} buffers`, {
-        code: 'ERR_INVALID_ARG',
-      });
-    }
-    if (this.#indirect) {
-      this.#indirect16[this.#last * 8 + 6] &= ~VRING_DESC_F_NEXT;
-      const table = this.#indirectIova + head * this.indirectEntries * VRING_DESC_SIZE;
+  /** Ends the chain's last descriptor (and points the head at its table) and places it in the avail ring. */
+  protected closeChain(head: number): number {
+    let length: number;
+    if (this.chainIndirect) {
+      this.indirect16[this.#last * 8 + 6] &= ~VRING_DESC_F_NEXT;
+      const table = this.indirectIova + head * this.indirectEntries * VRING_DESC_SIZE;
       const w = head * 4;
-      this.#desc32[w] = table >>> 0;
-      this.#desc32[w + 1] = Math.floor(table / 0x100000000);
-      this.#desc32[w + 2] = this.#count * VRING_DESC_SIZE;
-      this.#desc16[head * 8 + 6] = VRING_DESC_F_INDIRECT;
-      this.#desc16[head * 8 + 7] = 0;
-      this.#chainLength[head] = 1;
-      this.stats.indirectChains++;
+      this.desc32[w] = table >>> 0;
+      this.desc32[w + 1] = Math.floor(table / 0x100000000);
+      this.desc32[w + 2] = this.count * VRING_DESC_SIZE;
+      this.desc16[head * 8 + 6] = VRING_DESC_F_INDIRECT;
+      this.desc16[head * 8 + 7] = 0;
+      length = 1;
     } else {
-      this.#desc16[this.#last * 8 + 6] &= ~VRING_DESC_F_NEXT;
-      this.#chainLength[head] = this.#count;
+      this.desc16[this.#last * 8 + 6] &= ~VRING_DESC_F_NEXT;
+      length = this.count;
     }
-    this.#numFree -= this.#chainLength[head];
-    this.#writable[head] = this.#chainWritable;
-    this.#active[head] = 1;
-    this.#tokens[head] = token;
     this.#avail16[2 + (this.#availIdx & this.#mask)] = head;
     this.#availIdx = (this.#availIdx + 1) & 0xffff;
-    this.#inFlight++;
-    this.#head = -1;
-    this.stats.chains++;
-    return head;
+    return length;
   }
 
   /**
@@ -417,17 +259,11 @@ export class SplitVirtqueue<T> implements Virtqueue<T> {
     if (this.eventIdx) {
       const event = Atomics.load(this.#used16, this.#availEventAt);
       // vring_need_event(): notify when avail_event lies in [old, now).
-      kick = ((now - event - 1) & 0xffff) < ((now - old) & 0xffff);
+      kick = needEvent(event, now, old);
     } else {
       kick = (Atomics.load(this.#used16, 0) & VRING_USED_F_NO_NOTIFY) === 0;
     }
-    if (kick) {
-      this.stats.kicks++;
-      this.#notify();
-    } else {
-      this.stats.kicksSuppressed++;
-    }
-    return kick;
+    return this.kickIf(kick);
   }
 
   /**
@@ -436,7 +272,7 @@ export class SplitVirtqueue<T> implements Virtqueue<T> {
    * hint — devices may interrupt anyway. Polling drivers turn interrupts off.
    */
   setInterrupts(enabled: boolean): void {
-    this.#interrupts = enabled;
+    this.interrupts = enabled;
     if (this.eventIdx) {
       this.#avail16[this.#usedEventAt] = enabled ? this.#lastUsed : (this.#lastUsed + 0x8000) & 0xffff;
     } else {
@@ -446,7 +282,7 @@ export class SplitVirtqueue<T> implements Virtqueue<T> {
 
   /** True when the device has completed chains not yet collected (one atomic load). */
   hasCompletions(): boolean {
-    return this.#broken === undefined && Atomics.load(this.#used16, 1) !== this.#lastUsed;
+    return this.brokenBy === undefined && Atomics.load(this.#used16, 1) !== this.#lastUsed;
   }
 
   /**
@@ -459,7 +295,7 @@ export class SplitVirtqueue<T> implements Virtqueue<T> {
    *   and the offending entry is not handed to `onUsed`.
    */
   collect(onUsed: (token: T, length: number) => void): number {
-    if (this.#broken !== undefined) throw this.#broken;
+    if (this.brokenBy !== undefined) throw this.brokenBy;
     let total = 0;
     for (;;) {
       // Acquire: entries (and the buffers they describe) are read after the index.
@@ -467,40 +303,40 @@ export class SplitVirtqueue<T> implements Virtqueue<T> {
       let pending = (usedIdx - this.#lastUsed) & 0xffff;
       if (pending === 0) {
         if (this.eventIdx) {
-          const event = this.#interrupts ? this.#lastUsed : (this.#lastUsed + 0x8000) & 0xffff;
+          const event = this.interrupts ? this.#lastUsed : (this.#lastUsed + 0x8000) & 0xffff;
           // Store→load: re-arm, then re-check so a completion that raced the
           // re-arm is collected now rather than waiting for an interrupt that
           // the device decided not to send.
           Atomics.store(this.#avail16, this.#usedEventAt, event);
-          if (this.#interrupts && Atomics.load(this.#used16, 1) !== this.#lastUsed) continue;
+          if (this.interrupts && Atomics.load(this.#used16, 1) !== this.#lastUsed) continue;
         }
         return total;
       }
-      if (pending > this.#inFlight) {
-        this.#corrupt(
+      if (pending > this.chainsInFlight) {
+        this.corrupt(
           `used index moved from ${this.#lastUsed} to ${usedIdx} (${pending} entries) ` +
-            `but only ${this.#inFlight} chains are in flight`,
+            `but only ${this.chainsInFlight} chains are in flight`,
         );
       }
       while (pending > 0) {
         const slot = this.#lastUsed & this.#mask;
         const id = this.#used32[1 + 2 * slot];
         const length = this.#used32[2 + 2 * slot];
-        if (id >= this.size || this.#active[id] === 0) {
-          this.#corrupt(
+        if (id >= this.size || this.active[id] === 0) {
+          this.corrupt(
             `used ring entry ${this.#lastUsed} names descriptor ${id}, which is ` +
               (id >= this.size
                 ? `outside the ${this.size}-entry table`
                 : 'not the head of a chain in flight'),
           );
         }
-        if (length > this.#writable[id]) {
-          this.#corrupt(
+        if (length > this.writable[id]) {
+          this.corrupt(
             `used ring entry ${this.#lastUsed} reports ${length} bytes written to chain ${id}, ` +
-              `which has only ${this.#writable[id]} device-writable bytes`,
+              `which has only ${this.writable[id]} device-writable bytes`,
           );
         }
-        const token = this.#tokens[id] as T;
+        const token = this.tokens[id] as T;
         this.#release(id);
         this.#lastUsed = (this.#lastUsed + 1) & 0xffff;
         pending--;
@@ -511,60 +347,34 @@ export class SplitVirtqueue<T> implements Virtqueue<T> {
     }
   }
 
-  /** Tokens of the chains in flight (in descriptor order), without changing anything. */
-  inFlightTokens(): T[] {
-    const tokens: T[] = [];
-    for (let i = 0; i < this.size; i++) if (this.#active[i] !== 0) tokens.push(this.#tokens[i] as T);
-    return tokens;
-  }
-
   /**
    * Forgets every chain (after the device was reset, or the queue broke) and
    * returns their tokens so the caller can fail them. The ring is empty and
    * reusable after the device is set up again.
    */
   reset(): T[] {
-    const orphans: T[] = [];
-    for (let i = 0; i < this.size; i++) {
-      if (this.#active[i] !== 0) orphans.push(this.#tokens[i] as T);
-      this.#next[i] = (i + 1) & this.#mask;
-      this.#active[i] = 0;
-      this.#tokens[i] = undefined;
-    }
+    const orphans = this.resetChains();
+    for (let i = 0; i < this.size; i++) this.#next[i] = (i + 1) & this.#mask;
     this.#freeHead = 0;
-    this.#numFree = this.size;
-    this.#inFlight = 0;
     this.#availIdx = 0;
     this.#publishedIdx = 0;
     this.#lastUsed = 0;
-    this.#head = -1;
-    this.#broken = undefined;
     this.#avail16.fill(0);
     this.#used16.fill(0);
-    this.setInterrupts(this.#interrupts);
+    this.setInterrupts(this.interrupts);
     return orphans;
   }
 
   /** Returns a chain's descriptors to the free list (they are consecutive on it). */
   #release(head: number): void {
-    const count = this.#chainLength[head];
+    const count = this.chainLength[head];
     let last = head;
     for (let i = 1; i < count; i++) last = this.#next[last];
     this.#next[last] = this.#freeHead;
     this.#freeHead = head;
-    this.#numFree += count;
-    this.#active[head] = 0;
-    this.#tokens[head] = undefined;
-    this.#inFlight--;
-  }
-
-  #corrupt(message: string): never {
-    this.#broken = new VdpaError(
-      `virtqueue ${this.index}: ${message}; the queue is unusable until the device is reset`,
-      {
-        code: ERR_QUEUE_CORRUPT,
-      },
-    );
-    throw this.#broken;
+    this.freeCount += count;
+    this.active[head] = 0;
+    this.tokens[head] = undefined;
+    this.chainsInFlight--;
   }
 }
