@@ -15,18 +15,7 @@ import {
   VirtioBlkF,
 } from '../../lib';
 import { forEachDevice } from './helpers';
-
-async function rejects(promise: Promise<unknown>, code: string, message?: RegExp): Promise<VdpaError> {
-  try {
-    await promise;
-  } catch (error) {
-    assert.ok(error instanceof VdpaError, `expected VdpaError, got ${String(error)}`);
-    assert.equal(error.code, code, error.message);
-    if (message !== undefined) assert.match(error.message, message);
-    return error;
-  }
-  assert.fail(`expected a rejection with ${code}`);
-}
+import { rejects } from '../assertions';
 
 forEachDevice('block', 'BlockDevice I/O', (device) => {
   const isVduse = device.mgmtdev === 'vduse';

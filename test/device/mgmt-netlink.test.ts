@@ -13,6 +13,7 @@ import {
 } from '../../lib/mgmt/sysfs';
 import { VdpaManager } from '../../lib/mgmt/vdpa';
 import { decodeBlkConfig } from '../../lib/virtio-config';
+import { rejects } from '../assertions';
 import { testDevices } from './helpers';
 import { entries, iproute2, openFds, removeIfPresent, requireLab } from './mgmt-helpers';
 
@@ -30,15 +31,6 @@ interface Ip2Config {
 }
 
 const IP2_CLASS: Record<string, string> = { network: 'net', block: 'block' };
-
-async function rejectsCode(promise: Promise<unknown>, code: string, message: RegExp): Promise<void> {
-  await assert.rejects(promise, (e: VdpaError) => {
-    assert.ok(e instanceof VdpaError, String(e));
-    assert.equal(e.code, code, e.message);
-    assert.match(e.message, message);
-    return true;
-  });
-}
 
 describe('mgmt (lab): VdpaManager against iproute2 and sysfs', function () {
   let manager: VdpaManager;
@@ -161,7 +153,7 @@ describe('mgmt (lab): VdpaManager against iproute2 and sysfs', function () {
   it('reads vendor stats of a net queue as `vdpa dev vstats show` does', async () => {
     const lab = testDevices().find((d) => d.name === 'net0');
     assert.ok(lab);
-    await rejectsCode(
+    await rejects(
       manager.getVendorStats('net0', 0),
       'EAGAIN',
       /FEATURES_OK.*\[kernel: "vdpa: feature negotiation not complete"\]/,
@@ -187,7 +179,7 @@ describe('mgmt (lab): VdpaManager against iproute2 and sysfs', function () {
         .map(([name, value]) => ({ name, value: BigInt(value as number) }));
       assert.ok(ours.counters.length > 0, 'vdpa_sim_net reports counters');
       assert.deepEqual(ours.counters, theirs);
-      await rejectsCode(manager.getVendorStats('blk0', 0), 'EOPNOTSUPP', /no vendor statistics/);
+      await rejects(manager.getVendorStats('blk0', 0), 'EOPNOTSUPP', /no vendor statistics/);
     } finally {
       device.close();
     }
@@ -216,33 +208,33 @@ describe('mgmt (lab): VdpaManager against iproute2 and sysfs', function () {
   });
 
   it('explains each error case', async () => {
-    await rejectsCode(
+    await rejects(
       manager.addDevice({ name: 'x1', mgmtdev: 'nosuch' }),
       'ENODEV',
       /no management device "nosuch".*\[kernel: "vdpa: Fail to find the specified management device"\]/,
     );
-    await rejectsCode(
+    await rejects(
       manager.addDevice({ name: 'blk0', mgmtdev: 'vdpasim_blk' }),
       'EEXIST',
       /named "blk0" already exists/,
     );
-    await rejectsCode(
+    await rejects(
       manager.addDevice({ name: 'x2', mgmtdev: 'vdpasim_net', maxVqPairs: 2 }),
       'EOPNOTSUPP',
       /does not accept maxVqPairs/,
     );
-    await rejectsCode(
+    await rejects(
       manager.addDevice({ name: 'x3', mgmtdev: 'vdpasim_blk', mac: '52:54:00:00:00:01' }),
       'EOPNOTSUPP',
       /does not accept mac/,
     );
-    await rejectsCode(
+    await rejects(
       manager.deleteDevice('ghost'),
       'ENODEV',
       /no vdpa device named "ghost".*\[kernel: "vdpa: device not found"\]/,
     );
-    await rejectsCode(manager.getDevice('ghost'), 'ENODEV', /no vdpa device named "ghost"/);
-    await rejectsCode(manager.getConfig('ghost'), 'ENODEV', /no vdpa device named "ghost"/);
+    await rejects(manager.getDevice('ghost'), 'ENODEV', /no vdpa device named "ghost"/);
+    await rejects(manager.getConfig('ghost'), 'ENODEV', /no vdpa device named "ghost"/);
     assert.deepEqual(entries('/sys/bus/vdpa/devices', /^x\d$/), [], 'nothing was created');
   });
 
@@ -256,7 +248,7 @@ describe('mgmt (lab): VdpaManager against iproute2 and sysfs', function () {
         findHolders(chardev).map((h) => h.pid),
         [process.pid],
       );
-      await rejectsCode(
+      await rejects(
         manager.deleteDevice('tbusy'),
         'EBUSY',
         new RegExp(`${chardev} is open in pid ${process.pid} \\(node\\)`),

@@ -17,6 +17,7 @@ import {
   VirtioF,
 } from '../../lib';
 import { FakeBlkDevice, FakeBlkOptions } from './blk-fake-device';
+import { rejects } from '../assertions';
 
 const KiB = 1024;
 
@@ -30,18 +31,6 @@ function pattern(length: number, seed: number): Buffer {
     b[i] = x & 0xff;
   }
   return b;
-}
-
-async function rejects(promise: Promise<unknown>, code: string, message?: RegExp): Promise<VdpaError> {
-  try {
-    await promise;
-  } catch (error) {
-    assert.ok(error instanceof VdpaError, `expected VdpaError, got ${String(error)}`);
-    assert.equal(error.code, code, error.message);
-    if (message !== undefined) assert.match(error.message, message);
-    return error;
-  }
-  assert.fail(`expected rejection with ${code}`);
 }
 
 const tick = (ms = 20): Promise<void> => new Promise((resolve) => setTimeout(resolve, ms));
