@@ -73,65 +73,49 @@ class EventFd : public Napi::ObjectWrap<EventFd> {
     return value;
   }
 
-  // watch(callback): call callback(count) on the loop whenever the eventfd
-  // becomes readable. The object stays alive while watched.
-  Napi::Value Watch(const Napi::CallbackInfo& info) {
-    Napi::Env env = info.Env();
-    int fd = CheckedFd(env, "uv_poll_start(eventfd)");
-    if (info.Length() < 1 || !info[0].IsFunction())
-      throw Napi::TypeError::New(env, "callback must be a function");
-    callback_ = Napi::Persistent(info[0].As<Napi::Function>());
-    if (!poller_.Active()) {
-      int rc = poller_.Start(env, fd, OnReadable, this);
-      if (rc < 0) {
-        callback_.Reset();
-        ThrowErrno(env, -rc, "uv_poll_start(eventfd)");
-      }
-      Ref();
-    }
-    return env.Undefined();
-  }
-
-  static void OnReadable(void* owner, int status) {
-    auto* self = static_cast<EventFd*>(owner);
-    Napi::Env env = self->Env();
+ public:
+  // Runs on the loop thread when the watched eventfd is readable: reads (and
+  // resets) the counter and hands the count to the JavaScript callback.
+  void OnReadable(int status) {
+    Napi::Env env = Env();
     Napi::HandleScope scope(env);
-    if (status < 0 || !self->fd_.Valid()) return;
+    if (status < 0 || !fd_.Valid()) return;
     uint64_t count = 0;
     try {
-      count = self->Drain(env, self->fd_.Get());
+      count = Drain(env, fd_.Get());
     } catch (const Napi::Error& error) {
-      self->callback_.MakeCallback(env.Global(), {env.Undefined(), error.Value()});
+      watch_.Callback().MakeCallback(env.Global(), {env.Undefined(), error.Value()});
       return;
     }
     if (count == 0) return;
     // MakeCallback runs microtasks afterwards, so promise continuations that
     // a completion resolves run before the next wake-up.
-    self->callback_.MakeCallback(env.Global(), {Napi::Number::New(env, static_cast<double>(count))});
+    watch_.Callback().MakeCallback(env.Global(), {Napi::Number::New(env, static_cast<double>(count))});
+  }
+
+ private:
+  // watch(callback): call callback(count) on the loop whenever the eventfd
+  // becomes readable. The object stays alive while watched.
+  Napi::Value Watch(const Napi::CallbackInfo& info) {
+    Napi::Env env = info.Env();
+    int fd = CheckedFd(env, "uv_poll_start(eventfd)");
+    watch_.Start(this, env, fd, info[0], "uv_poll_start(eventfd)");
+    return env.Undefined();
   }
 
   Napi::Value Unwatch(const Napi::CallbackInfo& info) {
-    StopPoll();
+    watch_.Stop(this);
     return info.Env().Undefined();
   }
 
   // setRef(bool): whether a watch keeps the event loop alive (like timer.unref()).
   Napi::Value SetRef(const Napi::CallbackInfo& info) {
-    poller_.SetRef(info.Length() < 1 || info[0].ToBoolean().Value());
+    watch_.SetRef(info.Length() < 1 || info[0].ToBoolean().Value());
     return info.Env().Undefined();
   }
 
-  void StopPoll() {
-    if (!poller_.Active()) return;
-    poller_.Stop();
-    callback_.Reset();
-    // Balances the Ref() taken in Watch(). Reached from JavaScript only: while
-    // watched, that Ref() keeps the destructor from running.
-    Unref();
-  }
-
   Napi::Value Close(const Napi::CallbackInfo& info) {
-    StopPoll();
+    watch_.Stop(this);
     fd_.Reset();
     return info.Env().Undefined();
   }
@@ -139,8 +123,7 @@ class EventFd : public Napi::ObjectWrap<EventFd> {
   Napi::Value Fd(const Napi::CallbackInfo& info) { return Napi::Number::New(info.Env(), fd_.Get()); }
 
   UniqueFd fd_;
-  FdPoller poller_;
-  Napi::FunctionReference callback_;
+  JsFdWatch<EventFd> watch_;
 };
 
 }  // namespace

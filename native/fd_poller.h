@@ -6,6 +6,8 @@
 #include <napi.h>
 #include <uv.h>
 
+#include "errors.h"
+
 namespace vdpa {
 
 class FdPoller {
@@ -87,6 +89,53 @@ class FdPoller {
   Callback callback_ = nullptr;
   void* owner_ = nullptr;
   bool referenced_ = true;
+};
+
+}  // namespace vdpa
+
+namespace vdpa {
+
+// The watch state of an ObjectWrap whose descriptor's readiness is delivered
+// to a JavaScript callback: the poller, the callback, and the reference that
+// keeps the wrapper alive while it is watched (so its destructor never runs
+// with a live watch). `Wrap` provides `void OnReadable(int status)`, called
+// on the loop thread.
+template <typename Wrap>
+class JsFdWatch {
+ public:
+  // Starts watching `fd`, or only replaces the callback when already watching.
+  // Throws a TypeError for a non-function, an errno Error naming `syscall` if
+  // libuv refuses.
+  void Start(Wrap* owner, Napi::Env env, int fd, const Napi::Value& callback, const char* syscall) {
+    if (!callback.IsFunction()) throw Napi::TypeError::New(env, "callback must be a function");
+    callback_ = Napi::Persistent(callback.As<Napi::Function>());
+    if (poller_.Active()) return;
+    int rc = poller_.Start(
+        env, fd, [](void* self, int status) { static_cast<Wrap*>(self)->OnReadable(status); }, owner);
+    if (rc < 0) {
+      callback_.Reset();
+      ThrowErrno(env, -rc, syscall);
+    }
+    owner->Ref();
+  }
+
+  // Stops watching and drops the callback. Called from JavaScript (unwatch,
+  // close) only: it releases the reference Start() took.
+  void Stop(Wrap* owner) {
+    if (!poller_.Active()) return;
+    poller_.Stop();
+    callback_.Reset();
+    owner->Unref();
+  }
+
+  // Whether an active watch keeps the event loop alive (like timer.ref()).
+  void SetRef(bool referenced) { poller_.SetRef(referenced); }
+
+  Napi::FunctionReference& Callback() { return callback_; }
+
+ private:
+  FdPoller poller_;
+  Napi::FunctionReference callback_;
 };
 
 }  // namespace vdpa

@@ -59,6 +59,21 @@ class NetlinkSocket : public Napi::ObjectWrap<NetlinkSocket> {
     port_id_ = local.nl_pid;
   }
 
+  // Runs on the loop thread when the socket is readable: reads a capped
+  // batch of datagrams and hands them to the JavaScript callback.
+  void OnReadable(int status) {
+    if (!fd_.Valid()) return;
+    Napi::Env env = Env();
+    Napi::HandleScope scope(env);
+    std::vector<Datagram> datagrams;
+    int err = status < 0 ? -status : ReadBatch(&datagrams);
+    if (err == 0 && datagrams.empty()) return;
+    Napi::Array pair = ToJs(env, datagrams);
+    Napi::Value error = err == 0 ? env.Undefined() : ErrnoError(env, err, "recvfrom(AF_NETLINK)").Value();
+    // The callback may close this socket; nothing below touches `this`.
+    watch_.Callback().MakeCallback(env.Global(), {error, pair.Get(0u), pair.Get(1u)});
+  }
+
  private:
   int CheckedFd(Napi::Env env, const char* syscall) {
     if (!fd_.Valid()) ThrowErrno(env, EBADF, syscall);
@@ -166,56 +181,23 @@ class NetlinkSocket : public Napi::ObjectWrap<NetlinkSocket> {
   Napi::Value Watch(const Napi::CallbackInfo& info) {
     Napi::Env env = info.Env();
     int fd = CheckedFd(env, "uv_poll_start(AF_NETLINK)");
-    if (info.Length() < 1 || !info[0].IsFunction())
-      throw Napi::TypeError::New(env, "callback must be a function");
-    callback_ = Napi::Persistent(info[0].As<Napi::Function>());
-    if (!poller_.Active()) {
-      int rc = poller_.Start(env, fd, OnReadable, this);
-      if (rc < 0) {
-        callback_.Reset();
-        ThrowErrno(env, -rc, "uv_poll_start(AF_NETLINK)");
-      }
-      Ref();
-    }
+    watch_.Start(this, env, fd, info[0], "uv_poll_start(AF_NETLINK)");
     return env.Undefined();
   }
 
-  static void OnReadable(void* owner, int status) {
-    auto* self = static_cast<NetlinkSocket*>(owner);
-    if (!self->fd_.Valid()) return;
-    Napi::Env env = self->Env();
-    Napi::HandleScope scope(env);
-    std::vector<Datagram> datagrams;
-    int err = status < 0 ? -status : self->ReadBatch(&datagrams);
-    if (err == 0 && datagrams.empty()) return;
-    Napi::Array pair = ToJs(env, datagrams);
-    Napi::Value error = err == 0 ? env.Undefined() : ErrnoError(env, err, "recvfrom(AF_NETLINK)").Value();
-    // The callback may close this socket; nothing below touches `self`.
-    self->callback_.MakeCallback(env.Global(), {error, pair.Get(0u), pair.Get(1u)});
-  }
-
   Napi::Value Unwatch(const Napi::CallbackInfo& info) {
-    StopPoll();
+    watch_.Stop(this);
     return info.Env().Undefined();
   }
 
   // setRef(bool): whether a watch keeps the event loop alive.
   Napi::Value SetRef(const Napi::CallbackInfo& info) {
-    poller_.SetRef(info.Length() < 1 || info[0].ToBoolean().Value());
+    watch_.SetRef(info.Length() < 1 || info[0].ToBoolean().Value());
     return info.Env().Undefined();
   }
 
-  void StopPoll() {
-    if (!poller_.Active()) return;
-    poller_.Stop();
-    callback_.Reset();
-    // Balances the Ref() taken in Watch(). Reached from JavaScript only: while
-    // watched, that Ref() keeps the destructor from running.
-    Unref();
-  }
-
   Napi::Value Close(const Napi::CallbackInfo& info) {
-    StopPoll();
+    watch_.Stop(this);
     fd_.Reset();
     return info.Env().Undefined();
   }
@@ -225,8 +207,7 @@ class NetlinkSocket : public Napi::ObjectWrap<NetlinkSocket> {
 
   UniqueFd fd_;
   uint32_t port_id_ = 0;
-  FdPoller poller_;
-  Napi::FunctionReference callback_;
+  JsFdWatch<NetlinkSocket> watch_;
 };
 
 }  // namespace
