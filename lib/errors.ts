@@ -52,6 +52,28 @@ export const ErrorCodes = {
   QUEUE_CORRUPT: 'ERR_QUEUE_CORRUPT',
   /** The device answered a request with VIRTIO_BLK_S_UNSUPP. */
   DEVICE_UNSUPP: 'ERR_DEVICE_UNSUPP',
+  /**
+   * The request was in flight or queued when the driver reset the device to
+   * recover (after another request's deadline, a corrupt ring or NEEDS_RESET).
+   * It did not complete; it is safe to retry.
+   */
+  RESET: 'ERR_RESET',
+  /** The driver could not bring the device back after a reset: every request rejects with this code. */
+  DEVICE_FAILED: 'ERR_DEVICE_FAILED',
+  /** A resource is still in use (e.g. a DMA buffer that a queued or in-flight request uses). */
+  BUSY: 'ERR_BUSY',
+  /** The request's deadline passed (`requestTimeoutMs`); Node-core-shaped errno code. */
+  TIMEOUT: 'ETIMEDOUT',
+  /** Command-line usage error (CLI). */
+  USAGE: 'ERR_USAGE',
+  /** The native addon could not be loaded. */
+  ADDON_LOAD: 'ERR_ADDON_LOAD',
+  /** A netlink answer could not be decoded. */
+  NETLINK_PROTOCOL: 'ERR_NETLINK_PROTOCOL',
+  /** A netlink operation failed without a more specific errno. */
+  NETLINK: 'ERR_NETLINK',
+  /** A vdpa device is bound to another bus driver than the operation needs. */
+  WRONG_DRIVER: 'ERR_WRONG_DRIVER',
 } as const;
 
 /** True when `error` is a VdpaError (or error-like object) with this `code`. */
