@@ -74,6 +74,8 @@ export const ErrorCodes = {
   NETLINK: 'ERR_NETLINK',
   /** A vdpa device is bound to another bus driver than the operation needs. */
   WRONG_DRIVER: 'ERR_WRONG_DRIVER',
+  /** The request's AbortSignal fired (Node's own code for AbortError). */
+  ABORTED: 'ABORT_ERR',
 } as const;
 
 /** True when `error` is a VdpaError (or error-like object) with this `code`. */
@@ -83,4 +85,16 @@ export function hasCode(error: unknown, ...codes: string[]): boolean {
     error !== null &&
     codes.includes((error as { code?: unknown }).code as string)
   );
+}
+
+/**
+ * The error a request rejects with when its AbortSignal fires: shaped like
+ * Node's own (`name` 'AbortError', `code` 'ABORT_ERR', the signal's reason as
+ * `cause`), as `fs.readFile(…, { signal })` rejects.
+ */
+export function abortError(reason: unknown, what: string): Error {
+  const error = new Error(`${what} was aborted`, { cause: reason });
+  error.name = 'AbortError';
+  (error as Error & { code: string }).code = ErrorCodes.ABORTED;
+  return error;
 }

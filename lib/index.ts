@@ -2,7 +2,7 @@
  * vhost-vdpa: drive Linux vDPA devices (/dev/vhost-vdpa-N) from Node.js.
  * @packageDocumentation
  */
-export { VdpaError, ErrorCodes, hasCode } from './errors';
+export { VdpaError, ErrorCodes, hasCode, abortError } from './errors';
 export * from './uapi';
 export * from './features';
 export { DmaRegion, DmaRegionOptions, IovaAllocator, IovaRange, HUGE_PAGE_SIZE } from './memory';
@@ -24,6 +24,19 @@ export {
 export { PAGE_SIZE } from './native';
 export * from './virtio-config';
 export * from './virtqueue';
+export {
+  VirtioDriver,
+  DriverProtocol,
+  DriverCoreOptions,
+  DriverCoreStats,
+  DriverTransport,
+  DeviceOp,
+  DriverRequest,
+  DriverQueue,
+  DmaSpace,
+  negotiateDevice,
+  readConfigStable,
+} from './virtio';
 export * from './blk';
 export { BouncePool } from './bounce';
 export * from './mgmt';

@@ -9,5 +9,7 @@ export {
   BlockOperation,
   BlockTransport,
   CloseOptions,
+  RequestOptions,
+  ResetEvent,
 } from './block-device';
 export * from './protocol';

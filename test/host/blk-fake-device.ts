@@ -26,6 +26,7 @@ import {
   VIRTIO_BLK_T_OUT,
   VIRTIO_BLK_T_WRITE_ZEROES,
   VIRTIO_CONFIG_S_DRIVER_OK,
+  VIRTIO_CONFIG_S_NEEDS_RESET,
   VirtioBlkF,
   VirtioF,
   VringAddresses,
@@ -147,7 +148,7 @@ interface VringSetup {
 export class FakeBlkDevice implements BlockTransport {
   readonly path = '/dev/fake-vhost-vdpa';
   readonly deviceId: number;
-  readonly disk: Buffer;
+  disk: Buffer;
   readonly offered: bigint;
   readonly options: Required<Omit<FakeBlkOptions, 'features' | 'id' | 'deviceId'>> & { id: string };
   closed = false;
@@ -168,6 +169,14 @@ export class FakeBlkDevice implements BlockTransport {
   corrupt: ((head: number, length: number) => { id: number; length: number } | undefined) | undefined;
   /** When true the device completes requests without writing the status byte. */
   skipStatus = false;
+  /** Resets so far (status 0 writes). */
+  resets = 0;
+  /** resetAsync() waits this long before resetting (a slow VDUSE daemon). */
+  resetDelayMs = 0;
+  /** When set, resetAsync() fails with this error (a broken device). */
+  resetError: VdpaError | undefined;
+  /** The config interrupt eventfd (VHOST_VDPA_SET_CONFIG_CALL), -1 when none. */
+  configCall = -1;
   readonly #vrings: VringSetup[];
   readonly #mappings: IotlbMapping[] = [];
   readonly #held: { queue: number; chain: DeviceChain; length: number }[] = [];
@@ -220,6 +229,39 @@ export class FakeBlkDevice implements BlockTransport {
     return { offered: this.offered, negotiated: this.negotiated };
   }
 
+  setConfigCall(fd: number): void {
+    this.configCall = fd;
+  }
+
+  /** Changes the capacity (the disk grows or shrinks) and raises a config interrupt. */
+  resize(capacity: number): void {
+    const disk = Buffer.alloc(capacity);
+    this.disk.copy(disk, 0, 0, Math.min(capacity, this.disk.length));
+    this.disk = disk;
+    (this.options as { capacity: number }).capacity = capacity;
+    this.configInterrupt();
+  }
+
+  /** Sets DEVICE_NEEDS_RESET and raises a config interrupt, as a device that hit an internal error does. */
+  needsReset(): void {
+    this.status |= VIRTIO_CONFIG_S_NEEDS_RESET;
+    this.configInterrupt();
+  }
+
+  /** Signals the config eventfd. */
+  configInterrupt(): void {
+    const one = Buffer.alloc(8);
+    one.writeBigUInt64LE(1n);
+    writeSync(this.configCall, one);
+  }
+
+  /** Like VhostVdpaDevice.resetAsync: resets after `resetDelayMs`, or fails with `resetError`. */
+  async resetAsync(): Promise<void> {
+    if (this.resetDelayMs > 0) await new Promise((resolve) => setTimeout(resolve, this.resetDelayMs));
+    if (this.resetError !== undefined) throw this.resetError;
+    this.reset();
+  }
+
   getConfigSize(): number {
     return 60;
   }
@@ -250,9 +292,28 @@ export class FakeBlkDevice implements BlockTransport {
     return [...this.#mappings];
   }
 
-  mapBatch(entries: readonly { memory: unknown }[]): IotlbMapping[] {
-    return entries.map(({ memory }) => {
+  mapBatch(entries: readonly { memory: unknown; iova?: bigint }[]): IotlbMapping[] {
+    return entries.map(({ memory, iova }) => {
       if (!(memory instanceof DmaRegion)) throw new Error('fake device maps only DmaRegions');
+      if (iova !== undefined) {
+        // A remap at a chosen IOVA (after a reset dropped the mappings): it must not overlap a live one.
+        const at = Number(iova);
+        for (const m of this.#mappings) {
+          if (at < Number(m.iova) + Number(m.size) && Number(m.iova) < at + memory.size) {
+            throw new VdpaError('IOVA overlap', { code: 'ERR_IOVA_OVERLAP' });
+          }
+        }
+        const mapping: IotlbMapping = {
+          iova,
+          size: BigInt(memory.size),
+          uaddr: memory.address,
+          asid: 0,
+          access: 'rw',
+        };
+        this.space.add(at, memory.bytes);
+        this.#mappings.push(mapping);
+        return mapping;
+      }
       const mapping: IotlbMapping = {
         iova: BigInt(this.#nextIova),
         size: BigInt(memory.size),
@@ -333,6 +394,7 @@ export class FakeBlkDevice implements BlockTransport {
 
   setStatus(status: number): void {
     if (status === 0) {
+      this.resets++;
       this.#stop();
       this.status = 0;
       // Like vhost-vdpa without IOTLB_PERSIST: a reset drops the mappings.

@@ -1,0 +1,170 @@
+/**
+ * The DMA memory of one driver: its own regions (rings, per-request slots,
+ * the bounce pool) and the caller's zero-copy buffers from `allocBuffer()`.
+ * Everything is mapped into the device's IOTLB here, remapped at the same
+ * IOVAs after a reset that dropped the mappings (so chains and buffers keep
+ * their addresses), and unmapped and freed here.
+ */
+import type { IotlbMapping, VhostVdpaDevice } from '../device';
+import { ErrorCodes, VdpaError } from '../errors';
+import { DmaRegion } from '../memory';
+
+/** The device operations DMA memory needs. */
+export type DmaTransport = Pick<VhostVdpaDevice, 'path' | 'closed' | 'mapBatch' | 'unmapBatch' | 'mappings'>;
+
+/** One mapped region. */
+export interface DmaBufferEntry {
+  readonly region: DmaRegion;
+  mapping: IotlbMapping;
+  /** The IOVA of the region's first byte (as a number: ring code addresses below 2^53). */
+  readonly iova: number;
+  /** Ops queued or in flight that use it (zero-copy buffers): counted from enqueue to finish. */
+  uses: number;
+}
+
+/** Converts an IOVA to the number the ring code uses, refusing those beyond 2^53. */
+export function iovaNumber(iova: bigint): number {
+  if (iova > BigInt(Number.MAX_SAFE_INTEGER)) {
+    throw new VdpaError(
+      `IOVA 0x${iova.toString(16)} is beyond 2^53, which the ring code addresses as a number`,
+      {
+        code: ErrorCodes.OUT_OF_RANGE,
+      },
+    );
+  }
+  return Number(iova);
+}
+
+/** All DMA memory of one driver. */
+export class DmaSpace {
+  readonly #transport: DmaTransport;
+  readonly #fixed: DmaBufferEntry[] = [];
+  readonly #buffers = new Map<ArrayBuffer, DmaBufferEntry>();
+  /** The last zero-copy buffer looked up, so a caller reusing a buffer skips the Map. */
+  #lastKey: ArrayBuffer | undefined;
+  #lastEntry: DmaBufferEntry | undefined;
+
+  constructor(transport: DmaTransport) {
+    this.#transport = transport;
+  }
+
+  /**
+   * Allocates the driver's own regions and maps them in one IOTLB batch.
+   * On failure nothing stays allocated.
+   */
+  allocateFixed(regions: readonly { bytes: number; name: string }[]): DmaBufferEntry[] {
+    const allocated: DmaRegion[] = [];
+    try {
+      for (const r of regions) allocated.push(DmaRegion.allocate(r.bytes, { name: r.name }));
+      const mappings = this.#transport.mapBatch(allocated.map((memory) => ({ memory })));
+      const entries = allocated.map((region, i) => ({
+        region,
+        mapping: mappings[i],
+        iova: iovaNumber(mappings[i].iova),
+        uses: 0,
+      }));
+      this.#fixed.push(...entries);
+      return entries;
+    } catch (error) {
+      for (const region of allocated) if (!region.freed) region.free();
+      throw error;
+    }
+  }
+
+  /** Allocates and maps a zero-copy buffer; see `BlockDevice.allocBuffer`. */
+  allocBuffer(size: number, name: string): Buffer {
+    const region = DmaRegion.allocate(size, { name });
+    let mapping: IotlbMapping;
+    try {
+      [mapping] = this.#transport.mapBatch([{ memory: region }]);
+    } catch (error) {
+      region.free();
+      throw error;
+    }
+    this.#buffers.set(region.buffer, { region, mapping, iova: iovaNumber(mapping.iova), uses: 0 });
+    return region.view(0, size);
+  }
+
+  /**
+   * Unmaps and frees a buffer from {@link allocBuffer}.
+   * @throws VdpaError `ERR_INVALID_ARG` for a buffer that is not one, `ERR_BUSY` while a request queued or in
+   *   flight uses it.
+   */
+  freeBuffer(buffer: Uint8Array): void {
+    const entry = this.#buffers.get(buffer.buffer as ArrayBuffer);
+    const path = this.#transport.path;
+    if (entry === undefined) {
+      throw new VdpaError('freeBuffer(): not a buffer from allocBuffer() of this device (or already freed)', {
+        code: ErrorCodes.INVALID_ARG,
+        path,
+      });
+    }
+    if (entry.uses > 0) {
+      throw new VdpaError(
+        `freeBuffer(): ${entry.uses} request(s) queued or in flight still use this buffer; ` +
+          'wait for them to settle (an aborted request keeps its buffer until the device returns it or is reset)',
+        { code: ErrorCodes.BUSY, path },
+      );
+    }
+    this.#buffers.delete(buffer.buffer as ArrayBuffer);
+    this.#forgetCache();
+    if (!this.#transport.closed && this.#transport.mappings.includes(entry.mapping)) {
+      this.#transport.unmapBatch([entry.mapping]);
+    }
+    entry.region.free();
+  }
+
+  /** The zero-copy buffer `data` lives in, or undefined for ordinary memory; the last hit is cached. */
+  lookup(data: Uint8Array): DmaBufferEntry | undefined {
+    const key = data.buffer as ArrayBuffer;
+    if (key === this.#lastKey) return this.#lastEntry;
+    const entry = this.#buffers.get(key);
+    if (entry === undefined || entry.region.freed) return undefined;
+    // Only hits are cached; freeBuffer() and release() forget the entry before freeing its region.
+    this.#lastKey = key;
+    this.#lastEntry = entry;
+    return entry;
+  }
+
+  /**
+   * Maps again, at their old IOVAs and in one batch, every region whose
+   * mapping the device no longer has (a reset without IOTLB_PERSIST drops
+   * them). Returns how many were remapped.
+   */
+  remapLost(): number {
+    const live = new Set(this.#transport.mappings);
+    const lost = [...this.#fixed, ...this.#buffers.values()].filter((e) => !live.has(e.mapping));
+    if (lost.length === 0) return 0;
+    const mappings = this.#transport.mapBatch(
+      lost.map((e) => ({ memory: e.region, iova: e.mapping.iova, access: e.mapping.access })),
+    );
+    lost.forEach((e, i) => (e.mapping = mappings[i]));
+    return lost.length;
+  }
+
+  /** Unmaps what the device still maps (if it is open) and frees every region. Idempotent. */
+  release(): void {
+    const entries = [...this.#fixed, ...this.#buffers.values()];
+    this.#fixed.length = 0;
+    this.#buffers.clear();
+    this.#forgetCache();
+    const transport = this.#transport;
+    if (!transport.closed) {
+      const live = new Set(transport.mappings);
+      const ours = entries.map((e) => e.mapping).filter((m) => live.has(m));
+      if (ours.length > 0) {
+        try {
+          transport.unmapBatch(ours);
+        } catch {
+          // The device is being given up; the kernel drops its mappings on reset/close anyway.
+        }
+      }
+    }
+    for (const e of entries) if (!e.region.freed) e.region.free();
+  }
+
+  #forgetCache(): void {
+    this.#lastKey = undefined;
+    this.#lastEntry = undefined;
+  }
+}

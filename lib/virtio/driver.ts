@@ -1,0 +1,966 @@
+/**
+ * The virtio driver core: everything a virtio driver over vhost-vdpa does
+ * that is not its device class's protocol. A protocol driver (lib/blk, and
+ * lib/net next) encodes requests into descriptor chains and decodes the
+ * answers; this core owns the rest:
+ *
+ * - queues, DMA memory (rings, per-descriptor slots, the bounce pool, the
+ *   caller's zero-copy buffers) and DRIVER_OK;
+ * - the request life cycle: a FIFO of ops waiting for ring or bounce space
+ *   (back-pressure, never an error), dispatch with one kick per queue per
+ *   batch, completions from the call eventfd or polling (lib/virtqueue/completions.ts);
+ * - deadlines: an op not completed `requestTimeoutMs` after dispatch rejects
+ *   with `ETIMEDOUT` and triggers recovery;
+ * - cancellation with an AbortSignal;
+ * - recovery, like blk-mq's timeout handler: reset the device (off the event
+ *   loop where the transport can), fail what was in flight (`ERR_RESET`, the
+ *   culprit `ETIMEDOUT` or `ERR_QUEUE_CORRUPT`), negotiate the same features
+ *   again, remap lost IOTLB mappings at their old IOVAs, re-attach the queues
+ *   and go on serving the FIFO; a device that cannot be brought back leaves
+ *   the driver failed (`ERR_DEVICE_FAILED` for everything);
+ * - the config interrupt: NEEDS_RESET → recovery; otherwise the config space
+ *   is read again and the protocol driver told (`'config-change'`);
+ * - close semantics (drain or not, bounded by a timeout, reset before memory
+ *   is freed) and counters.
+ *
+ * The hot path (enqueue → #schedule → #pump → #dispatch → publish; collect →
+ * #onUsed → #finish) allocates nothing but the caller's promise: requests and
+ * ops are pooled, and deadlines cost one integer store per dispatch (a coarse
+ * clock ticked by one timer per device, not a timer per request).
+ */
+import type { VhostVdpaDevice } from '../device';
+import { BouncePool } from '../bounce';
+import { abortError, ErrorCodes, VdpaError } from '../errors';
+import { EventFd } from '../eventfd';
+import {
+  VIRTIO_CONFIG_S_ACKNOWLEDGE,
+  VIRTIO_CONFIG_S_DRIVER,
+  VIRTIO_CONFIG_S_DRIVER_OK,
+  VIRTIO_CONFIG_S_FAILED,
+  VIRTIO_CONFIG_S_FEATURES_OK,
+  VIRTIO_CONFIG_S_NEEDS_RESET,
+} from '../uapi';
+import type { VirtqueueTransport } from '../virtqueue/attach';
+import { CompletionDriver, CompletionMode } from '../virtqueue/completions';
+import type { Virtqueue } from '../virtqueue/types';
+import { DmaSpace, DmaTransport } from './dma-space';
+import { attachQueues, closeQueues, createQueues, DriverQueue, QueueLayout } from './queues';
+import {
+  BOUNCE_FROM_DEVICE,
+  BOUNCE_NONE,
+  BOUNCE_TO_DEVICE,
+  DeviceOp,
+  DriverRequest,
+  OpFifo,
+  promiseOf,
+  settle,
+} from './request';
+import { readConfigStable } from './config';
+
+/** The device operations the core uses; {@link VhostVdpaDevice} has them all (host tests use a fake). */
+export type DriverTransport = VirtqueueTransport &
+  DmaTransport &
+  Pick<
+    VhostVdpaDevice,
+    | 'deviceId'
+    | 'negotiate'
+    | 'getConfigSize'
+    | 'getConfig'
+    | 'getVringNum'
+    | 'getStatus'
+    | 'setStatus'
+    | 'setConfigCall'
+    | 'reset'
+    | 'close'
+  > & {
+    /** Resets the device off the event-loop thread (a VDUSE daemon may take up to its msg_timeout to answer). */
+    resetAsync?(): Promise<void>;
+    /** Closes the device off the event-loop thread (close(2) resets it). */
+    closeAsync?(): Promise<void>;
+  };
+
+/** What a protocol driver supplies to the core. */
+export interface DriverProtocol<O extends DeviceOp> {
+  /** A new (pooled) op. */
+  newOp(): O;
+  /**
+   * Writes the chain of `op` into `queue.vq` between the core's `begin` and
+   * `end`: exactly `op.segments` buffers. Data buffers are pushed with
+   * {@link VirtioDriver.pushData}.
+   */
+  encode(op: O, queue: DriverQueue, head: number): void;
+  /**
+   * Decodes a completion (the request is not settled yet). Returns the error
+   * the request fails with, or undefined when it succeeded. Bounced data is
+   * copied out by the core afterwards.
+   */
+  complete(op: O, queue: DriverQueue, usedLength: number): Error | undefined;
+  /** Names a request in messages, e.g. `read of 4096 bytes at offset 0`. */
+  describe(request: DriverRequest): string;
+  /** The config space changed: decode it, update the driver's getters, return what `'config-change'` carries. */
+  configChanged(config: Buffer): unknown;
+}
+
+/** Options of the core, set by the protocol driver. */
+export interface DriverCoreOptions {
+  /** The features negotiated at open; recovery negotiates the same. */
+  features: bigint;
+  queues: QueueLayout;
+  /** Bytes of the bounce pool (0 = none) and its chunk size. */
+  bounceBytes: number;
+  bounceChunkSize: number;
+  /** Most bounce chunks one op takes. */
+  maxChunksPerOp: number;
+  completion: CompletionMode;
+  pollSpinMicros: number;
+  pollSliceMicros: number;
+  /** Deadline of an op after dispatch, in ms; 0 = none. */
+  requestTimeoutMs: number;
+  /** Close the transport on close() (it was opened by path). */
+  ownsTransport: boolean;
+  /** Emits the driver's events (`'config-change'`, `'reset'`, `'failed'`) on its EventEmitter. */
+  emit: (event: string, ...args: unknown[]) => boolean;
+}
+
+/** Counters of the core. */
+export interface DriverCoreStats {
+  /** Requests accepted through the public API. */
+  requests: number;
+  /** Ops (device requests after splitting) placed in rings. */
+  deviceRequests: number;
+  /** Ops that went through the bounce pool. */
+  bounced: number;
+  /** Ops sent as one indirect descriptor. */
+  indirect: number;
+  /** Kicks sent, and kicks the device asked us to skip. */
+  kicks: number;
+  kicksSuppressed: number;
+  /** Completions consumed. */
+  completions: number;
+  /** Call-eventfd wake-ups and poll-mode rounds. */
+  interrupts: number;
+  polls: number;
+  /** Poll-mode rounds that waited for a full event-loop turn (setImmediate). */
+  pollYields: number;
+  /** Synchronous poll() calls. */
+  syncPolls: number;
+  /** Requests that missed their deadline (ETIMEDOUT). */
+  timeouts: number;
+  /** Requests rejected because their AbortSignal fired. */
+  aborted: number;
+  /** Recoveries (device resets) so far. */
+  resets: number;
+  /** Config interrupts received. */
+  configInterrupts: number;
+}
+
+/** Options of {@link VirtioDriver.close}. */
+export interface CloseOptions {
+  /**
+   * true (default): stop accepting requests and wait for those in flight or
+   * queued to finish, up to `timeoutMs`; whatever is left then is rejected.
+   * false: reject everything in flight or queued at once with `ERR_CLOSED`.
+   * Either way the device is reset only once it has finished the requests it
+   * already holds (or `timeoutMs` passed), so it never writes into freed memory.
+   */
+  drain?: boolean;
+  /** Longest wait for the device, in ms (default 30000). */
+  timeoutMs?: number;
+}
+
+/** What `'reset'` carries. */
+export interface ResetEvent {
+  /** Why the driver reset the device. */
+  reason: VdpaError;
+  /** Requests that were in flight and failed (`ERR_RESET`, or the culprit's own code). */
+  failed: number;
+}
+
+/** Recoveries in a row without a single completion in between before the driver gives up. */
+const MAX_RESETS_WITHOUT_PROGRESS = 3;
+
+/** A settled promise: `RESOLVED.then(f)` queues a microtask without the AsyncResource `queueMicrotask` creates. */
+const RESOLVED = Promise.resolve();
+
+type State = 'open' | 'recovering' | 'failed' | 'closing' | 'closed';
+
+/** The driver core of one device; see the module comment. */
+export class VirtioDriver<O extends DeviceOp> {
+  readonly path: string;
+  /** Negotiated features. */
+  readonly features: bigint;
+  readonly queues: readonly DriverQueue[];
+  readonly bounce: BouncePool | undefined;
+  readonly dma: DmaSpace;
+
+  readonly #transport: DriverTransport;
+  readonly #protocol: DriverProtocol<O>;
+  readonly #options: DriverCoreOptions;
+  readonly #completions: CompletionDriver;
+  readonly #configCall: EventFd;
+  readonly #fifo = new OpFifo<O>();
+  readonly #opPool: O[] = [];
+  readonly #requestPool: DriverRequest[] = [];
+  readonly #counters = {
+    requests: 0,
+    deviceRequests: 0,
+    bounced: 0,
+    syncPolls: 0,
+    timeouts: 0,
+    aborted: 0,
+    resets: 0,
+    configInterrupts: 0,
+  };
+  #outstanding = 0;
+  #nextQueue = 0;
+  #scheduled = false;
+  #batching = 0;
+  /**
+   * Set when the last service found exactly one completion and left nothing
+   * queued or in flight (queue depth 1): the next request, if it is then the
+   * only one, is published at once instead of at the end of the checkpoint.
+   */
+  #solo = false;
+  #state: State = 'open';
+  /** Why the driver is unusable (failed), or undefined. */
+  #failure: VdpaError | undefined;
+  #closing: Promise<void> | undefined;
+  #recovering: Promise<void> | undefined;
+  #onIdle: (() => void) | undefined;
+  #resetsWithoutProgress = 0;
+  /** Deadline clock: one tick per #tickMs while ops are in flight. */
+  #epoch = 0;
+  #tickMs = 0;
+  #timeoutTicks = 0;
+  #deadlineTimer: NodeJS.Timeout | undefined;
+  #idleTicks = 0;
+
+  /**
+   * Sets the device up: maps memory, attaches the queues and the config
+   * interrupt, sets DRIVER_OK. The device must be negotiated already
+   * (FEATURES_OK). On failure the device is reset and everything freed.
+   */
+  constructor(transport: DriverTransport, protocol: DriverProtocol<O>, options: DriverCoreOptions) {
+    this.#transport = transport;
+    this.#protocol = protocol;
+    this.#options = options;
+    this.path = transport.path;
+    this.features = options.features;
+    this.dma = new DmaSpace(transport);
+    const timeout = options.requestTimeoutMs;
+    if (timeout > 0) {
+      // Ticks of at most 500 ms: a late op is caught between its deadline and deadline + 2 ticks.
+      this.#tickMs = Math.min(500, Math.max(5, Math.floor(timeout / 8)));
+      this.#timeoutTicks = Math.ceil(timeout / this.#tickMs) + 1;
+    }
+    this.#configCall = new EventFd();
+    let queues: DriverQueue[] = [];
+    try {
+      queues = createQueues(transport, this.dma, options.queues);
+      this.queues = queues;
+      if (options.bounceBytes > 0) {
+        const [pool] = this.dma.allocateFixed([
+          { bytes: options.bounceBytes, name: `${options.queues.name}-bounce` },
+        ]);
+        this.bounce = new BouncePool(pool.region.bytes, pool.iova, options.bounceChunkSize);
+      }
+      this.#start();
+      if (options.completion === 'poll') for (const q of this.queues) q.vq.setInterrupts(false);
+      this.#completions = new CompletionDriver(
+        queues.map((q) => q.call),
+        this.#service,
+        this.#busy,
+        {
+          mode: options.completion,
+          spinMicros: options.pollSpinMicros,
+          sliceMicros: options.pollSliceMicros,
+          ready: this.#ready,
+        },
+      );
+      this.#configCall.watch(this.#onConfigInterrupt);
+    } catch (error) {
+      // Stop the device before freeing memory it might have been told about.
+      try {
+        transport.reset();
+      } catch {
+        // open() reports the original error; it closes an owned device anyway.
+      }
+      closeQueues(queues);
+      this.#configCall.close();
+      this.dma.release();
+      throw error;
+    }
+  }
+
+  /** Attaches the queues and the config interrupt and sets DRIVER_OK (after negotiation). */
+  #start(): void {
+    const transport = this.#transport;
+    attachQueues(transport, this.queues);
+    transport.setConfigCall(this.#configCall.fd);
+    transport.setStatus(
+      VIRTIO_CONFIG_S_ACKNOWLEDGE |
+        VIRTIO_CONFIG_S_DRIVER |
+        VIRTIO_CONFIG_S_FEATURES_OK |
+        VIRTIO_CONFIG_S_DRIVER_OK,
+    );
+    const status = transport.getStatus();
+    if (
+      (status & VIRTIO_CONFIG_S_DRIVER_OK) === 0 ||
+      (status & (VIRTIO_CONFIG_S_FAILED | VIRTIO_CONFIG_S_NEEDS_RESET)) !== 0
+    ) {
+      throw new VdpaError(`${this.path} did not start: status 0x${status.toString(16)} after DRIVER_OK`, {
+        code: ErrorCodes.NEGOTIATION,
+        path: this.path,
+      });
+    }
+  }
+
+  // ---- state ----------------------------------------------------------------------------------
+
+  /** `'open'`, `'recovering'` (requests wait), `'failed'`, `'closing'` or `'closed'`. */
+  get state(): State {
+    return this.#state;
+  }
+
+  /** Ops queued or in flight. */
+  get pending(): number {
+    return this.#outstanding;
+  }
+
+  /** The completion mode. */
+  get completionMode(): CompletionMode {
+    return this.#completions.mode;
+  }
+
+  /** Counters since open. */
+  get stats(): DriverCoreStats {
+    const s = {
+      ...this.#counters,
+      indirect: 0,
+      kicks: 0,
+      kicksSuppressed: 0,
+      completions: 0,
+      interrupts: this.#completions.interrupts,
+      polls: this.#completions.polls,
+      pollYields: this.#completions.pollYields,
+    };
+    for (const q of this.queues) {
+      s.indirect += q.vq.stats.indirectChains;
+      s.kicks += q.vq.stats.kicks;
+      s.kicksSuppressed += q.vq.stats.kicksSuppressed;
+      s.completions += q.vq.stats.completions;
+    }
+    return s;
+  }
+
+  /**
+   * The error a new request fails with now (closed, failed), or undefined.
+   * While recovering, requests are accepted and wait.
+   */
+  usableError(what: string): VdpaError | undefined {
+    if (this.#state === 'closing' || this.#state === 'closed') {
+      return new VdpaError(`${this.path}: the ${what} is ${this.#state}`, {
+        code: ErrorCodes.CLOSED,
+        path: this.path,
+      });
+    }
+    return this.#failure;
+  }
+
+  // ---- building requests ----------------------------------------------------------------------
+
+  /** A pooled request. */
+  newRequest(kind: string, offset: number, length: number, data: Uint8Array | undefined): DriverRequest {
+    const request = this.#requestPool.pop() ?? new DriverRequest();
+    request.kind = kind;
+    request.offset = offset;
+    request.length = length;
+    request.data = data;
+    request.result = undefined;
+    request.remaining = 0;
+    request.settled = false;
+    request.error = undefined;
+    this.#counters.requests++;
+    return request;
+  }
+
+  /** A pooled op of `request` with `segments` ring buffers; the protocol fills in its own fields. */
+  newOp(request: DriverRequest, segments: number): O {
+    const op = this.#opPool.pop() ?? this.#protocol.newOp();
+    op.length = 0;
+    op.offsetInRequest = 0;
+    op.dataIova = -1;
+    op.dmaBuffer = undefined;
+    op.bounce = BOUNCE_NONE;
+    op.segments = segments;
+    op.chunkCount = 0;
+    op.request = request;
+    op.queue = undefined;
+    op.head = -1;
+    request.remaining++;
+    return op;
+  }
+
+  /** Queues an op (it holds its zero-copy buffer from now until it finishes). */
+  enqueue(op: O): void {
+    if (op.dmaBuffer !== undefined) op.dmaBuffer.uses++;
+    this.#fifo.push(op);
+    this.#outstanding++;
+  }
+
+  /**
+   * The promise of a request whose ops were enqueued; schedules their
+   * dispatch. With a `signal`, aborting rejects it at once (see {@link abort}).
+   */
+  promise<T>(request: DriverRequest, signal: AbortSignal | undefined): Promise<T> {
+    const promise = promiseOf<T>(request);
+    if (signal !== undefined) {
+      request.signal = signal;
+      request.onAbort = () => this.#abort(request);
+      signal.addEventListener('abort', request.onAbort, { once: true });
+    }
+    this.#schedule();
+    return promise;
+  }
+
+  /** Pushes the data buffers of `op` into the open chain: bounce chunks, or its zero-copy range in pieces of `maxSegment`. */
+  pushData(op: O, vq: Virtqueue<DeviceOp>, writable: boolean, maxSegment: number): void {
+    if (op.chunkCount > 0) {
+      const bounce = this.bounce as BouncePool;
+      const size = bounce.chunkSize;
+      for (let i = 0, done = 0; i < op.chunkCount; i++, done += size) {
+        vq.push(bounce.iovaOf(op.chunks[i]), Math.min(size, op.length - done), writable);
+      }
+    } else {
+      for (let done = 0; done < op.length; done += maxSegment) {
+        vq.push(op.dataIova + done, Math.min(maxSegment, op.length - done), writable);
+      }
+    }
+  }
+
+  /** Runs `fn` (which makes requests) and publishes them with one kick per queue. */
+  batch<T>(fn: () => T): T {
+    this.#batching++;
+    try {
+      return fn();
+    } finally {
+      this.#batching--;
+      this.#kick();
+    }
+  }
+
+  // ---- submission (the hot path) --------------------------------------------------------------
+
+  /**
+   * Drains the FIFO and publishes on the next microtask: calls made in one tick
+   * share a kick. In poll mode, when a poll round is already queued after this
+   * microtask checkpoint, that round publishes instead (it calls #service first
+   * thing), so calls made anywhere in the checkpoint — typically `await`
+   * continuations of the completions the last round found — share one kick and
+   * cost no microtask of their own.
+   */
+  #schedule(): void {
+    if (this.#scheduled || this.#batching > 0) return;
+    if (this.#solo) {
+      this.#solo = false;
+      // Queue depth 1: a completion just came back alone and this request is alone too — most likely its
+      // resubmission. Publishing it now lets the device start while the rest of the checkpoint (and the
+      // poll round) runs; waiting would only delay it. A burst still shares kicks: the requests after this
+      // one take the usual path (one more kick at most).
+      if (this.#outstanding === 1 && this.#state === 'open') {
+        this.#pump();
+        this.#publish();
+        this.#completions.submittedAlone();
+        return;
+      }
+    }
+    if (this.#completions.roundQueued) return;
+    this.#scheduled = true;
+    void RESOLVED.then(this.#kick);
+  }
+
+  readonly #kick = (): void => {
+    this.#scheduled = false;
+    if (this.#state !== 'open' && this.#state !== 'closing') return;
+    this.#pump();
+    this.#publish();
+    this.#completions.submitted();
+  };
+
+  /** Moves ops from the FIFO into rings, in order, until something is full. */
+  #pump(): void {
+    const fifo = this.#fifo;
+    while (fifo.size > 0) {
+      const op = fifo.peek();
+      if (op.request.settled) {
+        // Aborted, timed out or failed while waiting: the device never sees it.
+        fifo.shift();
+        this.#finish(op);
+        continue;
+      }
+      const queue = this.#pickQueue(op.segments);
+      if (queue === undefined) return;
+      if (op.bounce !== BOUNCE_NONE && op.chunkCount === 0) {
+        const bounce = this.bounce as BouncePool;
+        const count = Math.ceil(op.length / bounce.chunkSize);
+        if (!bounce.take(count, op.chunks)) return;
+        op.chunkCount = count;
+        this.#counters.bounced++;
+        if (op.bounce === BOUNCE_TO_DEVICE) {
+          try {
+            bounce.copyIn(op.chunks, op.request.data as Uint8Array, op.offsetInRequest, op.length);
+          } catch (error) {
+            // A detached or shrunk ArrayBuffer: only this request fails.
+            fifo.shift();
+            op.request.error ??= this.#dataError(op.request, error);
+            this.#release(op);
+            this.#finish(op);
+            continue;
+          }
+        }
+      }
+      fifo.shift();
+      this.#dispatch(op, queue);
+    }
+  }
+
+  #pickQueue(segments: number): DriverQueue | undefined {
+    const queues = this.queues;
+    const n = queues.length;
+    for (let i = 0; i < n; i++) {
+      const q = queues[(this.#nextQueue + i) % n];
+      if (q.vq.canAdd(segments)) {
+        this.#nextQueue = (this.#nextQueue + i + 1) % n;
+        return q;
+      }
+    }
+    return undefined;
+  }
+
+  #dispatch(op: O, q: DriverQueue): void {
+    const vq = q.vq;
+    const head = vq.begin(op.segments);
+    this.#protocol.encode(op, q, head);
+    op.queue = q;
+    op.head = head;
+    op.epoch = this.#epoch;
+    vq.end(op);
+    this.#counters.deviceRequests++;
+    if (this.#deadlineTimer === undefined && this.#tickMs > 0) this.#startDeadlines();
+  }
+
+  #publish(): void {
+    for (const q of this.queues) if (q.vq.unpublished > 0) q.vq.publish();
+  }
+
+  // ---- completion -----------------------------------------------------------------------------
+
+  readonly #busy = (): boolean => this.#outstanding > 0 && this.#state !== 'recovering';
+
+  /** Some queue has completions to collect (one atomic load per queue). */
+  readonly #ready = (): boolean => {
+    const queues = this.queues;
+    for (let i = 0; i < queues.length; i++) if (queues[i].vq.hasCompletions()) return true;
+    return false;
+  };
+
+  /** Services the queues once, synchronously (`BlockDevice.poll()`). */
+  poll(): number {
+    this.#counters.syncPolls++;
+    return this.#service();
+  }
+
+  /**
+   * Publishes what is waiting, collects every queue's completions, then
+   * refills the rings from the FIFO and publishes again. Returns the
+   * completions found. Never throws: it runs from native callbacks.
+   */
+  readonly #service = (): number => {
+    if (this.#state !== 'open' && this.#state !== 'closing') return 0;
+    this.#solo = false;
+    let found = 0;
+    try {
+      if (this.#fifo.size > 0) this.#pump();
+      this.#publish();
+      for (const q of this.queues) {
+        try {
+          found += q.vq.collect(this.#onUsed);
+        } catch (error) {
+          if ((error as VdpaError).code !== ErrorCodes.QUEUE_CORRUPT) throw error;
+          void this.#recover(error as VdpaError, { corrupt: q });
+          return found;
+        }
+      }
+      if (found > 0) {
+        this.#resetsWithoutProgress = 0;
+        if (this.#fifo.size > 0) {
+          this.#pump();
+          this.#publish();
+        }
+        if (this.#outstanding === 0) {
+          this.#solo = found === 1;
+          this.#onIdle?.();
+        }
+      }
+    } catch (error) {
+      // A defect of ours (a protocol callback threw): recover rather than take the process down.
+      void this.#recover(
+        new VdpaError(
+          `${this.path}: internal error while servicing the queues: ${(error as Error).message}`,
+          {
+            code: ErrorCodes.DEVICE_FAILED,
+            path: this.path,
+            cause: error,
+          },
+        ),
+      );
+    }
+    return found;
+  };
+
+  readonly #onUsed = (token: DeviceOp, length: number): void => {
+    const op = token as O;
+    const request = op.request;
+    if (!request.settled) {
+      let error: Error | undefined;
+      try {
+        error = this.#protocol.complete(op, op.queue as DriverQueue, length);
+        if (error === undefined && op.bounce === BOUNCE_FROM_DEVICE) {
+          (this.bounce as BouncePool).copyOut(
+            op.chunks,
+            request.data as Uint8Array,
+            op.offsetInRequest,
+            op.length,
+          );
+        }
+      } catch (thrown) {
+        error = this.#dataError(request, thrown);
+      }
+      if (error !== undefined) request.error ??= error;
+    }
+    this.#release(op);
+    this.#finish(op);
+  };
+
+  /** Returns an op's bounce chunks and zero-copy buffer use. */
+  #release(op: O): void {
+    if (op.chunkCount > 0) {
+      (this.bounce as BouncePool).release(op.chunks, op.chunkCount);
+      op.chunkCount = 0;
+    }
+  }
+
+  /** An op is done (completed, failed or dropped): settle its request when it was the last. */
+  #finish(op: O): void {
+    const request = op.request;
+    this.#outstanding--;
+    if (op.dmaBuffer !== undefined) op.dmaBuffer.uses--;
+    op.request = undefined as unknown as DriverRequest;
+    op.dmaBuffer = undefined;
+    op.queue = undefined;
+    this.#opPool.push(op);
+    if (--request.remaining === 0) {
+      settle(request);
+      // No op refers to it any more and its promise is settled: reuse it.
+      request.recycle();
+      this.#requestPool.push(request);
+    }
+  }
+
+  #dataError(request: DriverRequest, cause: unknown): VdpaError {
+    return new VdpaError(
+      `${this.#protocol.describe(request)} on ${this.path}: the caller's buffer could not be accessed ` +
+        `(${(cause as Error).message}); was its ArrayBuffer transferred or detached?`,
+      { code: ErrorCodes.INVALID_ARG, path: this.path, cause },
+    );
+  }
+
+  // ---- cancellation ---------------------------------------------------------------------------
+
+  /**
+   * The request's AbortSignal fired: reject it now. Ops still queued are
+   * dropped before the device sees them; ops in flight stay with the device
+   * (with their buffers reserved) until it completes them or is reset.
+   */
+  #abort(request: DriverRequest): void {
+    if (request.settled) return;
+    request.onAbort = undefined; // `once`: already removed
+    request.error = abortError(
+      (request.signal as AbortSignal).reason,
+      `${this.#protocol.describe(request)} on ${this.path}`,
+    );
+    this.#counters.aborted++;
+    settle(request);
+  }
+
+  // ---- deadlines ------------------------------------------------------------------------------
+
+  #startDeadlines(): void {
+    this.#idleTicks = 0;
+    this.#deadlineTimer = setInterval(this.#onTick, this.#tickMs);
+    // In-flight requests keep the process alive through their eventfd watch or poll loop, not this timer.
+    this.#deadlineTimer.unref();
+  }
+
+  #stopDeadlines(): void {
+    if (this.#deadlineTimer !== undefined) clearInterval(this.#deadlineTimer);
+    this.#deadlineTimer = undefined;
+  }
+
+  readonly #onTick = (): void => {
+    this.#epoch++;
+    if (this.#state !== 'open' && this.#state !== 'closing') return;
+    let inFlight = 0;
+    let late: O[] | undefined;
+    for (const q of this.queues) {
+      if (q.vq.inFlight === 0) continue;
+      inFlight += q.vq.inFlight;
+      for (const token of q.vq.inFlightTokens()) {
+        const op = token as O;
+        if (this.#epoch - op.epoch >= this.#timeoutTicks) (late ??= []).push(op);
+      }
+    }
+    if (inFlight === 0) {
+      if (++this.#idleTicks >= 2) this.#stopDeadlines();
+      return;
+    }
+    this.#idleTicks = 0;
+    if (late === undefined) return;
+    const ms = this.#options.requestTimeoutMs;
+    for (const op of late) {
+      if (op.request.settled) continue;
+      this.#counters.timeouts++;
+      op.request.error ??= new VdpaError(
+        `${this.#protocol.describe(op.request)} on ${this.path} timed out: the device did not complete it ` +
+          `within ${ms} ms (requestTimeoutMs). The driver resets the device and goes on`,
+        { code: ErrorCodes.TIMEOUT, errno: 110, path: this.path },
+      );
+      settle(op.request);
+    }
+    void this.#recover(
+      new VdpaError(`${this.path}: ${late.length} request(s) not completed within ${ms} ms`, {
+        code: ErrorCodes.TIMEOUT,
+        errno: 110,
+        path: this.path,
+      }),
+    );
+  };
+
+  // ---- config interrupt -----------------------------------------------------------------------
+
+  readonly #onConfigInterrupt = (): void => {
+    this.#counters.configInterrupts++;
+    if (this.#state !== 'open') return;
+    try {
+      const status = this.#transport.getStatus();
+      if ((status & VIRTIO_CONFIG_S_NEEDS_RESET) !== 0) {
+        void this.#recover(
+          new VdpaError(`${this.path} set DEVICE_NEEDS_RESET (status 0x${status.toString(16)})`, {
+            code: ErrorCodes.RESET,
+            path: this.path,
+          }),
+        );
+        return;
+      }
+      const decoded = this.#protocol.configChanged(readConfigStable(this.#transport));
+      this.#options.emit('config-change', decoded);
+    } catch (error) {
+      // An ioctl failed (the device is going away) or a listener threw: report it as an uncaught exception,
+      // like any event listener's, without leaving the native callback by a throw.
+      process.nextTick(() => {
+        throw error;
+      });
+    }
+  };
+
+  // ---- recovery -------------------------------------------------------------------------------
+
+  /**
+   * Resets the device and brings it back (see the module comment). Requests
+   * made meanwhile wait in the FIFO. `corrupt`: the queue whose used ring was
+   * corrupt — its requests fail with `ERR_QUEUE_CORRUPT`, the others' with `ERR_RESET`.
+   */
+  #recover(reason: VdpaError, how: { corrupt?: DriverQueue } = {}): Promise<void> {
+    if (this.#state !== 'open') return this.#recovering ?? Promise.resolve();
+    this.#state = 'recovering';
+    this.#counters.resets++;
+    this.#stopDeadlines();
+    this.#recovering = this.#doRecover(reason, how.corrupt).finally(() => (this.#recovering = undefined));
+    return this.#recovering;
+  }
+
+  async #doRecover(reason: VdpaError, corrupt: DriverQueue | undefined): Promise<void> {
+    const transport = this.#transport;
+    let failed = 0;
+    try {
+      // 1. Stop the device: after the reset it no longer touches ring or request memory.
+      if (transport.resetAsync !== undefined) await transport.resetAsync();
+      else transport.reset();
+    } catch (error) {
+      this.#enterFailed(reason, error, 'the reset failed');
+      return;
+    }
+    // 2. Fail what was in flight.
+    for (const q of this.queues) {
+      const culprit = q === corrupt;
+      for (const token of q.vq.reset()) {
+        const op = token as O;
+        if (!op.request.settled) {
+          failed++;
+          op.request.error ??= culprit
+            ? new VdpaError(`${this.#protocol.describe(op.request)}: ${reason.message}`, {
+                code: ErrorCodes.QUEUE_CORRUPT,
+                path: this.path,
+                cause: reason,
+              })
+            : new VdpaError(
+                `${this.#protocol.describe(op.request)} on ${this.path} was in flight when the driver reset the ` +
+                  `device (${reason.message}); it did not complete: retry it`,
+                { code: ErrorCodes.RESET, path: this.path, cause: reason },
+              );
+        }
+        this.#release(op);
+        this.#finish(op);
+      }
+    }
+    if (++this.#resetsWithoutProgress > MAX_RESETS_WITHOUT_PROGRESS) {
+      this.#enterFailed(reason, undefined, `${MAX_RESETS_WITHOUT_PROGRESS} resets in a row without progress`);
+      return;
+    }
+    // 3. Bring it back: same features, lost mappings at their old IOVAs, queues from index 0.
+    try {
+      transport.negotiate(this.features);
+      this.dma.remapLost();
+      this.#start();
+    } catch (error) {
+      try {
+        transport.reset();
+      } catch {
+        // Already failing; the first error says why.
+      }
+      this.#enterFailed(reason, error, 'it could not be set up again');
+      return;
+    }
+    if (this.#state !== 'recovering') return;
+    this.#state = 'open';
+    this.#options.emit('reset', { reason, failed } satisfies ResetEvent);
+    if (this.#outstanding === 0) this.#onIdle?.();
+    this.#kick();
+  }
+
+  #enterFailed(reason: VdpaError, cause: unknown, why: string): void {
+    this.#failure = new VdpaError(
+      `${this.path} failed and was given up: ${why}${cause instanceof Error ? ` (${cause.message})` : ''}, ` +
+        `after ${reason.message}. Every request is refused: close the device, then recreate or reopen it`,
+      { code: ErrorCodes.DEVICE_FAILED, path: this.path, cause: cause ?? reason },
+    );
+    this.#state = 'failed';
+    this.#stopDeadlines();
+    const failure = this.#failure;
+    this.#rejectPending(() => failure);
+    // The device may still hold chains: settle them, keep their memory until close.
+    this.#options.emit('failed', failure);
+  }
+
+  // ---- shutdown -------------------------------------------------------------------------------
+
+  /** Stops the device; see {@link CloseOptions}. Idempotent. */
+  close(options: CloseOptions = {}): Promise<void> {
+    this.#closing ??= this.#close(options.drain ?? true, options.timeoutMs ?? 30000);
+    return this.#closing;
+  }
+
+  async #close(drain: boolean, timeoutMs: number): Promise<void> {
+    if (this.#recovering !== undefined) await this.#recovering;
+    const wasFailed = this.#state === 'failed';
+    this.#state = 'closing';
+    let timedOut = false;
+    if (drain && this.#outstanding > 0 && !wasFailed) timedOut = !(await this.#idle(timeoutMs));
+    const why = !drain
+      ? 'close({ drain: false }) was called'
+      : timedOut
+        ? `close() waited ${timeoutMs} ms for it`
+        : 'the device was closed';
+    const closedError = (request: DriverRequest): VdpaError =>
+      new VdpaError(
+        `${this.#protocol.describe(request)} on ${this.path} was aborted: ${why}. Its outcome on the device is ` +
+          'unknown (a written range may hold old or new data)',
+        { code: ErrorCodes.CLOSED, path: this.path },
+      );
+    // Settle every pending promise now; nothing is left pending forever.
+    this.#rejectPending(closedError);
+    // Ops already in rings stay owned by the device. Give it a bounded chance to finish them before the
+    // reset: resetting with requests in flight is the path devices handle worst (qemu-storage-daemon's
+    // VDUSE export can fail the device), and until the device is reset or idle, the ring, slot and
+    // bounce memory it may still write cannot be freed.
+    if (!drain && this.#outstanding > 0 && !wasFailed) await this.#idle(timeoutMs);
+    this.#completions.close();
+    this.#configCall.unwatch();
+    this.#stopDeadlines();
+    // Reset before forgetting the rest: after it the device no longer touches request memory.
+    const transport = this.#transport;
+    try {
+      if (this.#options.ownsTransport) {
+        if (transport.closeAsync !== undefined) await transport.closeAsync();
+        else transport.close();
+      } else if (!transport.closed) {
+        if (transport.resetAsync !== undefined) await transport.resetAsync();
+        else transport.reset();
+      }
+    } catch {
+      // A broken device (a VDUSE daemon gone) refuses the reset; close(2) released it all the same.
+    }
+    for (const q of this.queues) {
+      for (const token of q.vq.reset()) {
+        const op = token as O;
+        op.request.error ??= closedError(op.request);
+        this.#release(op);
+        this.#finish(op);
+      }
+    }
+    this.#state = 'closed';
+    closeQueues(this.queues);
+    this.#configCall.close();
+    this.dma.release();
+  }
+
+  /** Resolves true once nothing is queued or in flight, false after `timeoutMs`. */
+  #idle(timeoutMs: number): Promise<boolean> {
+    if (this.#outstanding === 0) return Promise.resolve(true);
+    return new Promise<boolean>((resolve) => {
+      const timer = setTimeout(() => {
+        this.#onIdle = undefined;
+        resolve(false);
+      }, timeoutMs);
+      this.#onIdle = () => {
+        clearTimeout(timer);
+        this.#onIdle = undefined;
+        resolve(true);
+      };
+    });
+  }
+
+  /** Fails queued ops and settles (rejects) the requests of those in flight. */
+  #rejectPending(errorFor: (request: DriverRequest) => VdpaError): void {
+    while (this.#fifo.size > 0) {
+      const op = this.#fifo.shift();
+      op.request.error ??= errorFor(op.request);
+      this.#release(op);
+      this.#finish(op);
+    }
+    for (const q of this.queues) {
+      for (const token of q.vq.inFlightTokens()) {
+        const op = token as O;
+        op.request.error ??= errorFor(op.request);
+        settle(op.request);
+      }
+    }
+    if (this.#outstanding === 0) this.#onIdle?.();
+  }
+
+  /** Lets the process exit while the device is open and idle (like `socket.unref()`). */
+  setRef(referenced: boolean): void {
+    this.#completions.setRef(referenced);
+    if (!this.#configCall.closed) this.#configCall.setRef(referenced);
+  }
+}

@@ -1,0 +1,17 @@
+/**
+ * The virtio driver core shared by the protocol drivers (lib/blk, lib/net):
+ * see lib/virtio/driver.ts and docs/driver-core.md.
+ */
+export {
+  VirtioDriver,
+  DriverProtocol,
+  DriverCoreOptions,
+  DriverCoreStats,
+  DriverTransport,
+  CloseOptions,
+  ResetEvent,
+} from './driver';
+export { DeviceOp, DriverRequest, BOUNCE_NONE, BOUNCE_TO_DEVICE, BOUNCE_FROM_DEVICE } from './request';
+export { DriverQueue, QueueLayout } from './queues';
+export { DmaSpace, DmaBufferEntry } from './dma-space';
+export { negotiateDevice, readConfigStable, RingChoice, BringUp } from './config';

@@ -1,0 +1,154 @@
+/**
+ * The two objects every request is made of. A {@link DriverRequest} is what a
+ * caller asked for (one promise); it may become several {@link DeviceOp}s —
+ * descriptor chains — when it exceeds the device's limits. Both are pooled by
+ * the driver core, so the hot path allocates nothing but the promise.
+ */
+import type { VdpaError } from '../errors';
+import type { DmaBufferEntry } from './dma-space';
+import type { DriverQueue } from './queues';
+
+/** The data of an op lives in mapped DMA memory already: no copy. */
+export const BOUNCE_NONE = 0;
+/** The op's data is copied into the bounce pool before dispatch (device-readable). */
+export const BOUNCE_TO_DEVICE = 1;
+/** The op's data is copied out of the bounce pool after a successful completion (device-writable). */
+export const BOUNCE_FROM_DEVICE = 2;
+export type BounceDirection = typeof BOUNCE_NONE | typeof BOUNCE_TO_DEVICE | typeof BOUNCE_FROM_DEVICE;
+
+function noop(): void {}
+
+/** A request made through a driver's public API; settled once, recycled when its last op is done. */
+export class DriverRequest {
+  /** What it is, for messages: `'read'`, `'flush'` … */
+  kind = '';
+  /** Byte offset (blk) or 0. */
+  offset = 0;
+  /** Bytes of the request. */
+  length = 0;
+  /** The caller's data: the source of a write, the target of a read. */
+  data: Uint8Array | undefined = undefined;
+  /** What the promise resolves to. */
+  result: unknown = undefined;
+  /** Ops not yet finished (completed, failed or dropped). */
+  remaining = 0;
+  /** The promise was settled (possibly before the device finished: deadline, abort, close). */
+  settled = false;
+  /** The first error of any of its ops; the promise rejects with it. */
+  error: Error | undefined = undefined;
+  resolve: (value: never) => void = noop;
+  reject: (error: Error) => void = noop;
+  /** The caller's AbortSignal and the listener registered on it, removed at settlement. */
+  signal: AbortSignal | undefined = undefined;
+  onAbort: (() => void) | undefined = undefined;
+
+  /** Clears everything that refers to caller objects, for the pool. */
+  recycle(): void {
+    this.data = undefined;
+    this.result = undefined;
+    this.error = undefined;
+    this.resolve = noop;
+    this.reject = noop;
+    this.signal = undefined;
+    this.onAbort = undefined;
+  }
+}
+
+/**
+ * One device request: a descriptor chain. Protocol drivers extend it with
+ * their own fields (a virtio-blk op has a type and a sector).
+ */
+export class DeviceOp {
+  /** Bytes of data this op moves (the piece of its request). */
+  length = 0;
+  /** Byte offset of this piece inside the request's data. */
+  offsetInRequest = 0;
+  /** IOVA of the data when it lives in mapped memory (zero-copy); -1 otherwise. */
+  dataIova = -1;
+  /** The {@link DmaBufferEntry} the data lives in (zero-copy), counted in its `uses` from enqueue to finish. */
+  dmaBuffer: DmaBufferEntry | undefined = undefined;
+  /** Whether and which way the data goes through the bounce pool. */
+  bounce: BounceDirection = BOUNCE_NONE;
+  /** Ring buffers the chain has. */
+  segments = 0;
+  /** Bounce chunks taken, `chunks[0..chunkCount)`. */
+  readonly chunks: Int32Array;
+  chunkCount = 0;
+  request: DriverRequest = new DriverRequest();
+  /** The queue and chain index while in a ring; undefined while queued. */
+  queue: DriverQueue | undefined = undefined;
+  head = -1;
+  /** Deadline clock tick at dispatch. */
+  epoch = 0;
+
+  constructor(maxChunks: number) {
+    this.chunks = new Int32Array(maxChunks);
+  }
+}
+
+/**
+ * The DriverRequest the next Promise executor binds. A module-level executor
+ * reading it allocates no closure per request; it is set right before `new
+ * Promise`, which calls the executor synchronously.
+ */
+let executorTarget: DriverRequest | undefined;
+function bindRequest(resolve: (value: never) => void, reject: (error: Error) => void): void {
+  const request = executorTarget as DriverRequest;
+  request.resolve = resolve;
+  request.reject = reject;
+}
+
+/** Creates the promise of `request` without a per-request closure. */
+export function promiseOf<T>(request: DriverRequest): Promise<T> {
+  executorTarget = request;
+  const promise = new Promise<T>(bindRequest);
+  executorTarget = undefined;
+  return promise;
+}
+
+/** Settles a request's promise once (later calls do nothing) and detaches its abort listener. */
+export function settle(request: DriverRequest): void {
+  if (request.settled) return;
+  request.settled = true;
+  if (request.onAbort !== undefined) {
+    (request.signal as AbortSignal).removeEventListener('abort', request.onAbort);
+    request.onAbort = undefined;
+  }
+  if (request.error !== undefined) request.reject(request.error);
+  else request.resolve(request.result as never);
+}
+
+/** Records `error` as the request's outcome unless it already has one. */
+export function failRequest(request: DriverRequest, error: VdpaError | Error): void {
+  request.error ??= error;
+}
+
+/** A FIFO of ops waiting for ring or bounce space (a growable ring buffer). */
+export class OpFifo<O> {
+  #items: (O | undefined)[] = new Array<O | undefined>(64);
+  #head = 0;
+  size = 0;
+
+  push(op: O): void {
+    if (this.size === this.#items.length) {
+      const grown = new Array<O | undefined>(this.#items.length * 2);
+      for (let i = 0; i < this.size; i++) grown[i] = this.#items[(this.#head + i) % this.#items.length];
+      this.#items = grown;
+      this.#head = 0;
+    }
+    this.#items[(this.#head + this.size) % this.#items.length] = op;
+    this.size++;
+  }
+
+  peek(): O {
+    return this.#items[this.#head] as O;
+  }
+
+  shift(): O {
+    const op = this.#items[this.#head] as O;
+    this.#items[this.#head] = undefined;
+    this.#head = (this.#head + 1) % this.#items.length;
+    this.size--;
+    return op;
+  }
+}
