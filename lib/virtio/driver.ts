@@ -142,6 +142,8 @@ export interface DriverCoreStats {
   polls: number;
   /** Poll-mode rounds that waited for a full event-loop turn (setImmediate). */
   pollYields: number;
+  /** Times the poll loop parked (no completion for 50 ms: interrupts on until the next one). */
+  pollParks: number;
   /** Synchronous poll() calls. */
   syncPolls: number;
   /** Requests that missed their deadline (ETIMEDOUT). */
@@ -275,6 +277,9 @@ export class VirtioDriver<O extends DeviceOp> {
           spinMicros: options.pollSpinMicros,
           sliceMicros: options.pollSliceMicros,
           ready: this.#ready,
+          setInterrupts: (enabled) => {
+            for (const q of queues) q.vq.setInterrupts(enabled);
+          },
         },
       );
       this.#configCall.watch(this.#onConfigInterrupt);
@@ -343,6 +348,7 @@ export class VirtioDriver<O extends DeviceOp> {
       interrupts: this.#completions.interrupts,
       polls: this.#completions.polls,
       pollYields: this.#completions.pollYields,
+      pollParks: this.#completions.parks,
     };
     for (const q of this.queues) {
       s.indirect += q.vq.stats.indirectChains;

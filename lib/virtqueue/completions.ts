@@ -30,6 +30,16 @@
  * The event loop is therefore never held for longer than about
  * `sliceMicros + spinMicros` plus one round; polling stops when a round finds
  * nothing in flight.
+ *
+ * ## Parking
+ *
+ * A device that stops completing (a stalled simulator, a dead VDUSE daemon,
+ * or just a slow request) would keep a poll loop spinning a whole core until
+ * the request's deadline. So after `parkAfterMicros` (default 50 ms) without
+ * a completion while requests are in flight, the loop *parks*: it asks the
+ * device for interrupts again, re-checks once (a completion may have landed
+ * just before), and stops; the call eventfd, watched in both modes, wakes it.
+ * The next interrupt or submission unparks it and turns interrupts back off.
  */
 import { performance } from 'node:perf_hooks';
 import type { EventFd } from '../eventfd';
@@ -64,7 +74,17 @@ export interface CompletionDriverOptions {
    * spin re-checks with it and calls `service()` only once it says yes.
    */
   ready?: () => boolean;
+  /**
+   * Poll mode: after this many µs without a completion while busy, ask for
+   * interrupts and stop spinning until one arrives (default 50000; 0 = never).
+   */
+  parkAfterMicros?: number;
+  /** Poll mode: turns the queues' interrupts on (parking) or off (polling). Needed for parking. */
+  setInterrupts?: (enabled: boolean) => void;
 }
+
+/** Any atomic read-modify-write is a full barrier (a locked instruction on x86, dmb on arm64). */
+const FENCE_CELL = new Int32Array(1);
 
 /** A settled promise: `RESOLVED.then(f)` queues `f` as a microtask more cheaply than `queueMicrotask` (no AsyncResource). */
 const RESOLVED = Promise.resolve();
@@ -91,6 +111,14 @@ export class CompletionDriver {
   #alone = false;
   /** When the poll loop last let the event loop have a turn. */
   #sliceStart = 0;
+  readonly #parkAfterMs: number;
+  readonly #setInterrupts: ((enabled: boolean) => void) | undefined;
+  /** When a round last found completions (or polling started). */
+  #lastProgress = 0;
+  /** Parked: interrupts on, no rounds until an interrupt or a submission. */
+  #parked = false;
+  /** Times the poll loop parked. */
+  parks = 0;
   #closed = false;
   /** Wake-ups from the call eventfds. */
   interrupts = 0;
@@ -112,11 +140,16 @@ export class CompletionDriver {
     this.#spinMs = (options.spinMicros ?? 0) / 1000;
     this.#sliceMs = (options.sliceMicros ?? 1000) / 1000;
     this.#ready = options.ready;
+    this.#setInterrupts = options.setInterrupts;
+    this.#parkAfterMs = this.#setInterrupts === undefined ? 0 : (options.parkAfterMicros ?? 50000) / 1000;
     // The call eventfd is watched in both modes: in poll mode the device was
     // only asked not to interrupt, and a device that does anyway is served.
     const onCall = (): void => {
       this.interrupts++;
+      if (this.#parked) this.#unpark();
       this.#service();
+      // Unparked: whatever the completions' continuations submit is polled for again.
+      if (this.mode === 'poll') this.submitted();
     };
     for (const call of calls) call.watch(onCall);
   }
@@ -137,10 +170,36 @@ export class CompletionDriver {
    */
   submitted(): void {
     if (this.mode === 'poll' && !this.#polling && !this.#closed) {
+      if (this.#parked) this.#unpark();
       this.#polling = true;
-      this.#sliceStart = performance.now();
+      this.#sliceStart = this.#lastProgress = performance.now();
       this.#chain();
     }
+  }
+
+  /** True while the poll loop is parked (waiting for an interrupt). */
+  get parked(): boolean {
+    return this.#parked;
+  }
+
+  #park(): void {
+    this.#parked = true;
+    this.#polling = false;
+    this.parks++;
+    (this.#setInterrupts as (enabled: boolean) => void)(true);
+    // The flag store must be visible before we look at the used index again, or a completion written in
+    // between (the device then saw interrupts still off) would wait for the next one.
+    Atomics.add(FENCE_CELL, 0, 0);
+    if (this.#ready?.() ?? true) {
+      this.#unpark();
+      this.#service();
+      this.submitted();
+    }
+  }
+
+  #unpark(): void {
+    this.#parked = false;
+    (this.#setInterrupts as (enabled: boolean) => void)(false);
   }
 
   /**
@@ -210,7 +269,13 @@ export class CompletionDriver {
     this.polls++;
     let found = this.#service();
     if (found === 0 && this.#spinMs > 0 && this.#busy()) found = this.#spin();
-    if (found > 0 && performance.now() - this.#sliceStart < this.#sliceMs) {
+    const now = performance.now();
+    if (found > 0) this.#lastProgress = now;
+    else if (this.#parkAfterMs > 0 && now - this.#lastProgress >= this.#parkAfterMs && this.#busy()) {
+      this.#park();
+      return;
+    }
+    if (found > 0 && now - this.#sliceStart < this.#sliceMs) {
       // Completions: their continuations may submit again; check right after them.
       this.#chain();
     } else if (this.#busy() || found > 0) {

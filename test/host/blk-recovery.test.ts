@@ -107,6 +107,22 @@ describe('BlockDevice deadlines, recovery, cancellation and config changes (host
       assert.equal(dev.stats.resets, 0);
     });
 
+    it('poll mode stops spinning on a device that stops completing, and wakes on its next interrupt', async () => {
+      const { fake, dev } = start({ eventIdx: true }, { completion: 'poll', requestTimeoutMs: 0 });
+      await dev.read(0, 4096);
+      fake.hold = true;
+      const pending = dev.read(0, 4096);
+      await tick(200);
+      const polls = dev.stats.polls;
+      await tick(200);
+      assert.equal(dev.stats.polls, polls, 'no poll rounds while parked');
+      assert.equal(dev.stats.pollParks, 1);
+      fake.release();
+      await pending;
+      await dev.read(4096, 4096); // polling again
+      assert.ok(dev.stats.polls > polls);
+    });
+
     it('with requestTimeoutMs 0 waits as long as the device takes', async () => {
       const { fake, dev } = start({}, { requestTimeoutMs: 0 });
       fake.hold = true;
