@@ -24,19 +24,7 @@ export {
 export { PAGE_SIZE } from './native';
 export * from './virtio-config';
 export * from './virtqueue';
-export {
-  VirtioDriver,
-  DriverProtocol,
-  DriverCoreOptions,
-  DriverCoreStats,
-  DriverTransport,
-  DeviceOp,
-  DriverRequest,
-  DriverQueue,
-  DmaSpace,
-  negotiateDevice,
-  readConfigStable,
-} from './virtio';
+export * from './virtio';
 export * from './blk';
 export { BouncePool } from './bounce';
 export * from './mgmt';

@@ -3,7 +3,6 @@ import { performance } from 'node:perf_hooks';
 import {
   bit,
   BlockDevice,
-  BlockDeviceOptions,
   VdpaError,
   VIRTIO_BLK_S_IOERR,
   VIRTIO_BLK_S_UNSUPP,
@@ -16,7 +15,7 @@ import {
   VirtioBlkF,
   VirtioF,
 } from '../../lib';
-import { FakeBlkDevice, FakeBlkOptions } from './blk-fake-device';
+import { fakeBlockDevices } from './blk-fake-device';
 import { rejects } from '../assertions';
 
 const KiB = 1024;
@@ -36,22 +35,7 @@ function pattern(length: number, seed: number): Buffer {
 const tick = (ms = 20): Promise<void> => new Promise((resolve) => setTimeout(resolve, ms));
 
 describe('BlockDevice (host, fake device)', () => {
-  const open: BlockDevice[] = [];
-  const fakes: FakeBlkDevice[] = [];
-  function start(fakeOptions: FakeBlkOptions = {}, options: BlockDeviceOptions = {}) {
-    const fake = new FakeBlkDevice(fakeOptions);
-    fakes.push(fake);
-    const dev = BlockDevice.open(fake, options);
-    open.push(dev);
-    return { fake, dev };
-  }
-  afterEach(async () => {
-    for (const dev of open.splice(0)) await dev.close({ drain: false, timeoutMs: 100 });
-    for (const fake of fakes.splice(0)) {
-      assert.deepEqual(fake.violations, [], 'the driver broke a device rule');
-      fake.close();
-    }
-  });
+  const start = fakeBlockDevices();
 
   describe('open', () => {
     it('negotiates the block features the device offers and reads typed config in bytes', () => {
@@ -92,8 +76,7 @@ describe('BlockDevice (host, fake device)', () => {
     });
 
     it('refuses a device that is not a block device, leaving it reset', () => {
-      const fake = new FakeBlkDevice({ deviceId: 1 });
-      fakes.push(fake);
+      const fake = start.fake({ deviceId: 1 });
       assert.throws(() => BlockDevice.open(fake), {
         code: 'ERR_UNSUPPORTED',
         message: /virtio device 1, not a block/,
@@ -102,8 +85,7 @@ describe('BlockDevice (host, fake device)', () => {
     });
 
     it('refuses more queues than the device offers, and frees what it set up', () => {
-      const fake = new FakeBlkDevice({ numQueues: 2 });
-      fakes.push(fake);
+      const fake = start.fake({ numQueues: 2 });
       assert.throws(() => BlockDevice.open(fake, { queues: 3 }), {
         code: 'ERR_OUT_OF_RANGE',
         message: /offers 2/,
@@ -112,8 +94,7 @@ describe('BlockDevice (host, fake device)', () => {
     });
 
     it('rejects an unknown completion mode before the device starts', () => {
-      const fake = new FakeBlkDevice();
-      fakes.push(fake);
+      const fake = start.fake();
       assert.throws(() => BlockDevice.open(fake, { completion: 'spin' as never }), {
         code: 'ERR_INVALID_ARG',
       });
@@ -679,8 +660,7 @@ describe('BlockDevice (host, fake device)', () => {
     });
 
     it("refuses ring: 'packed' on a device without RING_PACKED, and an unknown ring, leaving it reset", () => {
-      const fake = new FakeBlkDevice();
-      fakes.push(fake);
+      const fake = start.fake();
       assert.throws(() => BlockDevice.open(fake, { ring: 'packed' }), {
         code: 'ERR_NEGOTIATION',
         message: /RING_PACKED/,

@@ -7,10 +7,13 @@
  * device would (limits, chain shape) and records violations, and can be told
  * to hold completions, fail requests or corrupt the used ring.
  */
+import { strict as assert } from 'node:assert';
 import { writeSync, readSync } from 'node:fs';
 import {
   bit,
   bits,
+  BlockDevice,
+  BlockDeviceOptions,
   BlockTransport,
   DmaRegion,
   Doorbell,
@@ -620,4 +623,37 @@ export class FakeBlkDevice implements BlockTransport {
     this.rings = [];
     this.#held.length = 0;
   }
+}
+
+/**
+ * For a mocha `describe`: returns `start(fakeOptions, options)`, which opens a
+ * BlockDevice on a new fake, and registers an `afterEach` that closes them all
+ * and asserts the driver broke no device rule.
+ */
+export function fakeBlockDevices(): {
+  (fakeOptions?: FakeBlkOptions, options?: BlockDeviceOptions): { fake: FakeBlkDevice; dev: BlockDevice };
+  /** A fake that is closed (and checked) after the test, for tests that open it themselves. */
+  fake(fakeOptions?: FakeBlkOptions): FakeBlkDevice;
+} {
+  const open: BlockDevice[] = [];
+  const fakes: FakeBlkDevice[] = [];
+  afterEach(async () => {
+    for (const dev of open.splice(0)) await dev.close({ drain: false, timeoutMs: 100 });
+    for (const fake of fakes.splice(0)) {
+      assert.deepEqual(fake.violations, [], 'the driver broke a device rule');
+      fake.close();
+    }
+  });
+  const fake = (fakeOptions: FakeBlkOptions = {}): FakeBlkDevice => {
+    const created = new FakeBlkDevice(fakeOptions);
+    fakes.push(created);
+    return created;
+  };
+  const start = (fakeOptions: FakeBlkOptions = {}, options: BlockDeviceOptions = {}) => {
+    const created = fake(fakeOptions);
+    const dev = BlockDevice.open(created, options);
+    open.push(dev);
+    return { fake: created, dev };
+  };
+  return Object.assign(start, { fake });
 }

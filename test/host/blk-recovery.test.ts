@@ -1,7 +1,7 @@
 import { strict as assert } from 'node:assert';
 import { performance } from 'node:perf_hooks';
-import { BlockDevice, BlockDeviceOptions, BlkConfig, ResetEvent, VdpaError } from '../../lib';
-import { FakeBlkDevice, FakeBlkOptions } from './blk-fake-device';
+import { BlockDevice, BlkConfig, ResetEvent, VdpaError } from '../../lib';
+import { fakeBlockDevices } from './blk-fake-device';
 import { rejects } from '../assertions';
 
 /** Awaits `promise` and asserts it rejects with Node's AbortError shape. */
@@ -24,22 +24,7 @@ async function rejectsAborted(
 const tick = (ms = 20): Promise<void> => new Promise((resolve) => setTimeout(resolve, ms));
 
 describe('BlockDevice deadlines, recovery, cancellation and config changes (host, fake device)', () => {
-  const open: BlockDevice[] = [];
-  const fakes: FakeBlkDevice[] = [];
-  function start(fakeOptions: FakeBlkOptions = {}, options: BlockDeviceOptions = {}) {
-    const fake = new FakeBlkDevice(fakeOptions);
-    fakes.push(fake);
-    const dev = BlockDevice.open(fake, options);
-    open.push(dev);
-    return { fake, dev };
-  }
-  afterEach(async () => {
-    for (const dev of open.splice(0)) await dev.close({ drain: false, timeoutMs: 100 });
-    for (const fake of fakes.splice(0)) {
-      assert.deepEqual(fake.violations, [], 'the driver broke a device rule');
-      fake.close();
-    }
-  });
+  const start = fakeBlockDevices();
 
   describe('deadlines', () => {
     for (const completion of ['interrupt', 'poll'] as const) {
@@ -134,8 +119,7 @@ describe('BlockDevice deadlines, recovery, cancellation and config changes (host
     });
 
     it('refuses a negative or fractional requestTimeoutMs', () => {
-      const fake = new FakeBlkDevice();
-      fakes.push(fake);
+      const fake = start.fake();
       assert.throws(() => BlockDevice.open(fake, { requestTimeoutMs: -1 }), { code: 'ERR_INVALID_ARG' });
       assert.throws(() => BlockDevice.open(fake, { requestTimeoutMs: 1.5 }), { code: 'ERR_INVALID_ARG' });
       assert.equal(fake.status, 0, 'left reset');
