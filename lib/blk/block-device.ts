@@ -172,10 +172,11 @@ export class BlockDevice extends EventEmitter {
     transport: BlockTransport,
     ownsTransport: boolean,
     negotiated: bigint,
-    config: BlkConfig,
+    configBytes: Buffer,
     options: BlockDeviceOptions,
   ) {
     super();
+    const config = decodeBlkConfig(configBytes, negotiated);
     this.path = transport.path;
     this.features = negotiated;
     this.#config = config;
@@ -233,6 +234,7 @@ export class BlockDevice extends EventEmitter {
     });
     this.#core = new VirtioDriver<BlkOp>(transport, codec, {
       features: negotiated,
+      config: configBytes,
       queues: {
         count: queues,
         size: this.queueSize,
@@ -280,7 +282,7 @@ export class BlockDevice extends EventEmitter {
         exclude: options.excludeFeatures,
         ring: options.ring,
       });
-      return new BlockDevice(transport, owns, features, decodeBlkConfig(config, features), options);
+      return new BlockDevice(transport, owns, features, config, options);
     } catch (error) {
       if (owns) transport.close();
       else if (!transport.closed) transport.reset();

@@ -105,6 +105,8 @@ export interface DriverProtocol<O extends DeviceOp> {
 export interface DriverCoreOptions {
   /** The features negotiated at open; recovery negotiates the same. */
   features: bigint;
+  /** The config space read at open (a config interrupt or a recovery compares against it). */
+  config: Buffer;
   queues: QueueLayout;
   /** Bytes of the bounce pool (0 = none) and its chunk size. */
   bounceBytes: number;
@@ -230,6 +232,8 @@ export class VirtioDriver<O extends DeviceOp> {
   #recovering: Promise<void> | undefined;
   #onIdle: (() => void) | undefined;
   #resetsWithoutProgress = 0;
+  /** The config space as last read. */
+  #configBytes: Buffer;
   /** Deadline clock: one tick per #tickMs while ops are in flight. */
   #epoch = 0;
   #tickMs = 0;
@@ -248,6 +252,7 @@ export class VirtioDriver<O extends DeviceOp> {
     this.#options = options;
     this.path = transport.path;
     this.features = options.features;
+    this.#configBytes = options.config;
     this.dma = new DmaSpace(transport);
     const timeout = options.requestTimeoutMs;
     if (timeout > 0) {
@@ -768,8 +773,7 @@ export class VirtioDriver<O extends DeviceOp> {
         );
         return;
       }
-      const decoded = this.#protocol.configChanged(readConfigStable(this.#transport));
-      this.#options.emit('config-change', decoded);
+      this.#refreshConfig();
     } catch (error) {
       // An ioctl failed (the device is going away) or a listener threw: report it as an uncaught exception,
       // like any event listener's, without leaving the native callback by a throw.
@@ -778,6 +782,14 @@ export class VirtioDriver<O extends DeviceOp> {
       });
     }
   };
+
+  /** Reads the config space; when it changed, tells the protocol driver and emits `'config-change'`. */
+  #refreshConfig(): void {
+    const bytes = readConfigStable(this.#transport);
+    if (bytes.equals(this.#configBytes)) return;
+    this.#configBytes = bytes;
+    this.#options.emit('config-change', this.#protocol.configChanged(bytes));
+  }
 
   // ---- recovery -------------------------------------------------------------------------------
 
@@ -850,6 +862,14 @@ export class VirtioDriver<O extends DeviceOp> {
     if (this.#state !== 'recovering') return;
     this.#state = 'open';
     this.#options.emit('reset', { reason, failed } satisfies ResetEvent);
+    // A config interrupt during the recovery was ignored: look now.
+    try {
+      this.#refreshConfig();
+    } catch (error) {
+      process.nextTick(() => {
+        throw error;
+      });
+    }
     if (this.#outstanding === 0) this.#onIdle?.();
     this.#kick();
   }
