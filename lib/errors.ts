@@ -74,6 +74,8 @@ export const ErrorCodes = {
   NETLINK: 'ERR_NETLINK',
   /** A vdpa device is bound to another bus driver than the operation needs. */
   WRONG_DRIVER: 'ERR_WRONG_DRIVER',
+  /** A conformance check (`vhost-vdpa check`) found the device misbehaving. */
+  CHECK_FAILED: 'ERR_CHECK_FAILED',
   /** The request's AbortSignal fired (Node's own code for AbortError). */
   ABORTED: 'ABORT_ERR',
 } as const;

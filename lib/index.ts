@@ -29,3 +29,4 @@ export * from './blk';
 export { BouncePool } from './bounce';
 export * from './mgmt';
 export { ManagementService, KernelBackend, type ServiceOptions, type ServiceBackend } from './service';
+export * from './check';
