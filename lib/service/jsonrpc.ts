@@ -130,6 +130,11 @@ export class JsonFramer {
 
   constructor(private readonly maxBytes: number) {}
 
+  /** Characters held for the text being framed (at most `maxBytes` worth). */
+  get bufferedLength(): number {
+    return this.buffer.length;
+  }
+
   /** Feeds a chunk; returns the complete texts it finished. */
   push(chunk: Buffer): Frame[] {
     if (this.failed) return [];
