@@ -74,6 +74,8 @@ export const ErrorCodes = {
   NETLINK: 'ERR_NETLINK',
   /** A vdpa device is bound to another bus driver than the operation needs. */
   WRONG_DRIVER: 'ERR_WRONG_DRIVER',
+  /** An exception that is not a VdpaError reached the CLI (a bug); `--json` output reports it with this code. */
+  UNEXPECTED: 'ERR_UNEXPECTED',
 } as const;
 
 /** True when `error` is a VdpaError (or error-like object) with this `code`. */

@@ -8,7 +8,8 @@
 import * as fs from 'node:fs';
 import * as net from 'node:net';
 
-import { VdpaError } from '../errors';
+import { classifyErrorCode } from '../error-categories';
+import { ErrorCodes, VdpaError } from '../errors';
 import {
   errorResponse,
   isResponse,
@@ -45,29 +46,9 @@ export interface ServiceOptions {
   log?: (line: string) => void;
 }
 
-/** The JSON-RPC error code for a library error code. */
+/** The JSON-RPC error code for a library error code (the table in lib/error-categories.ts). */
 export function rpcCodeFor(code: string): number {
-  switch (code) {
-    case 'ENODEV':
-    case 'ENOENT':
-      return RpcErrorCode.NOT_FOUND;
-    case 'EBUSY':
-    case 'EEXIST':
-      return RpcErrorCode.BUSY;
-    case 'EPERM':
-    case 'EACCES':
-      return RpcErrorCode.PERMISSION;
-    case 'ETIMEDOUT':
-      return RpcErrorCode.TIMEOUT;
-    case 'EOPNOTSUPP':
-    case 'ENOTSUPP':
-      return RpcErrorCode.UNSUPPORTED;
-    case 'ERR_INVALID_ARG':
-    case 'ERR_OUT_OF_RANGE':
-      return RpcErrorCode.INVALID_PARAMS;
-    default:
-      return RpcErrorCode.FAILED;
-  }
+  return classifyErrorCode(code).jsonRpcCode;
 }
 
 function errorData(error: VdpaError): Record<string, unknown> {
@@ -302,7 +283,7 @@ export class ManagementService {
     const mode = options.mode ?? 0o600;
     if (!Number.isInteger(mode) || mode < 0 || mode > 0o777) {
       throw new VdpaError(`socket mode must be an octal permission such as 0600, not ${String(mode)}`, {
-        code: 'ERR_INVALID_ARG',
+        code: ErrorCodes.INVALID_ARG,
       });
     }
     await clearStaleSocket(options.socketPath);
@@ -425,7 +406,7 @@ export class ManagementService {
         () =>
           reject(
             new VdpaError(`${name} did not finish within ${this.limits.requestTimeoutMs} ms`, {
-              code: 'ETIMEDOUT',
+              code: ErrorCodes.TIMEOUT,
             }),
           ),
         this.limits.requestTimeoutMs,
