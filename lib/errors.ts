@@ -78,6 +78,8 @@ export const ErrorCodes = {
   CHECK_FAILED: 'ERR_CHECK_FAILED',
   /** The request's AbortSignal fired (Node's own code for AbortError). */
   ABORTED: 'ABORT_ERR',
+  /** An exception that is not a VdpaError reached the CLI (a bug); `--json` output reports it with this code. */
+  UNEXPECTED: 'ERR_UNEXPECTED',
 } as const;
 
 /** True when `error` is a VdpaError (or error-like object) with this `code`. */

@@ -3,6 +3,14 @@
  * @packageDocumentation
  */
 export { VdpaError, ErrorCodes, hasCode, abortError } from './errors';
+export {
+  classifyErrorCode,
+  errorCategoryOf,
+  ERROR_CATEGORIES,
+  ERROR_CODE_CATEGORIES,
+  type ErrorCategory,
+  type ErrorCategoryInfo,
+} from './error-categories';
 export * from './uapi';
 export * from './features';
 export { DmaRegion, DmaRegionOptions, IovaAllocator, IovaRange, HUGE_PAGE_SIZE } from './memory';

@@ -3,7 +3,7 @@
  * calls; everything here is consumed by the typed layers above.
  * @internal
  */
-import { VdpaError } from './errors';
+import { ErrorCodes, VdpaError } from './errors';
 
 /** An open vhost-vdpa character device (native/device.cc). */
 export interface NativeDeviceHandle {
@@ -69,7 +69,7 @@ function load(): NativeBinding {
       'vhost-vdpa: the native addon is not built or failed to load. Run `npm install` (or `npx node-gyp rebuild`) ' +
         'in the package directory; it needs python3, make and a C++ compiler. Cause: ' +
         (cause instanceof Error ? cause.message : String(cause)),
-      { code: 'ERR_ADDON_LOAD', cause },
+      { code: ErrorCodes.ADDON_LOAD, cause },
     );
   }
 }

@@ -4,12 +4,12 @@
  * accepts them. Failures are UsageErrors (exit code 2).
  * @module
  */
-import { VdpaError } from '../errors';
+import { ErrorCodes, VdpaError } from '../errors';
 
 /** A command-line mistake: exit code 2 and the command's usage line. */
 export class UsageError extends VdpaError {
   constructor(message: string) {
-    super(message, { code: 'ERR_USAGE' });
+    super(message, { code: ErrorCodes.USAGE });
     this.name = 'VdpaError';
   }
 }

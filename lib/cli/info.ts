@@ -7,7 +7,7 @@ import * as fs from 'node:fs';
 import * as path from 'node:path';
 
 import { VhostVdpaDevice, type DeviceCapabilities } from '../device';
-import { VdpaError } from '../errors';
+import { ErrorCodes, VdpaError } from '../errors';
 import { decodeBackendFeatures, decodeFeatures, decodeStatus } from '../features';
 import { describeBinding, describeHolders, findHolders, listBusDevices, resolveCharDev } from '../mgmt/sysfs';
 import type { SystemPaths } from '../mgmt/sysfs';
@@ -279,7 +279,8 @@ export const info: Command = {
     try {
       manager = await ctx.openManager();
     } catch (error) {
-      manager = error instanceof VdpaError ? error : new VdpaError(String(error), { code: 'ERR_NETLINK' });
+      manager =
+        error instanceof VdpaError ? error : new VdpaError(String(error), { code: ErrorCodes.NETLINK });
     }
     try {
       for (const r of reports) await addNetlinkView(r, manager);

@@ -3,52 +3,34 @@
  * scripts, and exit codes derived from error codes.
  * @module
  */
+import { classifyErrorCode, ERROR_CATEGORIES } from '../error-categories';
 
-/** Exit codes scripts can test. */
+/** Exit codes scripts can test (the statuses of the table in lib/error-categories.ts). */
 export const ExitCode = {
   OK: 0,
   /** Any other failure. */
-  FAILURE: 1,
+  FAILURE: ERROR_CATEGORIES.failure.exitStatus,
   /** Bad command line (unknown command/option, missing or invalid argument). */
-  USAGE: 2,
-  /** The device, management device, driver or file does not exist (ENODEV, ENOENT). */
-  NOT_FOUND: 3,
+  USAGE: ERROR_CATEGORIES.usage.exitStatus,
+  /** The device, management device, driver or file does not exist (ENODEV, ENOENT, ENXIO). */
+  NOT_FOUND: ERROR_CATEGORIES['not-found'].exitStatus,
   /** Not permitted (EPERM, EACCES): run as root. */
-  PERMISSION: 4,
+  PERMISSION: ERROR_CATEGORIES.permission.exitStatus,
   /** Busy or already exists (EBUSY, EEXIST): someone holds the device, or the name is taken. */
-  BUSY: 5,
+  BUSY: ERROR_CATEGORIES.busy.exitStatus,
   /** The kernel or a device node did not answer in time (ETIMEDOUT). */
-  TIMEOUT: 6,
+  TIMEOUT: ERROR_CATEGORIES.timeout.exitStatus,
   /** The kernel or device does not support the operation (EOPNOTSUPP, ENOTSUPP, ENOTTY). */
-  UNSUPPORTED: 7,
+  UNSUPPORTED: ERROR_CATEGORIES.unsupported.exitStatus,
+  /** The device misbehaved or failed (EIO, ERR_QUEUE_CORRUPT, ERR_DEVICE_FAILED). */
+  DEVICE: ERROR_CATEGORIES.device.exitStatus,
+  /** Interrupted by a device reset (ERR_RESET): safe to retry. */
+  RETRY: ERROR_CATEGORIES.retry.exitStatus,
 } as const;
 
-/** The exit code for an error code. */
+/** The exit code for an error code (the table in lib/error-categories.ts, shared with the service). */
 export function exitCodeFor(code: string | undefined): number {
-  switch (code) {
-    case 'ERR_USAGE':
-    case 'ERR_INVALID_ARG':
-    case 'ERR_OUT_OF_RANGE':
-      return ExitCode.USAGE;
-    case 'ENODEV':
-    case 'ENOENT':
-    case 'ENXIO':
-      return ExitCode.NOT_FOUND;
-    case 'EPERM':
-    case 'EACCES':
-      return ExitCode.PERMISSION;
-    case 'EBUSY':
-    case 'EEXIST':
-      return ExitCode.BUSY;
-    case 'ETIMEDOUT':
-      return ExitCode.TIMEOUT;
-    case 'EOPNOTSUPP':
-    case 'ENOTSUPP':
-    case 'ENOTTY':
-      return ExitCode.UNSUPPORTED;
-    default:
-      return ExitCode.FAILURE;
-  }
+  return classifyErrorCode(code).exitStatus;
 }
 
 /** "0x1a" for a bigint. */

@@ -4,7 +4,7 @@
  * code scripts can test.
  * @module
  */
-import { VdpaError } from '../errors';
+import { ErrorCodes, VdpaError } from '../errors';
 import { packageVersion } from '../service/methods';
 import { parseArgs, UsageError } from './args';
 import { defaultContext, type CliContext, type Command } from './context';
@@ -125,7 +125,7 @@ export async function runCli(argv: readonly string[], ctx: CliContext = defaultC
     if (json) {
       const details =
         error instanceof VdpaError ? { errno: error.errno, syscall: error.syscall, path: error.path } : {};
-      ctx.stdout(toJson({ error: { code: code ?? 'ERR_UNEXPECTED', message, ...details } }) + '\n');
+      ctx.stdout(toJson({ error: { code: code ?? ErrorCodes.UNEXPECTED, message, ...details } }) + '\n');
     }
     return exitCodeFor(code);
   }

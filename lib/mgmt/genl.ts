@@ -3,7 +3,7 @@
  * and generic netlink on top (genlmsghdr, family resolution through nlctrl).
  * @module
  */
-import { VdpaError } from '../errors';
+import { ErrorCodes, VdpaError } from '../errors';
 import { errnoName } from './errno';
 import type { NetlinkTransport } from './native-netlink';
 import {
@@ -101,7 +101,7 @@ export class NetlinkClient {
   request(type: number, payload: Buffer, options: RequestOptions): Promise<NetlinkMessage[]> {
     if (this.closed) {
       return Promise.reject(
-        new VdpaError(`${options.what}: the netlink client is closed`, { code: 'ERR_CLOSED' }),
+        new VdpaError(`${options.what}: the netlink client is closed`, { code: ErrorCodes.CLOSED }),
       );
     }
     const seq = this.nextSeq;
@@ -115,7 +115,7 @@ export class NetlinkClient {
         reject(
           new VdpaError(
             `${options.what}: the kernel did not answer within ${timeoutMs} ms; retry, and check dmesg if it persists`,
-            { code: 'ETIMEDOUT', syscall: `netlink(${options.what})` },
+            { code: ErrorCodes.TIMEOUT, syscall: `netlink(${options.what})` },
           ),
         );
       }, timeoutMs);
@@ -141,7 +141,7 @@ export class NetlinkClient {
     if (this.closed) return;
     this.closed = true;
     for (const seq of [...this.pending.keys()]) {
-      this.settle(seq, new VdpaError('the netlink client was closed', { code: 'ERR_CLOSED' }));
+      this.settle(seq, new VdpaError('the netlink client was closed', { code: ErrorCodes.CLOSED }));
     }
     this.transport.close();
   }
@@ -245,7 +245,7 @@ export function decodeGenl(message: NetlinkMessage): GenlMessage {
     throw new VdpaError(
       `malformed netlink data: generic netlink payload of ${message.payload.length} bytes`,
       {
-        code: 'ERR_NETLINK_PROTOCOL',
+        code: ErrorCodes.NETLINK_PROTOCOL,
       },
     );
   }
@@ -285,13 +285,13 @@ export class GenericNetlink {
     });
     if (reply === undefined) {
       throw new VdpaError(`nlctrl GETFAMILY ${name}: the kernel sent no reply`, {
-        code: 'ERR_NETLINK_PROTOCOL',
+        code: ErrorCodes.NETLINK_PROTOCOL,
       });
     }
     const id = reply.attrs.u16(CTRL_ATTR_FAMILY_ID);
     if (id === undefined) {
       throw new VdpaError(`nlctrl GETFAMILY ${name}: reply without a family id`, {
-        code: 'ERR_NETLINK_PROTOCOL',
+        code: ErrorCodes.NETLINK_PROTOCOL,
       });
     }
     const commands: number[] = [];

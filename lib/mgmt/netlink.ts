@@ -7,7 +7,7 @@
  */
 import { endianness } from 'node:os';
 
-import { VdpaError } from '../errors';
+import { ErrorCodes, VdpaError } from '../errors';
 
 /** `NETLINK_GENERIC`: the protocol number of generic netlink sockets. */
 export const NETLINK_GENERIC = 16;
@@ -59,7 +59,7 @@ export function align4(n: number): number {
 }
 
 function protocolError(what: string): VdpaError {
-  return new VdpaError(`malformed netlink data: ${what}`, { code: 'ERR_NETLINK_PROTOCOL' });
+  return new VdpaError(`malformed netlink data: ${what}`, { code: ErrorCodes.NETLINK_PROTOCOL });
 }
 
 /** Host-order integer readers and writers over a Buffer. */
@@ -264,7 +264,7 @@ export class AttributeWriter {
   put(type: number, data: Buffer): this {
     if (NLA_HDRLEN + data.length > 0xffff) {
       throw new VdpaError(`netlink attribute ${type} is too long (${data.length} bytes)`, {
-        code: 'ERR_INVALID_ARG',
+        code: ErrorCodes.INVALID_ARG,
       });
     }
     const out = Buffer.alloc(align4(NLA_HDRLEN + data.length));

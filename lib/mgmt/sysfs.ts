@@ -8,7 +8,7 @@
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 
-import { VdpaError } from '../errors';
+import { ErrorCodes, VdpaError } from '../errors';
 import { validateDeviceName } from './validate';
 
 /** Where sysfs, devtmpfs and procfs are mounted (overridable for tests). */
@@ -180,7 +180,7 @@ export async function resolveCharDev(name: string, options: WaitOptions = {}): P
       throw new VdpaError(
         `vdpa device "${name}" is bound to ${driver}, so it has no /dev/vhost-vdpa-N; ` +
           `run \`vhost-vdpa dev bind ${name} vhost\` to hand it to vhost_vdpa`,
-        { code: 'ERR_WRONG_DRIVER', path: deviceDir(name, paths) },
+        { code: ErrorCodes.WRONG_DRIVER, path: deviceDir(name, paths) },
       );
     }
     const charDev = findCharDevName(name, paths);
@@ -196,7 +196,7 @@ export async function resolveCharDev(name: string, options: WaitOptions = {}): P
     }
     if (Date.now() >= deadline) {
       throw new VdpaError(`no char device for vdpa device "${name}" after ${timeoutMs} ms: ${lastState}`, {
-        code: 'ETIMEDOUT',
+        code: ErrorCodes.TIMEOUT,
         path: deviceDir(name, paths),
       });
     }
@@ -307,7 +307,7 @@ export async function bindDriver(
   const dir = requireDevice(name, paths);
   if (driver !== 'vhost_vdpa' && driver !== 'virtio_vdpa') {
     throw new VdpaError(`driver must be vhost_vdpa or virtio_vdpa, not ${JSON.stringify(driver)}`, {
-      code: 'ERR_INVALID_ARG',
+      code: ErrorCodes.INVALID_ARG,
     });
   }
   const driverDir = path.join(busDir(paths), 'drivers', driver);

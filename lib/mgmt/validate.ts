@@ -4,11 +4,11 @@
  * names the argument and the accepted form.
  * @module
  */
-import { VdpaError } from '../errors';
+import { ErrorCodes, VdpaError } from '../errors';
 import { VDPA_MIN_MTU, VIRTIO_NET_CTRL_MQ_VQ_PAIRS_MAX } from './vdpa-uapi';
 
 function invalid(message: string): VdpaError {
-  return new VdpaError(message, { code: 'ERR_INVALID_ARG' });
+  return new VdpaError(message, { code: ErrorCodes.INVALID_ARG });
 }
 
 /**

@@ -6,27 +6,37 @@
  */
 import { StringDecoder } from 'node:string_decoder';
 
-/** JSON-RPC 2.0 error codes (spec §5.1) and the service's own (-32000…-32099). */
+import { ERROR_CATEGORIES } from '../error-categories';
+
+/**
+ * JSON-RPC 2.0 error codes (spec §5.1) and the service's own (-32000…-32099).
+ * The codes for library errors come from the shared table in
+ * lib/error-categories.ts, which the CLI's exit statuses use too.
+ */
 export const RpcErrorCode = {
   PARSE_ERROR: -32700,
   INVALID_REQUEST: -32600,
   METHOD_NOT_FOUND: -32601,
-  INVALID_PARAMS: -32602,
-  INTERNAL_ERROR: -32603,
+  INVALID_PARAMS: ERROR_CATEGORIES.usage.jsonRpcCode,
+  INTERNAL_ERROR: ERROR_CATEGORIES.internal.jsonRpcCode,
   /** A failure with no more specific code below. */
-  FAILED: -32000,
+  FAILED: ERROR_CATEGORIES.failure.jsonRpcCode,
   /** The device, management device or driver does not exist. */
-  NOT_FOUND: -32001,
+  NOT_FOUND: ERROR_CATEGORIES['not-found'].jsonRpcCode,
   /** Busy or already exists. */
-  BUSY: -32002,
+  BUSY: ERROR_CATEGORIES.busy.jsonRpcCode,
   /** The service lacks the privileges (CAP_NET_ADMIN). */
-  PERMISSION: -32003,
+  PERMISSION: ERROR_CATEGORIES.permission.jsonRpcCode,
   /** The kernel did not answer in time. */
-  TIMEOUT: -32004,
+  TIMEOUT: ERROR_CATEGORIES.timeout.jsonRpcCode,
   /** Not supported by the kernel or the device. */
-  UNSUPPORTED: -32005,
+  UNSUPPORTED: ERROR_CATEGORIES.unsupported.jsonRpcCode,
   /** The service is overloaded or shutting down. */
   UNAVAILABLE: -32006,
+  /** The device misbehaved or failed. */
+  DEVICE: ERROR_CATEGORIES.device.jsonRpcCode,
+  /** Interrupted by a device reset; safe to retry. */
+  RETRY: ERROR_CATEGORIES.retry.jsonRpcCode,
 } as const;
 
 /** A JSON-RPC id. */
@@ -129,6 +139,11 @@ export class JsonFramer {
   private failed = false;
 
   constructor(private readonly maxBytes: number) {}
+
+  /** Characters held for the text being framed (at most `maxBytes` worth). */
+  get bufferedLength(): number {
+    return this.buffer.length;
+  }
 
   /** Feeds a chunk; returns the complete texts it finished. */
   push(chunk: Buffer): Frame[] {

@@ -8,7 +8,7 @@
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 
-import { VdpaError } from '../errors';
+import { ErrorCodes, VdpaError } from '../errors';
 import type { VendorStats } from '../mgmt/vdpa';
 import {
   parseFeatures,
@@ -144,7 +144,7 @@ export function parseCreateParams(params: unknown): CreateInterfaceParams {
     if (p['device-features'] !== undefined) {
       if (typeof p['device-features'] !== 'string' && typeof p['device-features'] !== 'number') {
         throw new VdpaError('device-features must be a "0x…" string or a number', {
-          code: 'ERR_INVALID_ARG',
+          code: ErrorCodes.INVALID_ARG,
         });
       }
       out.deviceFeatures = parseFeatures(p['device-features'], 'device-features');

@@ -8,7 +8,8 @@
 import * as fs from 'node:fs';
 import * as net from 'node:net';
 
-import { VdpaError } from '../errors';
+import { classifyErrorCode } from '../error-categories';
+import { ErrorCodes, VdpaError } from '../errors';
 import {
   errorResponse,
   isResponse,
@@ -33,7 +34,11 @@ export interface ServiceOptions {
   maxRequestBytes?: number;
   /** Requests queued on one connection before reading from it pauses (default 32). */
   maxQueuedRequests?: number;
-  /** Unread response bytes after which a connection is dropped (default 8 MiB). */
+  /**
+   * Unsent answer bytes past which a client is dropped (default 8 MiB). Back-pressure (no more answers
+   * while the socket's write buffer is over its 16 KiB high-water mark) keeps a client that does not
+   * read far below this; only one very large answer (a batch) can reach it.
+   */
   maxPendingWriteBytes?: number;
   /** Longest a single method may run before the client gets a timeout error (default 60000 ms). */
   requestTimeoutMs?: number;
@@ -41,29 +46,9 @@ export interface ServiceOptions {
   log?: (line: string) => void;
 }
 
-/** The JSON-RPC error code for a library error code. */
+/** The JSON-RPC error code for a library error code (the table in lib/error-categories.ts). */
 export function rpcCodeFor(code: string): number {
-  switch (code) {
-    case 'ENODEV':
-    case 'ENOENT':
-      return RpcErrorCode.NOT_FOUND;
-    case 'EBUSY':
-    case 'EEXIST':
-      return RpcErrorCode.BUSY;
-    case 'EPERM':
-    case 'EACCES':
-      return RpcErrorCode.PERMISSION;
-    case 'ETIMEDOUT':
-      return RpcErrorCode.TIMEOUT;
-    case 'EOPNOTSUPP':
-    case 'ENOTSUPP':
-      return RpcErrorCode.UNSUPPORTED;
-    case 'ERR_INVALID_ARG':
-    case 'ERR_OUT_OF_RANGE':
-      return RpcErrorCode.INVALID_PARAMS;
-    default:
-      return RpcErrorCode.FAILED;
-  }
+  return classifyErrorCode(code).jsonRpcCode;
 }
 
 function errorData(error: VdpaError): Record<string, unknown> {
@@ -121,7 +106,10 @@ class Connection {
     this.framer = new JsonFramer(options.maxRequestBytes);
     socket.on('data', (chunk: Buffer) => this.onData(chunk));
     socket.on('end', () => this.onEnd());
-    socket.on('error', () => this.destroy());
+    socket.on('error', (error: NodeJS.ErrnoException) => {
+      service.note(`connection error: ${error.code ?? error.message}`);
+      this.destroy();
+    });
     socket.on('close', () => {
       this.closed = true;
       service.forget(this);
@@ -147,7 +135,8 @@ class Connection {
       }
       this.queue.push(frame.text);
     }
-    if (this.queue.length >= this.options.maxQueuedRequests) this.socket.pause();
+    if (this.queue.length >= this.options.maxQueuedRequests || this.socket.writableNeedDrain)
+      this.socket.pause();
     void this.drain();
   }
 
@@ -161,24 +150,68 @@ class Connection {
     if (this.busy) return;
     this.busy = true;
     while (this.queue.length > 0 && !this.closed) {
+      if (this.socket.writableNeedDrain) {
+        // Back-pressure: the client is not reading its answers. Answer nothing
+        // more until it does; meanwhile the queue fills and reading pauses, so
+        // the client's own writes block in its kernel buffer, not in our memory.
+        this.socket.pause();
+        await this.writable();
+        continue;
+      }
       const text = this.queue.shift() as string;
       const response = await this.service.handleText(text);
       if (response !== undefined) this.send(response);
-      if (this.queue.length < this.options.maxQueuedRequests && !this.ending) this.socket.resume();
+      this.resumeIfRoom();
     }
     this.busy = false;
     if (this.ending && !this.closed) this.socket.end();
   }
 
+  /** Reads requests again unless the queue is full, the client is ending, or it owes us a drain. */
+  private resumeIfRoom(): void {
+    if (
+      this.queue.length < this.options.maxQueuedRequests &&
+      !this.ending &&
+      !this.socket.writableNeedDrain
+    ) {
+      this.socket.resume();
+    }
+  }
+
+  /** Settles when the socket's write buffer has drained, or the socket closed. */
+  private writable(): Promise<void> {
+    return new Promise((resolve) => {
+      const settle = (): void => {
+        this.socket.off('drain', settle);
+        this.socket.off('close', settle);
+        resolve();
+      };
+      this.socket.on('drain', settle);
+      this.socket.on('close', settle);
+    });
+  }
+
   send(response: RpcResponse | RpcResponse[]): void {
     if (this.closed || this.socket.destroyed) return;
-    if (this.socket.writableLength > this.options.maxPendingWriteBytes) {
-      // The client does not read its answers: drop it rather than buffer without bound.
-      this.service.note('dropping a client that does not read its responses');
+    const text = JSON.stringify(response) + '\n';
+    const unread = this.socket.writableLength + Buffer.byteLength(text);
+    if (unread > this.options.maxPendingWriteBytes) {
+      // Back-pressure stops at one answer past the high-water mark; only a
+      // huge answer (a large batch) gets here. Drop rather than buffer it.
+      this.service.note(
+        `dropping a client: ${unread} bytes of answers unread, over maxPendingWriteBytes (${this.options.maxPendingWriteBytes})`,
+      );
       this.destroy();
       return;
     }
-    this.socket.write(JSON.stringify(response) + '\n');
+    this.socket.write(text);
+  }
+
+  /** @internal Bytes this connection holds: queued and partial requests, unread input, unsent answers. */
+  get bufferedBytes(): number {
+    let queued = 0;
+    for (const text of this.queue) queued += text.length;
+    return queued + this.framer.bufferedLength + this.socket.readableLength + this.socket.writableLength;
   }
 
   /** Finishes the current request, then closes. */
@@ -209,6 +242,8 @@ export class ManagementService {
   private readonly connections = new Set<Connection>();
   private readonly methods: Record<string, MethodDefinition>;
   private closing = false;
+  /** @internal Connections refused since the start (over `maxConnections`, or while closing). */
+  refused = 0;
   private readonly limits: Required<Omit<ServiceOptions, 'log' | 'backend' | 'socketPath' | 'mode'>>;
 
   private constructor(
@@ -224,6 +259,10 @@ export class ManagementService {
       requestTimeoutMs: options.requestTimeoutMs ?? 60000,
     };
     server.on('connection', (socket) => this.accept(socket));
+    // accept() itself can fail (EMFILE when a flood of clients uses up the descriptors): keep serving.
+    server.on('error', (error: NodeJS.ErrnoException) =>
+      this.note(`accept failed: ${error.code ?? error.message}`),
+    );
   }
 
   /** The socket path. */
@@ -244,7 +283,7 @@ export class ManagementService {
     const mode = options.mode ?? 0o600;
     if (!Number.isInteger(mode) || mode < 0 || mode > 0o777) {
       throw new VdpaError(`socket mode must be an octal permission such as 0600, not ${String(mode)}`, {
-        code: 'ERR_INVALID_ARG',
+        code: ErrorCodes.INVALID_ARG,
       });
     }
     await clearStaleSocket(options.socketPath);
@@ -287,13 +326,34 @@ export class ManagementService {
 
   private accept(socket: net.Socket): void {
     if (this.closing || this.connections.size >= this.limits.maxConnections) {
-      const reason = this.closing
-        ? 'the service is shutting down'
-        : `too many connections (${this.limits.maxConnections})`;
-      socket.end(JSON.stringify(errorResponse(null, RpcErrorCode.UNAVAILABLE, reason)) + '\n');
+      this.refuse(socket);
       return;
     }
     this.connections.add(new Connection(socket, this, this.limits));
+  }
+
+  /**
+   * Answers one error line and closes. The client may already be gone (it
+   * reset, or closed before we accepted): the write then fails with EPIPE or
+   * the read with ECONNRESET, and that must not reach `uncaughtException`.
+   */
+  private refuse(socket: net.Socket): void {
+    const reason = this.closing
+      ? 'the service is shutting down'
+      : `too many connections (${this.limits.maxConnections})`;
+    this.refused++;
+    socket.on('error', () => socket.destroy());
+    // Nothing more is read from a refused client; destroy once the answer is in its kernel buffer.
+    socket.end(JSON.stringify(errorResponse(null, RpcErrorCode.UNAVAILABLE, reason)) + '\n', () =>
+      socket.destroy(),
+    );
+  }
+
+  /** @internal Bytes held for all connections (queued requests, unread input, unsent answers). */
+  get bufferedBytes(): number {
+    let total = 0;
+    for (const connection of this.connections) total += connection.bufferedBytes;
+    return total;
   }
 
   /** Answers one JSON text (a request or a batch); undefined when nothing is to be sent (notifications). */
@@ -346,7 +406,7 @@ export class ManagementService {
         () =>
           reject(
             new VdpaError(`${name} did not finish within ${this.limits.requestTimeoutMs} ms`, {
-              code: 'ETIMEDOUT',
+              code: ErrorCodes.TIMEOUT,
             }),
           ),
         this.limits.requestTimeoutMs,

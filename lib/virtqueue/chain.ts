@@ -12,7 +12,7 @@
  * everything touching ring memory — and so every memory-ordering argument —
  * stays in split.ts and packed.ts. Nothing here allocates per request.
  */
-import { VdpaError } from '../errors';
+import { ErrorCodes, VdpaError } from '../errors';
 import type { VringAddresses } from '../uapi';
 import type { VirtqueueFormat, VirtqueueStats } from './types';
 
@@ -20,8 +20,8 @@ import type { VirtqueueFormat, VirtqueueStats } from './types';
 export const VRING_DESC_SIZE = 16;
 /** Largest ring size the virtio spec allows. */
 export const VIRTQUEUE_MAX_SIZE = 32768;
-/** Error code of a queue whose used ring the device corrupted. */
-export const ERR_QUEUE_CORRUPT = 'ERR_QUEUE_CORRUPT';
+/** Error code of a queue whose used ring the device corrupted: `ErrorCodes.QUEUE_CORRUPT`, kept as a public name. */
+export const ERR_QUEUE_CORRUPT = ErrorCodes.QUEUE_CORRUPT;
 
 export const CACHE_LINE = 64;
 export const alignUp = (value: number, to: number): number => Math.ceil(value / to) * to;
@@ -31,7 +31,7 @@ export function checkIndirectEntries(size: number, indirectEntries: number): voi
   if (!Number.isInteger(indirectEntries) || indirectEntries < 0 || indirectEntries > size) {
     throw new VdpaError(
       `indirect table size must be an integer in [0, ${size}], got ${String(indirectEntries)}`,
-      { code: 'ERR_INVALID_ARG' },
+      { code: ErrorCodes.INVALID_ARG },
     );
   }
 }
@@ -142,18 +142,18 @@ export abstract class VirtqueueBase<T> {
     const { bytes } = layout;
     if (!Number.isInteger(byteOffset) || byteOffset < 0 || byteOffset % CACHE_LINE !== 0) {
       throw new VdpaError(`ring byte offset must be a non-negative multiple of ${CACHE_LINE}`, {
-        code: 'ERR_MISALIGNED',
+        code: ErrorCodes.MISALIGNED,
       });
     }
     if (byteOffset + bytes > memory.byteLength) {
       throw new VdpaError(
         `a ${size}-entry ${ring} needs ${bytes} bytes at offset ${byteOffset}; the memory has ${memory.byteLength}`,
-        { code: 'ERR_OUT_OF_RANGE' },
+        { code: ErrorCodes.OUT_OF_RANGE },
       );
     }
     if (!Number.isSafeInteger(iova) || iova < 0 || iova % CACHE_LINE !== 0) {
       throw new VdpaError(`ring IOVA must be a non-negative safe integer, multiple of ${CACHE_LINE}`, {
-        code: 'ERR_MISALIGNED',
+        code: ErrorCodes.MISALIGNED,
       });
     }
     this.index = options.index;
@@ -212,14 +212,16 @@ export abstract class VirtqueueBase<T> {
   begin(segments: number): number {
     if (this.brokenBy !== undefined) throw this.brokenBy;
     if (this.chain >= 0)
-      throw new VdpaError('begin() while a chain is open; call end() first', { code: 'ERR_INVALID_ARG' });
+      throw new VdpaError('begin() while a chain is open; call end() first', {
+        code: ErrorCodes.INVALID_ARG,
+      });
     const indirect = segments > 1 && segments <= this.indirectEntries;
     const needed = indirect ? 1 : segments;
     if (!Number.isInteger(segments) || segments < 1 || needed > this.size) {
       throw new VdpaError(
         `a chain of ${String(segments)} buffers cannot fit queue ${this.index} ` +
           `(${this.size} descriptors, indirect tables of ${this.indirectEntries})`,
-        { code: 'ERR_OUT_OF_RANGE' },
+        { code: ErrorCodes.OUT_OF_RANGE },
       );
     }
     if (needed > this.freeCount) return -1;
@@ -235,7 +237,7 @@ export abstract class VirtqueueBase<T> {
   push(iova: number, length: number, deviceWritable: boolean): void {
     if (this.count >= this.expected) {
       throw new VdpaError(`push() beyond the ${this.expected} buffers announced to begin()`, {
-        code: 'ERR_INVALID_ARG',
+        code: ErrorCodes.INVALID_ARG,
       });
     }
     if (deviceWritable) this.chainWritable += length;
@@ -252,7 +254,7 @@ export abstract class VirtqueueBase<T> {
     const id = this.chain;
     if (id < 0 || this.count !== this.expected) {
       throw new VdpaError(`end() after ${this.count} of ${this.expected} buffers`, {
-        code: 'ERR_INVALID_ARG',
+        code: ErrorCodes.INVALID_ARG,
       });
     }
     const length = this.closeChain(id);
@@ -324,7 +326,7 @@ export abstract class VirtqueueBase<T> {
   protected corrupt(message: string): never {
     this.brokenBy = new VdpaError(
       `virtqueue ${this.index}: ${message}; the queue is unusable until the device is reset`,
-      { code: ERR_QUEUE_CORRUPT },
+      { code: ErrorCodes.QUEUE_CORRUPT },
     );
     throw this.brokenBy;
   }

@@ -45,7 +45,7 @@
  *    re-arming the driver event structure (one 32-bit Atomics.store of
  *    off_wrap and flags together) the next used slot's flags are re-read.
  */
-import { VdpaError } from '../errors';
+import { ErrorCodes, VdpaError } from '../errors';
 import { VRING_DESC_F_INDIRECT, VRING_DESC_F_NEXT, VRING_DESC_F_WRITE, VringAddresses } from '../uapi';
 import {
   alignUp,
@@ -100,7 +100,7 @@ export function packedRingLayout(size: number, indirectEntries = 0): PackedRingL
   if (!Number.isInteger(size) || size < 1 || size > VIRTQUEUE_MAX_SIZE) {
     throw new VdpaError(
       `packed virtqueue size must be an integer in [1, ${VIRTQUEUE_MAX_SIZE}], got ${String(size)}`,
-      { code: 'ERR_INVALID_ARG' },
+      { code: ErrorCodes.INVALID_ARG },
     );
   }
   checkIndirectEntries(size, indirectEntries);

@@ -51,7 +51,7 @@
  * builtin call (tens of ns), so they are used per batch and per collect, never
  * per descriptor.
  */
-import { VdpaError } from '../errors';
+import { ErrorCodes, VdpaError } from '../errors';
 import {
   VRING_AVAIL_F_NO_INTERRUPT,
   VRING_DESC_F_INDIRECT,
@@ -112,7 +112,7 @@ function checkSize(size: number): void {
   if (!Number.isInteger(size) || size < 1 || size > VIRTQUEUE_MAX_SIZE || (size & (size - 1)) !== 0) {
     throw new VdpaError(
       `split virtqueue size must be a power of two in [1, ${VIRTQUEUE_MAX_SIZE}], got ${String(size)}`,
-      { code: 'ERR_INVALID_ARG' },
+      { code: ErrorCodes.INVALID_ARG },
     );
   }
 }

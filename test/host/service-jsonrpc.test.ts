@@ -102,6 +102,31 @@ class Client {
   }
 }
 
+/**
+ * Connects, then closes abruptly: at once (before the service can answer), or
+ * after sending a request and half of another. The socket is paused before it
+ * connects, so whatever the service sent stays unread in the kernel and closing
+ * resets the service's end (ECONNRESET on its next read, EPIPE on its next
+ * write): the Unix-socket equivalent of a TCP RST, which `resetAndDestroy()`
+ * cannot send on a Unix socket (it throws ERR_INVALID_HANDLE_TYPE).
+ */
+function connectAndReset(socketPath: string, when: 'at-once' | 'after-a-request'): Promise<void> {
+  return new Promise((resolve) => {
+    const socket = net.connect(socketPath);
+    socket.pause();
+    socket.on('error', () => undefined);
+    socket.once('close', () => resolve());
+    socket.once('connect', () => {
+      if (when === 'at-once') {
+        socket.destroy();
+        return;
+      }
+      socket.write('{"jsonrpc":"2.0","method":"list-interfaces","id":1}\n{"jsonrpc":"2.0","me');
+      setTimeout(() => socket.destroy(), 20);
+    });
+  });
+}
+
 function errorCode(response: Record<string, unknown>): number | undefined {
   return (response.error as { code?: number } | undefined)?.code;
 }
@@ -299,6 +324,107 @@ describe('service: JSON-RPC on a Unix socket', () => {
     await extra.closed;
     assert.equal(typeof (await clients[0]?.call('version'))?.result, 'string');
     for (const c of clients) c.end();
+  });
+
+  it('survives 200 simultaneous connections beyond the limit that all reset; no device created or lost', async () => {
+    const keeper = new Client(socketPath);
+    await keeper.call('create-interface', { 'device-id': 'keep', mgmtdev: 'm' });
+    const before = [...backend.interfaces.keys()];
+    // Fill the other 7 of the 8 slots, so that every one of the 200 is refused.
+    const holders = Array.from({ length: 7 }, () => new Client(socketPath));
+    await Promise.all(holders.map((c) => c.call('version')));
+    assert.equal(service.connectionCount, 8);
+    await Promise.all(
+      Array.from({ length: 200 }, (_, i) =>
+        connectAndReset(socketPath, i % 2 === 0 ? 'at-once' : 'after-a-request'),
+      ),
+    );
+    // A client that closed at once may still wait in the listen backlog: let the service get to it.
+    for (let i = 0; i < 200 && service.refused < 200; i++) await new Promise((r) => setTimeout(r, 10));
+    assert.equal(service.refused, 200, 'every one of the 200 was refused');
+    // Accepted connections that reset: the holders send a request and vanish without reading the answer.
+    for (const holder of holders) {
+      holder.socket.pause();
+      holder.raw('{"jsonrpc":"2.0","method":"list-methods","id":2}\n');
+    }
+    await new Promise((resolve) => setTimeout(resolve, 20));
+    await Promise.all(holders.map((holder) => (holder.socket.destroy(), holder.closed)));
+    // The service notices each reset on its next read or write: wait for that, not a fixed time.
+    for (let i = 0; i < 200 && service.connectionCount > 1; i++) await new Promise((r) => setTimeout(r, 10));
+    assert.equal(service.connectionCount, 1, 'only the keeper is left');
+    const after = new Client(socketPath);
+    assert.equal(typeof (await after.call('version')).result, 'string');
+    assert.deepEqual((await keeper.call('list-interfaces')).result, [backend.interfaces.get('keep')]);
+    assert.deepEqual([...backend.interfaces.keys()], before, 'no device lost');
+    assert.equal(backend.created.length, 1, 'no device created');
+    keeper.end();
+    after.end();
+  });
+
+  it('stops reading from a client that never reads its answers: memory stays bounded, others are served', async function () {
+    this.timeout(20000);
+    const hog = net.connect(socketPath);
+    hog.pause(); // never reads a byte
+    hog.on('error', () => undefined);
+    await new Promise((resolve) => hog.once('connect', resolve));
+    const request = '{"jsonrpc":"2.0","method":"list-methods","id":1}\n';
+    const answerBytes = 130; // each answer is about this long
+    const requests = 20000; // ~2.6 MB of answers, far more than the kernel buffers between us
+    let peak = 0;
+    const sample = setInterval(() => (peak = Math.max(peak, service.bufferedBytes)), 2);
+    try {
+      for (let i = 0; i < requests; i++) hog.write(request);
+      // Wait until the service stops taking requests: the hog's own writes back up.
+      let stalled = 0;
+      for (let i = 0; i < 500 && stalled < 20; i++) {
+        const before = hog.writableLength;
+        await new Promise((r) => setTimeout(r, 10));
+        stalled = hog.writableLength > 0 && hog.writableLength === before ? stalled + 1 : 0;
+      }
+      assert.ok(stalled >= 20, "the service stopped reading the hog's requests");
+      assert.ok(
+        hog.writableLength > (requests * request.length) / 2,
+        `most requests still wait in the hog (${hog.writableLength} bytes unsent)`,
+      );
+      // Other clients are answered meanwhile.
+      const other = new Client(socketPath);
+      assert.equal(typeof (await other.call('version')).result, 'string');
+      peak = Math.max(peak, service.bufferedBytes);
+      // Bound (docs/cli.md): a full queue plus the texts of one read chunk (64 KiB), one paused
+      // read chunk, the write high-water mark (16 KiB) and one answer. Without back-pressure: megabytes.
+      const bound = 32 * request.length + 2 * 64 * 1024 + 16 * 1024 + answerBytes;
+      assert.ok(peak <= bound, `the service held ${peak} bytes for its clients (bound ${bound})`);
+      hog.destroy();
+      for (let i = 0; i < 200 && service.connectionCount > 1; i++)
+        await new Promise((r) => setTimeout(r, 10));
+      assert.equal(service.connectionCount, 1, "the hog's connection is gone");
+      assert.equal(typeof (await other.call('version')).result, 'string');
+      assert.equal(backend.created.length, 0);
+      other.end();
+    } finally {
+      clearInterval(sample);
+      hog.destroy();
+    }
+  });
+
+  it('keeps serving when accept() fails (EMFILE), and logs it', async () => {
+    const lines: string[] = [];
+    const logged = await ManagementService.start({
+      socketPath: path.join(dir, 'logged.sock'),
+      backend: new FakeBackend(),
+      log: (line) => lines.push(line),
+    });
+    try {
+      // net.Server emits accept() failures as 'error' events; unhandled, they would end the process.
+      const server = (logged as unknown as { server: net.Server }).server;
+      server.emit('error', Object.assign(new Error('accept EMFILE'), { code: 'EMFILE', syscall: 'accept' }));
+      assert.ok(lines.includes('accept failed: EMFILE'), lines.join('\n'));
+      const c = new Client(path.join(dir, 'logged.sock'));
+      assert.equal(typeof (await c.call('version')).result, 'string');
+      c.end();
+    } finally {
+      await logged.close();
+    }
   });
 
   it('refuses to start on a socket another service is listening on, and replaces a stale one', async () => {
