@@ -2,10 +2,12 @@
 // doorbell (notification area) mappings. No virtio or vhost policy lives here;
 // request numbers, struct layouts and validation are owned by lib/.
 #include <fcntl.h>
+#include <linux/ioctl.h>
 #include <sys/ioctl.h>
 #include <sys/mman.h>
 #include <unistd.h>
 
+#include <atomic>
 #include <cerrno>
 #include <cstdint>
 #include <string>
@@ -33,6 +35,30 @@ uint64_t ToU64(const Napi::Value& value, const char* what) {
     return static_cast<uint64_t>(d);
   }
   throw Napi::TypeError::New(value.Env(), std::string(what) + " must be a number or bigint");
+}
+
+// Orders every earlier store to normal memory (the rings JavaScript wrote with
+// Atomics or plain stores) before the doorbell store that follows, as the
+// device observes them: the kernel's virtio_pci notify is iowrite16, which
+// issues dma_wmb() (__iowmb) before the MMIO store.
+//  - arm64: `dmb oshst`, exactly the kernel's dma_wmb()/__iowmb(). A C++
+//    release fence would be `dmb ish`, which orders only for the inner
+//    shareable domain (the CPUs), not for a device in the outer shareable
+//    one. `dsb st` (wmb()) would also do, but waits for completion, which a
+//    doorbell does not need.
+//  - x86-64: stores are not reordered with other stores, including uncached
+//    MMIO stores (vhost-vdpa maps the notify page uncached), so only the
+//    compiler must be kept from sinking ring stores below the doorbell: the
+//    release fence is a compiler barrier there, as dma_wmb() is barrier().
+//  - elsewhere: a full fence, a conservative choice nobody has measured.
+inline void DoorbellWriteBarrier() {
+#if defined(__aarch64__)
+  __asm__ __volatile__("dmb oshst" ::: "memory");
+#elif defined(__x86_64__) || defined(__i386__)
+  std::atomic_thread_fence(std::memory_order_release);
+#else
+  std::atomic_thread_fence(std::memory_order_seq_cst);
+#endif
 }
 
 // A mapped notification page. Stores are volatile so the compiler emits exactly
@@ -63,12 +89,14 @@ class Doorbell : public Napi::ObjectWrap<Doorbell> {
 
   Napi::Value Notify16(const Napi::CallbackInfo& info) {
     EnsureMapped(info.Env());
+    DoorbellWriteBarrier();
     *static_cast<volatile uint16_t*>(addr_) = static_cast<uint16_t>(info[0].As<Napi::Number>().Uint32Value());
     return info.Env().Undefined();
   }
 
   Napi::Value Notify32(const Napi::CallbackInfo& info) {
     EnsureMapped(info.Env());
+    DoorbellWriteBarrier();
     *static_cast<volatile uint32_t*>(addr_) = info[0].As<Napi::Number>().Uint32Value();
     return info.Env().Undefined();
   }
@@ -123,6 +151,20 @@ class DeviceHandle : public Napi::ObjectWrap<DeviceHandle> {
     return fd_.Get();
   }
 
+  // A request that encodes a direction and a size (_IOR/_IOW/_IOWR) makes the
+  // kernel copy _IOC_SIZE bytes from or to `arg`: a shorter buffer would be
+  // read or written past its end. Longer is fine: some structs end in a
+  // flexible array (VHOST_VDPA_GET_CONFIG's header is 8 bytes, data follows).
+  void CheckArgumentSize(Napi::Env env, unsigned long request, size_t length, const std::string& syscall) {
+    const size_t needed = _IOC_SIZE(request);
+    if (_IOC_DIR(request) == _IOC_NONE || needed == 0 || length >= needed) return;
+    throw CodedError(env,
+                     syscall + " on " + path_ + ": the argument buffer has " + std::to_string(length) +
+                         " bytes, the request needs " + std::to_string(needed) +
+                         " (_IOC_SIZE); not calling the kernel with a short buffer",
+                     EINVAL, syscall, path_);
+  }
+
   // ioctl(request, name, arg?) → return value. `arg` is a Uint8Array whose
   // bytes are the ioctl's in/out struct (the kernel reads and writes it in
   // place), or omitted for _IO requests. `name` is only used in errors.
@@ -133,11 +175,14 @@ class DeviceHandle : public Napi::ObjectWrap<DeviceHandle> {
         "ioctl(" + (info[1].IsString() ? info[1].As<Napi::String>().Utf8Value() : "?") + ")";
     int fd = CheckedFd(env, syscall);
     void* arg = nullptr;
+    size_t length = 0;
     if (info.Length() > 2 && !info[2].IsUndefined() && !info[2].IsNull()) {
       if (!info[2].IsTypedArray()) throw Napi::TypeError::New(env, "ioctl argument must be a Uint8Array");
       Napi::Uint8Array bytes = info[2].As<Napi::Uint8Array>();
       arg = bytes.Data();
+      length = bytes.ByteLength();
     }
+    CheckArgumentSize(env, request, length, syscall);
     int ret;
     do {
       ret = ::ioctl(fd, request, arg);
