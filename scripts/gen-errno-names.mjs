@@ -13,7 +13,9 @@ const root = dirname(dirname(fileURLToPath(import.meta.url)));
 const include = process.argv[2] ?? '/usr/include';
 const names = [];
 for (const header of ['asm-generic/errno-base.h', 'asm-generic/errno.h']) {
-  for (const match of readFileSync(join(include, header), 'utf8').matchAll(/^#define\s+(E[A-Z0-9]+)\s+(\S+)/gm)) {
+  for (const match of readFileSync(join(include, header), 'utf8').matchAll(
+    /^#define\s+(E[A-Z0-9]+)\s+(\S+)/gm,
+  )) {
     // Aliases (EWOULDBLOCK = EAGAIN, EDEADLOCK = EDEADLK) name no new number.
     if (/^\d+$/.test(match[2])) names.push(match[1]);
   }
