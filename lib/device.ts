@@ -142,12 +142,21 @@ export class Doorbell {
   }
 }
 
-/** An open /dev/vhost-vdpa-N. Every method is synchronous: each is one or a few ioctls. */
+/**
+ * An open /dev/vhost-vdpa-N. Methods are synchronous (each is one or a few
+ * ioctls, microseconds on hardware and the simulators), except the ones that
+ * can wait on another party — a VDUSE daemon answers a status change or the
+ * reset of close(2) within its msg_timeout (30 s): {@link setStatusAsync},
+ * {@link resetAsync} and {@link closeAsync} run on the libuv thread pool.
+ */
 export class VhostVdpaDevice {
   /** The device path. */
   readonly path: string;
   readonly #handle: NativeDeviceHandle;
   #closed = false;
+  #closing: Promise<void> | undefined;
+  /** Async ioctls running on the thread pool. */
+  #asyncRunning = 0;
   #deviceId: number | undefined;
   #ackedBackend = 0n;
   #iovaRange: IovaRange | undefined;
@@ -284,6 +293,24 @@ export class VhostVdpaDevice {
   /** Resets the device (status 0). */
   reset(): void {
     this.setStatus(0);
+  }
+
+  /**
+   * {@link setStatus} on the libuv thread pool: the event loop keeps running
+   * while the device takes its time (a VDUSE device waits for its daemon, up
+   * to the daemon's msg_timeout). Until it settles, synchronous calls on this
+   * device throw `ERR_BUSY` (the kernel would make them wait for it).
+   * @throws VdpaError (rejects) `ERR_CLOSED`, `ERR_INVALID_ARG`, or the ioctl's errno with `syscall` and `path`.
+   */
+  async setStatusAsync(status: number): Promise<void> {
+    checkIndex('status', status, 0xff);
+    await this.#ioctlAsync('VHOST_VDPA_SET_STATUS', Uint8Array.of(status));
+    if (status === 0 && !hasBit(this.#ackedBackend, VhostBackendF.IOTLB_PERSIST)) this.#iotlb.forget();
+  }
+
+  /** {@link reset} on the libuv thread pool (see {@link setStatusAsync}). */
+  resetAsync(): Promise<void> {
+    return this.setStatusAsync(0);
   }
 
   /**
@@ -603,14 +630,51 @@ export class VhostVdpaDevice {
     this.#iotlb.forget();
   }
 
+  /**
+   * {@link close} with close(2) on the libuv thread pool: closing resets the
+   * device, and a VDUSE device's reset waits for its daemon (up to its
+   * msg_timeout, 30 s). The device counts as closed at once (`closed` is true,
+   * every other call throws `ERR_CLOSED`); the descriptor is closed after any
+   * async call still running, and the mappings are forgotten (their regions
+   * become freeable) once it is. Idempotent: later calls return the same promise.
+   */
+  closeAsync(): Promise<void> {
+    if (this.#closing !== undefined) return this.#closing;
+    if (this.#closed) return Promise.resolve();
+    this.#closed = true;
+    this.#closing = this.#handle.closeAsync().then(() => this.#iotlb.forget());
+    return this.#closing;
+  }
+
   // ---- internals ----------------------------------------------------------------------------
 
   #check(): void {
+    this.#checkOpen();
+    if (this.#asyncRunning > 0) {
+      throw new VdpaError(
+        `${this.path}: an async call (setStatusAsync/resetAsync) is still running, and the kernel would block ` +
+          'this call until it ends; await it first',
+        { code: ErrorCodes.BUSY, path: this.path },
+      );
+    }
+  }
+
+  #checkOpen(): void {
     if (this.#closed) {
       throw new VdpaError(`${this.path} is closed; open it again with VhostVdpaDevice.open()`, {
         code: ErrorCodes.CLOSED,
         path: this.path,
       });
+    }
+  }
+
+  async #ioctlAsync(name: IoctlName, arg?: Uint8Array): Promise<number> {
+    this.#checkOpen();
+    this.#asyncRunning++;
+    try {
+      return await this.#handle.ioctlAsync(ioctls[name], name, arg);
+    } finally {
+      this.#asyncRunning--;
     }
   }
 

@@ -10,7 +10,15 @@
  */
 import { ErrorCodes, VdpaError } from './errors';
 import { hasBit, VhostBackendF } from './features';
-import { DmaRegion, hex, IovaAllocator, IovaRange } from './memory';
+import {
+  DmaRegion,
+  hex,
+  IovaAllocator,
+  IovaRange,
+  noteRegionMapped,
+  noteRegionUnmapped,
+  RegionMappingSite,
+} from './memory';
 import { native, PAGE_SIZE } from './native';
 import { memlockLimit, whyNotDmaCapable } from './procfs';
 import {
@@ -58,6 +66,13 @@ export interface IotlbMapping {
   readonly uaddr: bigint;
   readonly asid: number;
   readonly access: DmaAccess;
+  /**
+   * The region mapped (absent for raw `{ uaddr, size }` memory). The mapping
+   * holds it, and the device holds its live mappings, so a region passed
+   * straight to `map()` is not garbage-collected (and unmapped under the
+   * device) while mapped; `region.free()` refuses with `ERR_BUSY` until it is unmapped.
+   */
+  readonly region?: DmaRegion;
 }
 
 /** How {@link VhostVdpaDevice.map} checks RLIMIT_MEMLOCK. */
@@ -126,7 +141,10 @@ export class IotlbMapper {
       for (const mapping of prepared) this.#allocator(mapping.asid).release(mapping.iova);
       throw error;
     }
-    for (const mapping of prepared) this.#mappings.add(mapping);
+    for (const mapping of prepared) {
+      this.#mappings.add(mapping);
+      if (mapping.region !== undefined) noteRegionMapped(mapping.region, this.#site(mapping));
+    }
     return prepared;
   }
 
@@ -153,13 +171,31 @@ export class IotlbMapper {
     for (const mapping of mappings) {
       this.#mappings.delete(mapping);
       this.#allocator(mapping.asid).release(mapping.iova);
+      this.#releaseRegion(mapping);
     }
   }
 
   /** Forgets every mapping: the kernel dropped them (device reset or close). */
   forget(): void {
+    for (const mapping of this.#mappings) this.#releaseRegion(mapping);
     this.#mappings.clear();
     for (const allocator of this.#allocators.values()) allocator.clear();
+  }
+
+  /** One site object per mapping, so unmapping finds what mapping recorded. */
+  readonly #sites = new WeakMap<IotlbMapping, RegionMappingSite>();
+
+  #site(mapping: IotlbMapping): RegionMappingSite {
+    let site = this.#sites.get(mapping);
+    if (site === undefined) {
+      site = { path: this.#device.path, iova: mapping.iova, size: mapping.size, asid: mapping.asid };
+      this.#sites.set(mapping, site);
+    }
+    return site;
+  }
+
+  #releaseRegion(mapping: IotlbMapping): void {
+    if (mapping.region !== undefined) noteRegionUnmapped(mapping.region, this.#site(mapping));
   }
 
   #allocator(asid: number): IovaAllocator {
@@ -203,6 +239,7 @@ export class IotlbMapper {
       });
     }
     const { uaddr, size } = resolveMemory(entry);
+    const region = entry.memory instanceof DmaRegion ? { region: entry.memory } : {};
     const page = BigInt(PAGE_SIZE);
     if (uaddr % page !== 0n || size % page !== 0n || size === 0n) {
       throw new VdpaError(
@@ -213,12 +250,13 @@ export class IotlbMapper {
     }
     if (this.#memlock === 'enforce') this.#checkMemlock(size + pendingBytes);
     const allocator = this.#allocator(asid);
-    if (entry.iova === undefined) return { iova: allocator.allocate(size), size, uaddr, asid, access };
+    if (entry.iova === undefined)
+      return { iova: allocator.allocate(size), size, uaddr, asid, access, ...region };
     if (typeof entry.iova !== 'bigint' || entry.iova < 0n || entry.iova >= 2n ** 64n) {
       throw new VdpaError('iova must be a bigint in [0, 2^64)', { code: ErrorCodes.INVALID_ARG, path });
     }
     allocator.reserve(entry.iova, size);
-    return { iova: entry.iova, size, uaddr, asid, access };
+    return { iova: entry.iova, size, uaddr, asid, access, ...region };
   }
 
   #checkMemlock(extra: bigint): void {

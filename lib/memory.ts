@@ -21,6 +21,36 @@ export interface DmaRegionOptions {
   name?: string;
 }
 
+/** Where a region is IOTLB-mapped (for {@link DmaRegion.free}'s refusal). @internal */
+export interface RegionMappingSite {
+  /** The device the mapping belongs to. */
+  readonly path: string;
+  readonly iova: bigint;
+  readonly size: bigint;
+  readonly asid: number;
+}
+
+/**
+ * The live IOTLB mappings of each region, kept by the IOTLB mapper (lib/iotlb.ts)
+ * through {@link noteRegionMapped} / {@link noteRegionUnmapped}.
+ */
+const liveMappings = new WeakMap<DmaRegion, Set<RegionMappingSite>>();
+
+/** Records that `region` is now mapped at `site`; {@link DmaRegion.free} refuses until it is unmapped. @internal */
+export function noteRegionMapped(region: DmaRegion, site: RegionMappingSite): void {
+  let sites = liveMappings.get(region);
+  if (sites === undefined) {
+    sites = new Set();
+    liveMappings.set(region, sites);
+  }
+  sites.add(site);
+}
+
+/** Records that the mapping at `site` is gone (unmapped, or dropped by a reset or close). @internal */
+export function noteRegionUnmapped(region: DmaRegion, site: RegionMappingSite): void {
+  liveMappings.get(region)?.delete(site);
+}
+
 function roundUp(value: number, to: number): number {
   return Math.ceil(value / to) * to;
 }
@@ -99,11 +129,27 @@ export class DmaRegion {
     return Buffer.from(this.#memory.buffer, offset, length);
   }
 
+  /** True while an IOTLB mapping of a device (made with `map()`/`mapBatch()`) covers this region. */
+  get mapped(): boolean {
+    return (liveMappings.get(this)?.size ?? 0) > 0;
+  }
+
   /**
    * Unmaps the memory. Every view of it becomes empty (its ArrayBuffer is
-   * detached), so no code can reach unmapped memory. Unmap it from devices first.
+   * detached), so no code can reach unmapped memory. Idempotent.
+   * @throws VdpaError `ERR_BUSY` while a device still has it IOTLB-mapped: the device could DMA into
+   *   memory that is gone (or reused). Unmap it first (`device.unmap(mapping)`), or close or reset the device.
    */
   free(): void {
+    const sites = liveMappings.get(this);
+    if (sites !== undefined && sites.size > 0 && !this.#memory.freed) {
+      const list = [...sites].map((s) => `${s.path} at IOVA [${hex(s.iova)}, +${s.size}) in ASID ${s.asid}`);
+      throw new VdpaError(
+        `cannot free a DMA region that is still IOTLB-mapped (${list.join('; ')}): the device could still ` +
+          'access it. Unmap it first (device.unmap(mapping)), or close or reset the device',
+        { code: ErrorCodes.BUSY, path: [...sites][0].path },
+      );
+    }
     this.#memory.free();
     this.#bytes = new Uint8Array(0);
   }

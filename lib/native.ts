@@ -7,9 +7,16 @@ import { ErrorCodes, VdpaError } from './errors';
 
 /** An open vhost-vdpa character device (native/device.cc). */
 export interface NativeDeviceHandle {
+  /** -1 once close()/closeAsync() was called. */
   readonly fd: number;
   readonly path: string;
+  /** Async ioctls and closes still running on the libuv thread pool. */
+  readonly pending: number;
   ioctl(request: number, name: string, arg?: Uint8Array | null): number;
+  /** The ioctl on the thread pool; `arg` is copied in, and back on success. */
+  ioctlAsync(request: number, name: string, arg?: Uint8Array | null): Promise<number>;
+  /** close(2) on the thread pool, after any async ioctl still running. */
+  closeAsync(): Promise<void>;
   writeMessages(messages: Uint8Array, messageSize: number, name: string): number;
   mapDoorbell(queueIndex: number, pageSize: number): NativeDoorbell;
   close(): void;

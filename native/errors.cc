@@ -4,6 +4,7 @@
 
 #include <cerrno>
 
+#include "errno_names.h"
 #include "state.h"
 
 namespace vdpa {
@@ -41,8 +42,10 @@ std::string Describe(int err) {
 
 std::string ErrnoName(int err) {
   if (err == kKernelEnotsupp) return "ENOTSUPP";
-  const char* name = strerrorname_np(err);
-  if (name != nullptr) return name;
+  // Our own table rather than strerrorname_np, which only glibc >= 2.32 has.
+  for (const ErrnoNameEntry& entry : kErrnoNames) {
+    if (entry.value == err) return entry.name;
+  }
   return "E" + std::to_string(err);
 }
 
@@ -51,7 +54,12 @@ Napi::Error ErrnoError(Napi::Env env, int err, const std::string& syscall, const
   std::string message = syscall + " failed";
   if (!path.empty()) message += " on " + path;
   message += ": " + code + " (" + Describe(err) + ")";
+  return CodedError(env, message, err, syscall, path);
+}
 
+Napi::Error CodedError(Napi::Env env, const std::string& message, int err, const std::string& syscall,
+                       const std::string& path) {
+  const std::string code = ErrnoName(err);
   AddonState* state = State(env);
   if (state != nullptr && !state->errorFactory.IsEmpty()) {
     Napi::Value made = state->errorFactory.Call(

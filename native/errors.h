@@ -15,6 +15,12 @@ namespace vdpa {
 Napi::Error ErrnoError(Napi::Env env, int err, const std::string& syscall,
                        const std::string& path = std::string());
 
+// The same Error with a message of the caller's choosing: for failures the
+// addon detects itself before the system call (code and errno still name the
+// errno the kernel would have given, e.g. EINVAL).
+Napi::Error CodedError(Napi::Env env, const std::string& message, int err, const std::string& syscall,
+                       const std::string& path = std::string());
+
 // Throws ErrnoError as a C++ exception (NAPI_CPP_EXCEPTIONS is on).
 [[noreturn]] void ThrowErrno(Napi::Env env, int err, const std::string& syscall,
                              const std::string& path = std::string());

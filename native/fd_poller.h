@@ -6,6 +6,8 @@
 #include <napi.h>
 #include <uv.h>
 
+#include <exception>
+
 #include "errors.h"
 
 namespace vdpa {
@@ -13,7 +15,8 @@ namespace vdpa {
 class FdPoller {
  public:
   // Called on the loop thread with the owner passed to Start() and uv_poll's
-  // status (negative libuv error, or 0).
+  // status (negative libuv error, or 0). May throw: FdPoller catches every
+  // exception before it could unwind into libuv (see OnPoll).
   using Callback = void (*)(void* owner, int status);
 
   FdPoller() = default;
@@ -29,18 +32,27 @@ class FdPoller {
     if (handle_ != nullptr) return 0;
     uv_loop_t* loop = nullptr;
     if (napi_get_uv_event_loop(env, &loop) != napi_ok) return UV_EINVAL;
-    auto* handle = new uv_poll_t;
-    int rc = uv_poll_init(loop, handle, fd);
+    auto* handle = new PollHandle;
+    handle->env = env;
+    int rc = uv_poll_init(loop, &handle->poll, fd);
     if (rc < 0) {
       delete handle;
       return rc;
     }
-    handle->data = this;
-    rc = uv_poll_start(handle, UV_READABLE, OnPoll);
+    handle->poll.data = handle;
+    // From here until its close callback, the handle is covered by an
+    // environment cleanup hook (see OnEnvironmentTeardown).
+    if (napi_add_async_cleanup_hook(env, OnEnvironmentTeardown, handle, &handle->hook) != napi_ok) {
+      handle->hook = nullptr;
+      Close(handle);
+      return UV_ENOMEM;
+    }
+    rc = uv_poll_start(&handle->poll, UV_READABLE, OnPoll);
     if (rc < 0) {
       Close(handle);
       return rc;
     }
+    handle->poller = this;
     handle_ = handle;
     callback_ = callback;
     owner_ = owner;
@@ -52,10 +64,10 @@ class FdPoller {
   // is safe from inside the poll callback.
   void Stop() {
     if (handle_ == nullptr) return;
-    uv_poll_stop(handle_);
-    handle_->data = nullptr;
-    Close(handle_);
+    PollHandle* handle = handle_;
     handle_ = nullptr;
+    handle->poller = nullptr;
+    Close(handle);
   }
 
   // Whether an active watch keeps the event loop alive (like timer.ref()).
@@ -65,19 +77,64 @@ class FdPoller {
   }
 
  private:
-  static void OnPoll(uv_poll_t* handle, int status, int /*events*/) {
-    auto* self = static_cast<FdPoller*>(handle->data);
-    if (self != nullptr) self->callback_(self->owner_, status);
+  // The libuv side of a watch. It lives from uv_poll_init until libuv's close
+  // callback, which may come after the FdPoller is gone (a finalizer) or
+  // after its environment began tearing down (a Worker that exits).
+  struct PollHandle {
+    uv_poll_t poll;
+    napi_env env = nullptr;
+    napi_async_cleanup_hook_handle hook = nullptr;
+    FdPoller* poller = nullptr;  // null once detached (stopped or torn down)
+    bool closing = false;
+  };
+
+  static void OnPoll(uv_poll_t* poll, int status, int /*events*/) {
+    auto* handle = static_cast<PollHandle*>(poll->data);
+    FdPoller* self = handle->poller;
+    if (self == nullptr) return;
+    Napi::Env env(handle->env);
+    Napi::HandleScope scope(env);
+    // An exception must not unwind into libuv (C code: std::terminate, exit
+    // 134). JavaScript exceptions from the callback arrive here as Napi::Error
+    // (NAPI_CPP_EXCEPTIONS is on in binding.gyp): they go to Node's
+    // 'uncaughtException', exactly as an exception thrown in a timer would.
+    try {
+      self->callback_(self->owner_, status);
+    } catch (const Napi::Error& error) {
+      napi_fatal_exception(env, error.Value());
+    } catch (const std::exception& error) {
+      napi_fatal_exception(env, Napi::Error::New(env, error.what()).Value());
+    }
   }
 
-  static void Close(uv_poll_t* handle) {
-    uv_close(reinterpret_cast<uv_handle_t*>(handle),
-             [](uv_handle_t* closed) { delete reinterpret_cast<uv_poll_t*>(closed); });
+  // The environment (main thread or Worker) is going away while the handle
+  // is open. Node runs this before it finalizes our objects and unloads the
+  // addon, and keeps running the loop until the hook is removed — which the
+  // close callback does. Without it, libuv would call the close callback
+  // after the addon's code was unmapped (a Worker's exit: SIGSEGV).
+  static void OnEnvironmentTeardown(napi_async_cleanup_hook_handle /*hook*/, void* arg) {
+    auto* handle = static_cast<PollHandle*>(arg);
+    if (handle->poller != nullptr) {
+      handle->poller->handle_ = nullptr;
+      handle->poller = nullptr;
+    }
+    Close(handle);
+  }
+
+  static void Close(PollHandle* handle) {
+    if (handle->closing) return;
+    handle->closing = true;
+    uv_poll_stop(&handle->poll);
+    uv_close(reinterpret_cast<uv_handle_t*>(&handle->poll), [](uv_handle_t* closed) {
+      auto* done = static_cast<PollHandle*>(closed->data);
+      if (done->hook != nullptr) napi_remove_async_cleanup_hook(done->hook);
+      delete done;
+    });
   }
 
   void ApplyRef() {
     if (handle_ == nullptr) return;
-    auto* handle = reinterpret_cast<uv_handle_t*>(handle_);
+    auto* handle = reinterpret_cast<uv_handle_t*>(&handle_->poll);
     if (referenced_) {
       uv_ref(handle);
     } else {
@@ -85,7 +142,7 @@ class FdPoller {
     }
   }
 
-  uv_poll_t* handle_ = nullptr;
+  PollHandle* handle_ = nullptr;
   Callback callback_ = nullptr;
   void* owner_ = nullptr;
   bool referenced_ = true;

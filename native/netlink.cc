@@ -32,7 +32,8 @@ class NetlinkSocket : public Napi::ObjectWrap<NetlinkSocket> {
         {InstanceMethod<&NetlinkSocket::SetOption>("setOption"), InstanceMethod<&NetlinkSocket::Send>("send"),
          InstanceMethod<&NetlinkSocket::Receive>("receive"), InstanceMethod<&NetlinkSocket::Watch>("watch"),
          InstanceMethod<&NetlinkSocket::Unwatch>("unwatch"), InstanceMethod<&NetlinkSocket::SetRef>("setRef"),
-         InstanceMethod<&NetlinkSocket::Close>("close"), InstanceAccessor<&NetlinkSocket::Fd>("fd"),
+         InstanceMethod<&NetlinkSocket::Close>("close"),
+         InstanceMethod<&NetlinkSocket::SendAsync>("sendAsync"), InstanceAccessor<&NetlinkSocket::Fd>("fd"),
          InstanceAccessor<&NetlinkSocket::PortId>("portId")});
     exports.Set("NetlinkSocket", cls);
   }
@@ -76,7 +77,7 @@ class NetlinkSocket : public Napi::ObjectWrap<NetlinkSocket> {
 
  private:
   int CheckedFd(Napi::Env env, const char* syscall) {
-    if (!fd_.Valid()) ThrowErrno(env, EBADF, syscall);
+    if (closing_ || !fd_.Valid()) ThrowErrno(env, EBADF, syscall);
     return fd_.Get();
   }
 
@@ -196,19 +197,98 @@ class NetlinkSocket : public Napi::ObjectWrap<NetlinkSocket> {
     return info.Env().Undefined();
   }
 
+  // sendAsync(bytes) → Promise<bytes sent>: send() on the libuv thread pool,
+  // for requests whose kernel handler may sleep (DEV_DEL). The answer still
+  // arrives through watch(); it is queued before sendto returns.
+  Napi::Value SendAsync(const Napi::CallbackInfo& info);
+
+  // close(): stops watching and closes the socket — at once, or after the
+  // async sends still running (the socket counts as closed at once).
   Napi::Value Close(const Napi::CallbackInfo& info) {
     watch_.Stop(this);
-    fd_.Reset();
+    closing_ = true;
+    if (pending_ == 0) fd_.Reset();
     return info.Env().Undefined();
   }
 
-  Napi::Value Fd(const Napi::CallbackInfo& info) { return Napi::Number::New(info.Env(), fd_.Get()); }
+ public:
+  // Called on the loop thread when an async send finished: performs a close
+  // that waited for it.
+  void AsyncSendDone() {
+    if (--pending_ == 0 && closing_) fd_.Reset();
+  }
+
+ private:
+  Napi::Value Fd(const Napi::CallbackInfo& info) {
+    return Napi::Number::New(info.Env(), closing_ ? -1 : fd_.Get());
+  }
   Napi::Value PortId(const Napi::CallbackInfo& info) { return Napi::Number::New(info.Env(), port_id_); }
 
   UniqueFd fd_;
   uint32_t port_id_ = 0;
+  bool closing_ = false;  // close() was called; fd_ stays open for running sends
+  int pending_ = 0;       // async sends running on fd_
   JsFdWatch<NetlinkSocket> watch_;
 };
+
+// Sends one datagram to the kernel on the thread pool. Holds the socket's
+// JavaScript object, so the socket (and its descriptor) outlives the call.
+class SendWorker : public Napi::AsyncWorker {
+ public:
+  SendWorker(Napi::Env env, NetlinkSocket* owner, const Napi::Object& self, int fd,
+             const Napi::Uint8Array& bytes)
+      : Napi::AsyncWorker(env, "vhost-vdpa:netlink-send"),
+        deferred_(Napi::Promise::Deferred::New(env)),
+        owner_(owner),
+        self_(Napi::Persistent(self)),
+        fd_(fd),
+        bytes_(bytes.Data(), bytes.Data() + bytes.ByteLength()) {}
+
+  Napi::Promise Promise() const { return deferred_.Promise(); }
+
+  // Thread pool: no JavaScript, no V8 handles.
+  void Execute() override {
+    sockaddr_nl kernel{};
+    kernel.nl_family = AF_NETLINK;
+    ssize_t n;
+    do {
+      n = ::sendto(fd_, bytes_.data(), bytes_.size(), 0, reinterpret_cast<sockaddr*>(&kernel),
+                   sizeof(kernel));
+    } while (n < 0 && errno == EINTR);
+    sent_ = n;
+    err_ = n < 0 ? errno : 0;
+  }
+
+  void OnOK() override {
+    Napi::Env env = Env();
+    owner_->AsyncSendDone();
+    if (err_ != 0) {
+      deferred_.Reject(ErrnoError(env, err_, "sendto(AF_NETLINK)").Value());
+      return;
+    }
+    deferred_.Resolve(Napi::Number::New(env, static_cast<double>(sent_)));
+  }
+
+ private:
+  Napi::Promise::Deferred deferred_;
+  NetlinkSocket* owner_;
+  Napi::ObjectReference self_;
+  int fd_;
+  std::vector<uint8_t> bytes_;
+  ssize_t sent_ = 0;
+  int err_ = 0;
+};
+
+Napi::Value NetlinkSocket::SendAsync(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  int fd = CheckedFd(env, "sendto(AF_NETLINK)");
+  if (info.Length() < 1 || !info[0].IsTypedArray())
+    throw Napi::TypeError::New(env, "message must be a Uint8Array");
+  auto* worker = new SendWorker(env, this, Value(), fd, info[0].As<Napi::Uint8Array>());
+  pending_++;
+  worker->Queue();
+  return worker->Promise();
+}
 
 }  // namespace
 

@@ -54,6 +54,15 @@ export interface RequestOptions {
   timeoutMs?: number;
   /** Names the request in errors, e.g. 'vdpa DEV_GET'. */
   what: string;
+  /**
+   * Send from the libuv thread pool (the transport's `sendAsync`), for
+   * requests whose kernel handler may sleep: the kernel runs a generic
+   * netlink handler inside the sender's sendmsg, so a sleeping one (DEV_DEL of
+   * a device whose char device is open) would freeze the event loop. The
+   * answer timeout starts when the send returns, because the kernel has
+   * queued its answer by then.
+   */
+  offLoop?: boolean;
 }
 
 interface Pending {
@@ -61,7 +70,7 @@ interface Pending {
   dump: boolean;
   replies: NetlinkMessage[];
   interrupted: boolean;
-  timer: NodeJS.Timeout;
+  timer: NodeJS.Timeout | undefined;
   resolve(replies: NetlinkMessage[]): void;
   reject(error: Error): void;
 }
@@ -109,27 +118,43 @@ export class NetlinkClient {
     const dump = options.dump === true;
     const flags = NLM_F_REQUEST | NLM_F_ACK | (dump ? NLM_F_DUMP : 0);
     const timeoutMs = options.timeoutMs ?? this.defaultTimeoutMs;
+    const datagram = encodeMessage(type, flags, seq, this.transport.portId, payload);
     return new Promise<NetlinkMessage[]>((resolve, reject) => {
-      const timer = setTimeout(() => {
-        this.pending.delete(seq);
-        reject(
-          new VdpaError(
-            `${options.what}: the kernel did not answer within ${timeoutMs} ms; retry, and check dmesg if it persists`,
-            { code: ErrorCodes.TIMEOUT, syscall: `netlink(${options.what})` },
-          ),
-        );
-      }, timeoutMs);
-      this.pending.set(seq, {
+      const entry: Pending = {
         what: options.what,
         dump,
         replies: [],
         interrupted: false,
-        timer,
+        timer: undefined,
         resolve,
         reject,
-      });
+      };
+      const startTimer = (): void => {
+        entry.timer = setTimeout(() => {
+          this.pending.delete(seq);
+          reject(
+            new VdpaError(
+              `${options.what}: the kernel did not answer within ${timeoutMs} ms; retry, and check dmesg if it persists`,
+              { code: ErrorCodes.TIMEOUT, syscall: `netlink(${options.what})` },
+            ),
+          );
+        }, timeoutMs);
+      };
+      this.pending.set(seq, entry);
+      const sendAsync = options.offLoop === true ? this.transport.sendAsync : undefined;
+      if (sendAsync !== undefined) {
+        sendAsync.call(this.transport, datagram).then(
+          () => {
+            // The answer may already have been read (and the request settled).
+            if (this.pending.get(seq) === entry) startTimer();
+          },
+          (error: unknown) => this.settle(seq, error instanceof Error ? error : new Error(String(error))),
+        );
+        return;
+      }
+      startTimer();
       try {
-        this.transport.send(encodeMessage(type, flags, seq, this.transport.portId, payload));
+        this.transport.send(datagram);
       } catch (error) {
         this.settle(seq, error instanceof Error ? error : new Error(String(error)));
       }

@@ -13,6 +13,8 @@ export interface NativeNetlinkSocket {
   readonly portId: number;
   setOption(level: number, name: number, value: number): void;
   send(message: Uint8Array): number;
+  /** send() on the libuv thread pool. */
+  sendAsync(message: Uint8Array): Promise<number>;
   receive(): [Buffer[], number[]];
   watch(callback: (error: Error | undefined, datagrams: Buffer[], senders: number[]) => void): void;
   unwatch(): void;
@@ -26,6 +28,13 @@ export interface NetlinkTransport {
   readonly portId: number;
   /** Sends one request datagram (synchronously; the kernel handles it during the call). */
   send(datagram: Buffer): void;
+  /**
+   * Sends one request datagram from the libuv thread pool, for requests whose
+   * kernel handler may sleep (DEV_DEL waits for the char device to be closed):
+   * the event loop keeps running meanwhile. Optional: without it such
+   * requests are sent with {@link send}.
+   */
+  sendAsync?(datagram: Buffer): Promise<void>;
   /** Starts delivering received datagrams; `senders[i]` is 0 for the kernel. */
   listen(onDatagrams: (error: Error | undefined, datagrams: Buffer[], senders: number[]) => void): void;
   /** Whether a listening transport keeps the process alive. */
@@ -53,6 +62,9 @@ export function openNativeTransport(protocol: number): NetlinkTransport {
     portId: socket.portId,
     send: (datagram) => {
       socket.send(datagram);
+    },
+    sendAsync: async (datagram) => {
+      await socket.sendAsync(datagram);
     },
     listen: (onDatagrams) => socket.watch(onDatagrams),
     setRef: (referenced) => socket.setRef(referenced),

@@ -293,6 +293,18 @@ function writeSysfs(file: string, value: string, message: string): void {
 }
 
 /**
+ * {@link writeSysfs} from the libuv thread pool, for writes the kernel may
+ * make wait: unbinding vhost_vdpa waits for the last close of the char device.
+ */
+async function writeSysfsOffLoop(file: string, value: string, message: string): Promise<void> {
+  try {
+    await fs.promises.writeFile(file, value);
+  } catch (error) {
+    throw fsError(error, 'write', file, message);
+  }
+}
+
+/**
  * Binds `name` to `driver` (vhost_vdpa or virtio_vdpa): sets driver_override
  * so the choice sticks, unbinds the current driver, binds the new one, and
  * for vhost_vdpa waits for the char device. Refuses with EBUSY when the
@@ -322,7 +334,8 @@ export async function bindDriver(
   if (current !== driver) {
     if (current !== null) {
       if (current === 'vhost_vdpa') refuseIfHeld(name, paths, 'unbind');
-      writeSysfs(
+      // Off the loop: a holder that opened the device after the check makes the kernel wait.
+      await writeSysfsOffLoop(
         path.join(busDir(paths), 'drivers', current, 'unbind'),
         name,
         `cannot unbind ${name} from ${current}`,

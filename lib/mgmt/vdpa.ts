@@ -148,8 +148,9 @@ export interface DeleteOptions {
   /**
    * Check that no process holds the device's /dev/vhost-vdpa-N before asking
    * the kernel (default true). The kernel's DEV_DEL waits, uninterruptibly,
-   * until the char device is closed; without the check a held device hangs
-   * the caller.
+   * until the char device is closed; without the check (or when a holder
+   * appears after it) the delete stays pending until then. The request is
+   * sent from the libuv thread pool, so the event loop keeps running meanwhile.
    */
   checkHolders?: boolean;
 }
@@ -377,6 +378,7 @@ export class VdpaManager implements VdpaManagement {
     what: string,
     explain: (error: NetlinkRequestError) => VdpaError | undefined = () => undefined,
     dump = false,
+    offLoop = false,
   ): Promise<GenlMessage[]> {
     if (this.family.commands.length > 0 && !this.family.commands.includes(cmd)) {
       throw new VdpaError(
@@ -391,6 +393,7 @@ export class VdpaManager implements VdpaManagement {
         return await this.genl.request(this.family.id, cmd, uapi.VDPA_GENL_VERSION, attrs.toBuffer(), {
           what: label,
           dump,
+          offLoop,
         });
       } catch (error) {
         if (!(error instanceof VdpaError)) throw error;
@@ -549,15 +552,24 @@ export class VdpaManager implements VdpaManagement {
   /**
    * Deletes a device created through a management device (DEV_DEL). Refuses
    * with EBUSY, naming the processes, when its /dev/vhost-vdpa-N is open —
-   * the kernel would block until it is closed.
+   * the kernel would wait until it is closed. DEV_DEL is sent off the event
+   * loop (libuv thread pool), so a holder that opens the device between the
+   * check and the request delays only this promise, never the process.
    */
   async deleteDevice(name: string, options: DeleteOptions = {}): Promise<void> {
     validateDeviceName(name);
     if (options.checkHolders !== false && deviceExists(name, this.paths))
       assertNotHeld(name, 'delete', this.paths);
     const attrs = new AttributeWriter().string(uapi.VDPA_ATTR_DEV_NAME, name);
-    await this.call(uapi.VDPA_CMD_DEV_DEL, attrs, `deleting device ${name}`, (e) =>
-      this.noDevice(e, name, `delete "${name}"`),
+    // Off the loop: the kernel's DEV_DEL sleeps in our sendmsg while the char
+    // device is open (a holder that appeared after the check above).
+    await this.call(
+      uapi.VDPA_CMD_DEV_DEL,
+      attrs,
+      `deleting device ${name}`,
+      (e) => this.noDevice(e, name, `delete "${name}"`),
+      false,
+      true,
     );
   }
 
