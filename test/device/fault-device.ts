@@ -32,6 +32,19 @@ export interface FaultyBlkOptions {
   queueSize?: number;
   /** /sys/class/vduse/NAME/msg_timeout in seconds (kernel default 30; 0 waits forever). */
   msgTimeoutSec?: number;
+  /** Initial content: zeros (default) or `'sectors'`, see {@link sectorPattern}. */
+  fill?: 'zero' | 'sectors';
+}
+
+/**
+ * What the device holds at [offset, offset + length) when started with `fill: 'sectors'` (and not written
+ * since): every 8 bytes of sector S are S, little-endian. Any two ranges differ, so data returned for the
+ * wrong request is recognised.
+ */
+export function sectorPattern(offset: number, length: number): Buffer {
+  const out = Buffer.alloc(length);
+  for (let i = 0; i < length; i += 8) out.writeBigUInt64LE(BigInt(Math.floor((offset + i) / 512)), i);
+  return out;
 }
 
 /** A running fault device. */
@@ -88,6 +101,7 @@ export async function startFaultyBlk(options: FaultyBlkOptions = {}): Promise<Fa
   if (options.queues !== undefined) args.push('--queues', String(options.queues));
   if (options.queueSize !== undefined) args.push('--queue-size', String(options.queueSize));
   if (options.msgTimeoutSec !== undefined) args.push('--msg-timeout', String(options.msgTimeoutSec));
+  if (options.fill !== undefined) args.push('--fill', options.fill);
   for (const fault of options.faults ?? []) args.push('--fault', fault);
 
   const child = spawn(FAULTY_BLK, args, { stdio: ['ignore', 'ignore', 'pipe'] });

@@ -103,6 +103,8 @@ static struct {
   uint32_t queues, queue_size;
   int msg_timeout;  // -1: leave the default
   const char *ready_file;
+  bool fill_sectors;  // --fill sectors: every 8 bytes of sector S hold S (little-endian), so any read is
+                      // predictable
   struct fault faults[MAX_FAULTS];
   int nfaults;
   uint64_t slow_ms;
@@ -432,13 +434,25 @@ static void handle_chain(uint32_t q, uint16_t head) {
   complete_later_or_now(&c);
 }
 
+// Initial content of [from, to) (sector-aligned): zeros, or with --fill sectors each sector's number.
+static void fill(uint8_t *disk, uint64_t from, uint64_t to) {
+  if (!opt.fill_sectors) {
+    memset(disk + from, 0, to - from);
+    return;
+  }
+  for (uint64_t off = from; off < to; off += 8) {
+    uint64_t sector = off / SECTOR;
+    memcpy(disk + off, &sector, 8);
+  }
+}
+
 static void resize(uint64_t bytes) {
   uint8_t *grown = realloc(dev.disk, bytes);
   if (!grown) {
     say("resize to %" PRIu64 " bytes: out of memory", bytes);
     return;
   }
-  if (bytes > dev.capacity_bytes) memset(grown + dev.capacity_bytes, 0, bytes - dev.capacity_bytes);
+  if (bytes > dev.capacity_bytes) fill(grown, dev.capacity_bytes, bytes);
   dev.disk = grown;
   dev.capacity_bytes = bytes;
   dev.config.capacity = bytes / SECTOR;
@@ -740,7 +754,7 @@ static int create(void) {
 static void usage(void) {
   fprintf(stderr,
           "usage: faulty-blk --name NAME [--size BYTES] [--queues N] [--queue-size N] [--msg-timeout SEC]\n"
-          "                  [--ready-file PATH] [--fault SPEC]...\n"
+          "                  [--ready-file PATH] [--fill zero|sectors] [--fault SPEC]...\n"
           "       faulty-blk --destroy NAME\n"
           "SPEC: bad-id@N not-head@N dup@N bad-len@N ioerr-every:N stall@N slow:MS resize@N:BYTES\n");
   exit(2);
@@ -804,6 +818,8 @@ int main(int argc, char **argv) {
       opt.ready_file = v;
     else if (!strcmp(a, "--fault"))
       parse_fault(v);
+    else if (!strcmp(a, "--fill") && (!strcmp(v, "sectors") || !strcmp(v, "zero")))
+      opt.fill_sectors = !strcmp(v, "sectors");
     else
       usage();
   }
@@ -817,6 +833,7 @@ int main(int argc, char **argv) {
     say("cannot allocate %" PRIu64 " bytes", opt.size);
     return 1;
   }
+  fill(dev.disk, 0, opt.size);
   for (uint32_t q = 0; q < MAX_QUEUES; q++) dev.vqs[q].kickfd = -1;
   sigset_t mask;
   sigemptyset(&mask);
