@@ -10,7 +10,7 @@
  * device uses; the vhost-vdpa minor is the lowest free one, above the lab's five.
  */
 import { execFile, spawn, type ChildProcess } from 'node:child_process';
-import { existsSync, mkdtempSync, readdirSync, rmSync } from 'node:fs';
+import { existsSync, mkdtempSync, readdirSync, readlinkSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
 import { promisify } from 'node:util';
@@ -83,6 +83,17 @@ function charDevOf(name: string): string | undefined {
   return entry !== undefined && existsSync(`/dev/${entry}`) ? `/dev/${entry}` : undefined;
 }
 
+/** Whether one of this process's file descriptors is `path`. */
+function heldByThisProcess(path: string): boolean {
+  return readdirSync('/proc/self/fd').some((fd) => {
+    try {
+      return readlinkSync(`/proc/self/fd/${fd}`) === path;
+    } catch {
+      return false; // closed meanwhile (readdir's own fd)
+    }
+  });
+}
+
 function exitPromise(child: ChildProcess): Promise<void> {
   return new Promise((r) => {
     if (child.exitCode !== null || child.signalCode !== null) r();
@@ -113,11 +124,17 @@ export async function startFaultyBlk(options: FaultyBlkOptions = {}): Promise<Fa
   const exited = exitPromise(child);
   let vdpaAdded = false;
   let stopped = false;
+  let chardevPath: string | undefined;
 
   const stop = async (): Promise<void> => {
     if (stopped) return;
     stopped = true;
     if (vdpaAdded && existsSync(`/sys/bus/vdpa/devices/${name}`)) {
+      // `vdpa dev del` waits, unkillably, for every holder of the char device: refuse rather than hang the suite.
+      if (chardevPath !== undefined && heldByThisProcess(chardevPath)) {
+        stopped = false;
+        throw new Error(`stop(): ${chardevPath} is still open in this process: close the driver first`);
+      }
       // With a dead daemon the kernel waits msg_timeout for the reset message, then marks the device broken.
       await run('vdpa', ['dev', 'del', name]).catch((error: Error) => {
         throw new Error(`vdpa dev del ${name} failed: ${error.message}\ndaemon log:\n${log}`);
@@ -153,6 +170,7 @@ export async function startFaultyBlk(options: FaultyBlkOptions = {}): Promise<Fa
       await sleep(20);
     }
     const device = chardev;
+    chardevPath = device;
     return {
       name,
       chardev: device,
