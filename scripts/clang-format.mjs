@@ -1,5 +1,5 @@
 #!/usr/bin/env node
-// Runs clang-format over native/ (C++) and bench/ (C): `--check` fails on any
+// Runs clang-format over native/ (C++), bench/ and test/fault-device/ (C): `--check` fails on any
 // difference, `--write` rewrites in place.
 import { spawnSync } from 'node:child_process';
 import { readdirSync } from 'node:fs';
@@ -25,7 +25,7 @@ function sources(dir) {
     .map((e) => join(e.parentPath ?? e.path, e.name));
 }
 
-const files = [...sources('native'), ...sources('bench')];
+const files = [...sources('native'), ...sources('bench'), ...sources('test/fault-device')];
 const args = mode === '--check' ? ['--dry-run', '--Werror', ...files] : ['-i', ...files];
 const result = spawnSync('clang-format', args, { stdio: 'inherit' });
 if (result.error) {

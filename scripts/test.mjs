@@ -7,6 +7,7 @@ import { spawnSync } from 'node:child_process';
 import { existsSync, mkdirSync, readFileSync, rmSync } from 'node:fs';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
+import { buildFaultDevice } from './build-fault-device.mjs';
 
 const root = dirname(dirname(fileURLToPath(import.meta.url)));
 const resultsDir = join(root, '.lab', 'test-results');
@@ -36,7 +37,9 @@ function compile() {
   }
   log('compiling TypeScript (lib → dist/, lib+test → dist-test/)');
   return (
-    run('npx', ['tsc', '-p', 'tsconfig.json']) === 0 && run('npx', ['tsc', '-p', 'tsconfig.test.json']) === 0
+    run('npx', ['tsc', '-p', 'tsconfig.json']) === 0 &&
+    run('npx', ['tsc', '-p', 'tsconfig.test.json']) === 0 &&
+    buildFaultDevice() // test/fault-device/faulty-blk.c, for the hostile-device suite (docs/hostile.md)
   );
 }
 

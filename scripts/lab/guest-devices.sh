@@ -7,6 +7,10 @@
 #   blk0   vdpasim_blk                          -> /dev/vhost-vdpa-0
 #   vduse0 VDUSE block, qemu-storage-daemon     -> /dev/vhost-vdpa-1
 #   net0   vdpasim_net                          -> /dev/vhost-vdpa-2
+#   vduse-mq VDUSE block, 2 queues (qsd #2)      -> /dev/vhost-vdpa-3
+#   vduse-ro VDUSE block, read-only (qsd #2)     -> /dev/vhost-vdpa-4
+# The last two are for tests of what the first three lack (multiqueue, VIRTIO_BLK_F_RO); their JSON entries
+# carry a "variant" ("mq", "ro") so suites that want a general-purpose block device leave them out.
 # The actual char devices are resolved from sysfs, never assumed. A device that cannot be created is left out
 # of the JSON and reported loudly (LAB-WARN on the console, dmesg tail on stderr); the command still runs.
 OUT=${1:-/run/vdpa-lab.json}
@@ -14,6 +18,8 @@ OUT=${1:-/run/vdpa-lab.json}
 [ -f /run/lab/config.sh ] && . /run/lab/config.sh
 VDUSE_IMG=/var/tmp/vduse0.img # on the overlay's tmpfs upper layer, never on the 9p project share
 VDUSE_SIZE=64M
+EXTRA_SIZE=16M # vduse-mq and vduse-ro: small, they only need room for a few MiB of test data
+RO_IMG_TEXT='vduse-ro: read-only lab image' # at offset 0 of the read-only image, so tests can see reads return it
 
 entries=""
 failed=""
@@ -35,7 +41,7 @@ fail() { # name reason
 # failure is reported as a warning and iproute2 retries: the devices are infrastructure for every other test,
 # and the CLI's own tests fail loudly anyway.
 dev_add() { # name mgmtdev
-  if [ "${LAB_DEVTOOL:-cli}" = cli ]; then
+  if [ "${devtool_override:-${LAB_DEVTOOL:-cli}}" = cli ]; then
     if [ -f "$LAB_PROJECT/dist/cli/main.js" ]; then
       if cli_err=$(node "$LAB_PROJECT/dist/cli/main.js" dev add name "$1" mgmtdev "$2" 2>&1 >/dev/null); then
         return 0
@@ -111,8 +117,40 @@ wait_vduse() {
   done
 }
 
+# A second qemu-storage-daemon serves both extra devices (one process start instead of two: each costs ~2 s of
+# CPU under TCG). It starts together with the first, so the boot waits for the slower of the two.
+start_extra() {
+  rm -f /var/tmp/vduse-mq.img /var/tmp/vduse-ro.img
+  truncate -s "$EXTRA_SIZE" /var/tmp/vduse-mq.img || return 1
+  truncate -s "$EXTRA_SIZE" /var/tmp/vduse-ro.img || return 1
+  printf '%s' "$RO_IMG_TEXT" | dd of=/var/tmp/vduse-ro.img conv=notrunc status=none || return 1
+  setsid qemu-storage-daemon \
+    --blockdev driver=file,node-name=mqfile,filename=/var/tmp/vduse-mq.img \
+    --export type=vduse-blk,id=expmq,node-name=mqfile,name=vduse-mq,writable=on,num-queues=2,queue-size=256 \
+    --blockdev driver=file,node-name=rofile,filename=/var/tmp/vduse-ro.img,read-only=on \
+    --export type=vduse-blk,id=expro,node-name=rofile,name=vduse-ro,writable=off,num-queues=1,queue-size=256 \
+    --pidfile /run/qsd-extra.pid \
+    </dev/null >/run/qsd-extra.log 2>&1 &
+  extra_pid=$!
+}
+
+wait_extra() { # vduse-name
+  [ -n "$extra_pid" ] || return 1
+  i=0
+  while [ ! -e "/dev/vduse/$1" ]; do
+    if [ $i -ge 300 ] || ! kill -0 "$extra_pid" 2>/dev/null; then
+      sed 's/^/[lab]   qemu-storage-daemon (extra): /' /run/qsd-extra.log >&2
+      return 1
+    fi
+    sleep 0.1
+    i=$((i + 1))
+  done
+}
+
 qsd_pid=""
+extra_pid=""
 start_vduse || echo "[lab] devices: cannot create $VDUSE_IMG" >&2
+start_extra || echo "[lab] devices: cannot create the vduse-mq/vduse-ro images" >&2
 create blk0 vdpasim_blk block
 if wait_vduse; then
   create vduse0 vduse block ",\"backingFile\":\"$VDUSE_IMG\""
@@ -120,6 +158,20 @@ else
   fail vduse0 "qemu-storage-daemon did not create /dev/vduse/vduse0"
 fi
 create net0 vdpasim_net net
+# The extra devices are created with iproute2: the CLI was exercised by the first three, and a cold node start
+# per device costs ~3 s of boot under TCG.
+devtool_override=iproute2
+if wait_extra vduse-mq; then
+  create vduse-mq vduse block ",\"backingFile\":\"/var/tmp/vduse-mq.img\",\"variant\":\"mq\""
+else
+  fail vduse-mq "qemu-storage-daemon did not create /dev/vduse/vduse-mq"
+fi
+if wait_extra vduse-ro; then
+  create vduse-ro vduse block ",\"backingFile\":\"/var/tmp/vduse-ro.img\",\"variant\":\"ro\""
+else
+  fail vduse-ro "qemu-storage-daemon did not create /dev/vduse/vduse-ro"
+fi
+devtool_override=""
 
 printf '[%s]\n' "$entries" >"$OUT"
 if [ -n "$failed" ]; then

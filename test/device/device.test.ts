@@ -405,7 +405,7 @@ describe('lab', () => {
       'a block device',
     );
     if (process.env.VDPA_LAB !== undefined) {
-      assert.deepEqual(devices.map((d) => d.name).sort(), ['blk0', 'net0', 'vduse0']);
+      assert.deepEqual(devices.map((d) => d.name).sort(), ['blk0', 'net0', 'vduse-mq', 'vduse-ro', 'vduse0']);
     }
   });
 });

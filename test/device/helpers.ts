@@ -18,6 +18,11 @@ export interface TestDevice {
   chardev: string;
   /** VDUSE: the file qemu-storage-daemon serves. */
   backingFile?: string;
+  /**
+   * Lab devices with a property the general-purpose ones lack: `'mq'` (vduse-mq, two request queues) and `'ro'`
+   * (vduse-ro, read-only). {@link forEachDevice} leaves them out; tests find them with {@link labVariant}.
+   */
+  variant?: 'mq' | 'ro';
 }
 
 function fromLab(): TestDevice[] | undefined {
@@ -53,15 +58,15 @@ const HOW =
   'VDPA_DEVICE=/dev/vhost-vdpa-N on a host that has one';
 
 /**
- * Runs `body` once per device of `cls` inside a describe block named after it.
- * With no such device, registers one failing test that says how to get one.
+ * Runs `body` once per general-purpose device of `cls` (no `variant`) inside a
+ * describe block named after it. With no such device, registers one failing test that says how to get one.
  */
 export function forEachDevice(
   cls: TestDevice['class'],
   title: string,
   body: (device: TestDevice) => void,
 ): void {
-  const devices = testDevices().filter((d) => d.class === cls);
+  const devices = testDevices().filter((d) => d.class === cls && d.variant === undefined);
   if (devices.length === 0) {
     describe(title, () => {
       it(`has a ${cls} device to test against`, () => {
@@ -80,6 +85,13 @@ export function forEachDevice(
 export function labDevice(name: string): TestDevice {
   const device = testDevices().find((d) => d.name === name);
   if (device === undefined) throw new Error(`lab device ${name} not found. ${HOW}`);
+  return device;
+}
+
+/** The lab device of this variant (vduse-mq, vduse-ro); throws (failing the test) when absent. */
+export function labVariant(variant: NonNullable<TestDevice['variant']>): TestDevice {
+  const device = testDevices().find((d) => d.variant === variant);
+  if (device === undefined) throw new Error(`no lab device with variant "${variant}". ${HOW}`);
   return device;
 }
 
