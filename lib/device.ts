@@ -281,13 +281,15 @@ export class VhostVdpaDevice {
   }
 
   /**
-   * VHOST_VDPA_SET_STATUS. Writing 0 resets the device, which also drops its
-   * IOTLB mappings unless IOTLB_PERSIST was acknowledged.
+   * VHOST_VDPA_SET_STATUS. Writing 0 resets the device. vhost-vdpa keeps its
+   * IOTLB across a reset (so do {@link mappings}: the same IOVAs cannot be
+   * mapped again), but without IOTLB_PERSIST the parent is asked to clean its
+   * own maps (vdpa_sim and mlx5 do; VDUSE does not): before the device uses
+   * them again, send them with {@link resendMappings}.
    */
   setStatus(status: number): void {
     checkIndex('status', status, 0xff);
     this.#ioctl('VHOST_VDPA_SET_STATUS', Uint8Array.of(status));
-    if (status === 0 && !hasBit(this.#ackedBackend, VhostBackendF.IOTLB_PERSIST)) this.#iotlb.forget();
   }
 
   /** Resets the device (status 0). */
@@ -305,7 +307,6 @@ export class VhostVdpaDevice {
   async setStatusAsync(status: number): Promise<void> {
     checkIndex('status', status, 0xff);
     await this.#ioctlAsync('VHOST_VDPA_SET_STATUS', Uint8Array.of(status));
-    if (status === 0 && !hasBit(this.#ackedBackend, VhostBackendF.IOTLB_PERSIST)) this.#iotlb.forget();
   }
 
   /** {@link reset} on the libuv thread pool (see {@link setStatusAsync}). */
@@ -561,6 +562,17 @@ export class VhostVdpaDevice {
   unmapBatch(mappings: readonly IotlbMapping[]): void {
     this.#check();
     this.#iotlb.unmapBatch(mappings);
+  }
+
+  /**
+   * Sends live mappings (default: all) to the kernel again, INVALIDATE then
+   * UPDATE each, in one batch. After a reset without IOTLB_PERSIST a parent
+   * that cleaned its maps (vdpa_sim, mlx5) sees them again; vhost-vdpa's own
+   * bookkeeping, and ours, are unchanged.
+   */
+  resendMappings(mappings: readonly IotlbMapping[] = this.#iotlb.mappings): void {
+    this.#check();
+    this.#iotlb.resend(mappings);
   }
 
   /**

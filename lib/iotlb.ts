@@ -175,7 +175,38 @@ export class IotlbMapper {
     }
   }
 
-  /** Forgets every mapping: the kernel dropped them (device reset or close). */
+  /**
+   * Sends `mappings` (live ones) to the kernel again — an INVALIDATE and an
+   * UPDATE each, in one batch — leaving the bookkeeping as it is. A device
+   * reset keeps vhost-vdpa's own IOTLB, but a parent that cleans its maps on
+   * reset (vdpa_sim, mlx5 without IOTLB_PERSIST) no longer sees them until
+   * they are sent again.
+   */
+  resend(mappings: readonly IotlbMapping[]): void {
+    for (const mapping of mappings) {
+      if (!this.#mappings.has(mapping)) {
+        throw new VdpaError(`IOVA ${hex(mapping.iova)} is not a live mapping of ${this.#device.path}`, {
+          code: ErrorCodes.INVALID_ARG,
+          path: this.#device.path,
+        });
+      }
+    }
+    this.#write(
+      mappings.flatMap((m) => [
+        { type: VHOST_IOTLB_INVALIDATE, asid: m.asid, iova: m.iova, size: m.size, uaddr: 0n, perm: 0 },
+        {
+          type: VHOST_IOTLB_UPDATE,
+          asid: m.asid,
+          iova: m.iova,
+          size: m.size,
+          uaddr: m.uaddr,
+          perm: ACCESS_PERM[m.access],
+        },
+      ]),
+    );
+  }
+
+  /** Forgets every mapping: the kernel dropped them (the device was closed). */
   forget(): void {
     for (const mapping of this.#mappings) this.#releaseRegion(mapping);
     this.#mappings.clear();

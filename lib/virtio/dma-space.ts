@@ -1,16 +1,20 @@
 /**
  * The DMA memory of one driver: its own regions (rings, per-request slots,
  * the bounce pool) and the caller's zero-copy buffers from `allocBuffer()`.
- * Everything is mapped into the device's IOTLB here, remapped at the same
- * IOVAs after a reset that dropped the mappings (so chains and buffers keep
- * their addresses), and unmapped and freed here.
+ * Everything is mapped into the device's IOTLB here, sent to the device
+ * again after a reset (a parent may clean its maps on reset, while
+ * vhost-vdpa keeps them: chains and buffers keep their IOVAs), and unmapped
+ * and freed here.
  */
 import type { IotlbMapping, VhostVdpaDevice } from '../device';
 import { ErrorCodes, VdpaError } from '../errors';
 import { DmaRegion } from '../memory';
 
 /** The device operations DMA memory needs. */
-export type DmaTransport = Pick<VhostVdpaDevice, 'path' | 'closed' | 'mapBatch' | 'unmapBatch' | 'mappings'>;
+export type DmaTransport = Pick<
+  VhostVdpaDevice,
+  'path' | 'closed' | 'mapBatch' | 'unmapBatch' | 'resendMappings' | 'mappings'
+>;
 
 /** One mapped region. */
 export interface DmaBufferEntry {
@@ -127,19 +131,16 @@ export class DmaSpace {
   }
 
   /**
-   * Maps again, at their old IOVAs and in one batch, every region whose
-   * mapping the device no longer has (a reset without IOTLB_PERSIST drops
-   * them). Returns how many were remapped.
+   * After a reset: sends every mapping of ours to the device again, in one
+   * batch. vhost-vdpa keeps its IOTLB across a reset, but without
+   * IOTLB_PERSIST the parent is told to clean its own maps (vdpa_sim, mlx5),
+   * and would then not see rings, slots or buffers. Returns how many.
    */
-  remapLost(): number {
+  resendAfterReset(): number {
     const live = new Set(this.#transport.mappings);
-    const lost = [...this.#fixed, ...this.#buffers.values()].filter((e) => !live.has(e.mapping));
-    if (lost.length === 0) return 0;
-    const mappings = this.#transport.mapBatch(
-      lost.map((e) => ({ memory: e.region, iova: e.mapping.iova, access: e.mapping.access })),
-    );
-    lost.forEach((e, i) => (e.mapping = mappings[i]));
-    return lost.length;
+    const ours = [...this.#fixed, ...this.#buffers.values()].map((e) => e.mapping).filter((m) => live.has(m));
+    if (ours.length > 0) this.#transport.resendMappings(ours);
+    return ours.length;
   }
 
   /** Unmaps what the device still maps (if it is open) and frees every region. Idempotent. */

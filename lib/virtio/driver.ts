@@ -15,7 +15,7 @@
  * - recovery, like blk-mq's timeout handler: reset the device (off the event
  *   loop where the transport can), fail what was in flight (`ERR_RESET`, the
  *   culprit `ETIMEDOUT` or `ERR_QUEUE_CORRUPT`), negotiate the same features
- *   again, remap lost IOTLB mappings at their old IOVAs, re-attach the queues
+ *   again, send the IOTLB mappings to the device again, re-attach the queues
  *   and go on serving the FIFO; a device that cannot be brought back leaves
  *   the driver failed (`ERR_DEVICE_FAILED` for everything);
  * - the config interrupt: NEEDS_RESET → recovery; otherwise the config space
@@ -845,10 +845,10 @@ export class VirtioDriver<O extends DeviceOp> {
       this.#enterFailed(reason, undefined, `${MAX_RESETS_WITHOUT_PROGRESS} resets in a row without progress`);
       return;
     }
-    // 3. Bring it back: same features, lost mappings at their old IOVAs, queues from index 0.
+    // 3. Bring it back: same features, mappings sent again (the parent may have cleaned its own), queues from 0.
     try {
       transport.negotiate(this.features);
-      this.dma.remapLost();
+      this.dma.resendAfterReset();
       this.#start();
     } catch (error) {
       try {

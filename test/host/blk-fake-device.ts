@@ -182,6 +182,7 @@ export class FakeBlkDevice implements BlockTransport {
   configCall = -1;
   readonly #vrings: VringSetup[];
   readonly #mappings: IotlbMapping[] = [];
+  readonly #regions = new Map<IotlbMapping, DmaRegion>();
   readonly #held: { queue: number; chain: DeviceChain; length: number }[] = [];
   #nextIova = 0x100000;
   #scheduled = false;
@@ -315,6 +316,7 @@ export class FakeBlkDevice implements BlockTransport {
         };
         this.space.add(at, memory.bytes);
         this.#mappings.push(mapping);
+        this.#regions.set(mapping, memory);
         return mapping;
       }
       const mapping: IotlbMapping = {
@@ -327,8 +329,19 @@ export class FakeBlkDevice implements BlockTransport {
       this.space.add(this.#nextIova, memory.bytes);
       this.#nextIova += memory.size + 0x10000;
       this.#mappings.push(mapping);
+      this.#regions.set(mapping, memory);
       return mapping;
     });
+  }
+
+  /** Sends mappings to the device side again (after a reset cleaned it), like VhostVdpaDevice.resendMappings. */
+  resendMappings(mappings: readonly IotlbMapping[]): void {
+    for (const m of mappings) {
+      const region = this.#regions.get(m);
+      if (region === undefined) throw new VdpaError('not a live mapping', { code: 'ERR_INVALID_ARG' });
+      this.space.remove(Number(m.iova));
+      this.space.add(Number(m.iova), region.bytes);
+    }
   }
 
   unmapBatch(mappings: readonly IotlbMapping[]): void {
@@ -400,8 +413,8 @@ export class FakeBlkDevice implements BlockTransport {
       this.resets++;
       this.#stop();
       this.status = 0;
-      // Like vhost-vdpa without IOTLB_PERSIST: a reset drops the mappings.
-      this.#mappings.length = 0;
+      // Like vhost-vdpa without IOTLB_PERSIST: vhost keeps its IOTLB (the same IOVAs cannot be mapped again),
+      // but the parent cleans its own maps: the device sees nothing until they are sent again.
       this.space.clear();
       return;
     }
