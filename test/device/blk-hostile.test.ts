@@ -339,7 +339,7 @@ describe('BlockDevice against a hostile device (faulty-blk)', function () {
     const timeoutMs = 2000;
     const msgTimeoutSec = 3;
     const { fault, disk, events } = await setup(
-      { msgTimeoutSec, faults: ['slow:400'] },
+      { msgTimeoutSec, faults: ['slow:1500'] },
       { requestTimeoutMs: timeoutMs },
     );
     assert.ok((await disk.read(0, 4096)).equals(sectorPattern(0, 4096)));
@@ -357,7 +357,8 @@ describe('BlockDevice against a hostile device (faulty-blk)', function () {
         timeoutMs + msgTimeoutSec * 1000 + 5000,
         since,
       );
-      await sleep(100); // the device has taken them (each waits 400 ms before completing)
+      // Requests 2-9 (1 was the read above): once the device took the last, all eight wait 1.5 s for completion.
+      await fault.waitForLog(/request 9 queue 0: slow/);
       fault.kill('SIGKILL');
       const outcomes = await settling;
       const summary = describeOutcomes(outcomes);

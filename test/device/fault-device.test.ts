@@ -70,6 +70,25 @@ describe('faulty-blk without faults (a correct device)', () => {
     assert.equal(existsSync(`/dev/vduse/${fault.name}`), false);
   });
 
+  it('serves two queues (--queues 2 offers VIRTIO_BLK_F_MQ): both carry requests, data reads back', async () => {
+    fault = await startFaultyBlk({ sizeBytes: 4 << 20, queues: 2 });
+    disk = BlockDevice.open(fault.chardev, { queues: 2 });
+    assert.equal(disk.deviceQueues, 2);
+    const open = disk;
+    const data = Array.from({ length: 32 }, () => randomBytes(8192));
+    await Promise.all(data.map((d, i) => open.write(i * 65536, d)));
+    const back = await Promise.all(data.map((_, i) => open.read(i * 65536, 8192)));
+    back.forEach((got, i) => assert.ok(got.equals(data[i]), `block ${i}`));
+    await disk.close();
+    disk = undefined;
+    await fault.stop();
+    const perQueue = /per queue (\d+)\/(\d+)/.exec(fault.log());
+    assert.ok(perQueue, fault.log());
+    console.log(`      requests per queue ${perQueue[1]}/${perQueue[2]}`);
+    assert.equal(Number(perQueue[1]) + Number(perQueue[2]), 64);
+    assert.ok(Number(perQueue[1]) > 0 && Number(perQueue[2]) > 0, 'both queues carried requests');
+  });
+
   it('serves the kernel virtio-blk driver (virtio_vdpa): dd in, dd out, same bytes', async () => {
     fault = await startFaultyBlk({ sizeBytes: 4 << 20 });
     const name = fault.name;

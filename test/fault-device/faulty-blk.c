@@ -302,6 +302,7 @@ static void complete_later_or_now(struct completion *c) {
     dev.deferred = grown, dev.deferred_cap = cap, dev.deferred_head = 0;
   }
   c->due_ms = now_ms() + opt.slow_ms;
+  say("request %" PRIu64 " queue %u: slow: completing in %" PRIu64 " ms", c->reqno, c->q, opt.slow_ms);
   dev.deferred[(dev.deferred_head + dev.deferred_count++) % dev.deferred_cap] = *c;
   if (dev.deferred_count == 1) {
     struct itimerspec its = {.it_value = {.tv_sec = (time_t)(opt.slow_ms / 1000),
