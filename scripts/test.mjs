@@ -9,6 +9,8 @@ import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { buildFaultDevice } from './build-fault-device.mjs';
 
+import { tallySuite } from './test-tally.cjs';
+
 const root = dirname(dirname(fileURLToPath(import.meta.url)));
 const resultsDir = join(root, '.lab', 'test-results');
 const extraArgs = process.argv.slice(2); // e.g. a spec glob or --grep, passed to both mocha runs
@@ -53,17 +55,10 @@ async function main() {
   let passed = 0;
   let failed = 0;
   const add = (name, summary, exitCode) => {
-    if (summary === undefined) {
-      log(`${name} suite produced no results (exit code ${exitCode}): counted as 1 failure`);
-      failed += 1;
-      return;
-    }
-    passed += summary.passes;
-    failed += summary.failures + summary.pending; // a skipped test is not a pass
-    if (summary.failures === 0 && exitCode !== 0) {
-      log(`${name} suite exited with ${exitCode} without a failed test: counted as 1 failure`);
-      failed += 1;
-    }
+    const tally = tallySuite(name, summary, exitCode);
+    for (const note of tally.notes) log(note);
+    passed += tally.passed;
+    failed += tally.failed;
   };
 
   if (!compile()) {

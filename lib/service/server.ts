@@ -40,6 +40,11 @@ export interface ServiceOptions {
    * read far below this; only one very large answer (a batch) can reach it.
    */
   maxPendingWriteBytes?: number;
+  /**
+   * Most requests in one batch (default 1000); a larger batch is answered with one error. Without a
+   * limit, a 1 MiB batch of tiny invalid requests (`[1,1,…]`) makes ~45 MB of answers.
+   */
+  maxBatchRequests?: number;
   /** Longest a single method may run before the client gets a timeout error (default 60000 ms). */
   requestTimeoutMs?: number;
   /** Receives one line per notable event (connections, errors). */
@@ -256,6 +261,7 @@ export class ManagementService {
       maxRequestBytes: options.maxRequestBytes ?? 1024 * 1024,
       maxQueuedRequests: options.maxQueuedRequests ?? 32,
       maxPendingWriteBytes: options.maxPendingWriteBytes ?? 8 * 1024 * 1024,
+      maxBatchRequests: options.maxBatchRequests ?? 1000,
       requestTimeoutMs: options.requestTimeoutMs ?? 60000,
     };
     server.on('connection', (socket) => this.accept(socket));
@@ -367,6 +373,13 @@ export class ManagementService {
     if (Array.isArray(value)) {
       if (value.length === 0)
         return errorResponse(null, RpcErrorCode.INVALID_REQUEST, 'an empty batch is not a request');
+      if (value.length > this.limits.maxBatchRequests) {
+        return errorResponse(
+          null,
+          RpcErrorCode.INVALID_REQUEST,
+          `a batch of ${value.length} requests is over the limit of ${this.limits.maxBatchRequests}; split it`,
+        );
+      }
       const answers = await Promise.all(value.map((v) => this.handleValue(v)));
       const sent = answers.filter((a): a is RpcResponse => a !== undefined);
       return sent.length > 0 ? sent : undefined;

@@ -427,6 +427,24 @@ describe('service: JSON-RPC on a Unix socket', () => {
     }
   });
 
+  it('answers a batch over maxBatchRequests with one error instead of thousands of answers', async () => {
+    const c = new Client(socketPath);
+    c.raw(JSON.stringify(Array.from({ length: 1001 }, () => 1)) + '\n');
+    const refused = (await c.next()) as Record<string, unknown>;
+    assert.equal(errorCode(refused), RpcErrorCode.INVALID_REQUEST);
+    assert.match(
+      (refused.error as { message: string }).message,
+      /batch of 1001 requests is over the limit of 1000/,
+    );
+    c.raw(
+      JSON.stringify(Array.from({ length: 1000 }, (_, id) => ({ jsonrpc: '2.0', method: 'version', id }))) +
+        '\n',
+    );
+    const answers = (await c.next()) as unknown[];
+    assert.equal(answers.length, 1000);
+    c.end();
+  });
+
   it('refuses to start on a socket another service is listening on, and replaces a stale one', async () => {
     await assert.rejects(
       ManagementService.start({ socketPath, backend: new FakeBackend() }),

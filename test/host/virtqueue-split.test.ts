@@ -56,6 +56,25 @@ function collectAll(vq: SplitVirtqueue<string>): [string, number][] {
   return out;
 }
 
+/**
+ * Replaces performance.now() (which CompletionDriver measures its poll slice
+ * with) by a clock that moves only when told, until restore().
+ */
+function frozenClock(): { advance(ms: number): void; restore(): void } {
+  const real = Object.getOwnPropertyDescriptor(performance, 'now');
+  let now = performance.now();
+  performance.now = () => now;
+  return {
+    advance: (ms) => {
+      now += ms;
+    },
+    restore: () => {
+      if (real === undefined) delete (performance as { now?: unknown }).now;
+      else Object.defineProperty(performance, 'now', real);
+    },
+  };
+}
+
 function expectCorrupt(fn: () => unknown, pattern: RegExp): VdpaError {
   let caught: unknown;
   try {
@@ -557,14 +576,20 @@ describe('split virtqueue', () => {
     });
 
     it('poll mode: checks after every microtask checkpoint while busy, then stops', async () => {
+      // The poll slice (default 1 ms) is measured with performance.now(): with the real clock, a loaded
+      // machine could use it up between two rounds and the assertion on pollYields would be about timing.
+      // A clock that only moves when the test says makes the guarantee exact: rounds that find
+      // completions chain while the slice lasts, and exactly one yields once it is used up.
+      const clock = frozenClock();
       const call = new EventFd();
-      let busy = 5;
+      let busy = 10;
       let served = 0;
       const driver = new CompletionDriver(
         [call],
         () => {
           served++;
           busy--;
+          if (served === 5) clock.advance(1.5); // the slice (1 ms) runs out during round 5
           return 1;
         },
         () => busy > 0,
@@ -574,10 +599,15 @@ describe('split virtqueue', () => {
         driver.submitted();
         driver.submitted(); // idempotent while polling
         await new Promise((resolve) => setTimeout(resolve, 50));
-        assert.equal(served, 5);
-        assert.equal(driver.polls, 5);
-        assert.equal(driver.pollYields, 0, 'rounds that found completions were chained, not deferred');
+        assert.equal(served, 10);
+        assert.equal(driver.polls, 10);
+        assert.equal(
+          driver.pollYields,
+          1,
+          'rounds that found completions were chained until the slice ran out',
+        );
       } finally {
+        clock.restore();
         driver.close();
         call.close();
       }
@@ -601,6 +631,7 @@ describe('split virtqueue', () => {
         () => inFlight > 0,
         { mode: 'poll', sliceMicros: 10_000_000 },
       );
+      const clock = frozenClock(); // the 10 s slice cannot run out, however slow the machine
       const submit = (): Promise<void> => {
         inFlight++;
         const p = new Promise<void>((resolve) => (completed = resolve));
@@ -624,6 +655,7 @@ describe('split virtqueue', () => {
         assert.equal(driver.pollYields, 0);
         assert.ok(immediates <= 1, `${immediates} event-loop turns`);
       } finally {
+        clock.restore();
         driver.close();
         call.close();
       }
