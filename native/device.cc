@@ -221,8 +221,9 @@ class DeviceHandle : public Napi::ObjectWrap<DeviceHandle> {
   Napi::Value CloseAsync(const Napi::CallbackInfo& info);
 
  public:
-  // Called on the loop thread when an async ioctl finished (or was cancelled
-  // at environment teardown): performs a close that waited for it.
+  // Called on the loop thread when an async ioctl finished: performs a close
+  // that waited for it. (Work cancelled at environment teardown does not get
+  // here; the handle's finalizer closes the descriptor then.)
   void AsyncIoctlDone(Napi::Env env) {
     if (--pending_ > 0 || !closing_ || !fd_.Valid()) return;
     if (close_waiters_.empty()) {

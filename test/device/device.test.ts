@@ -219,8 +219,8 @@ forEachDevice('block', 'vhost-vdpa block device', (target) => {
 
   it('refuses an overlapping IOTLB mapping with the real reason (the kernel would only say EFAULT)', () => {
     const region = DmaRegion.allocate(2 * PAGE_SIZE);
+    const mapping = device.map(region, { iova: 0x200000n });
     try {
-      device.map(region, { iova: 0x200000n });
       assert.throws(() => device.map(region, { iova: 0x200000n + BigInt(PAGE_SIZE) }), {
         code: 'ERR_IOVA_OVERLAP',
         message: /overlaps/,
@@ -241,6 +241,8 @@ forEachDevice('block', 'vhost-vdpa block device', (target) => {
         { code: 'EFAULT', syscall: 'write(IOTLB)' },
       );
     } finally {
+      // Unmapped first: free() refuses memory a device still maps.
+      device.unmap(mapping);
       region.free();
     }
   });

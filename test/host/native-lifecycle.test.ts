@@ -73,7 +73,10 @@ describe('exceptions thrown by fd-watch callbacks', () => {
   });
 });
 
-describe('Worker threads that end with live native objects', () => {
+describe('Worker threads that end with live native objects', function () {
+  // 25 Workers each: a few seconds on an idle machine, much longer on a loaded one.
+  this.timeout(120_000);
+
   // Each Worker opens an eventfd and a netlink socket, both watched, plus a
   // DeviceHandle on a plain file and DMA memory, then exits (process.exit)
   // or is terminated. The main thread checks that it survives and that no
