@@ -161,7 +161,9 @@ export class DmaSpace {
         }
       }
     }
-    for (const e of entries) if (!e.region.freed) e.region.free();
+    // A region the device still maps (the unmap failed on a device that stays open) is not freed: the device
+    // could still write into it. It stays allocated, held by its mapping, until the device is closed.
+    for (const e of entries) if (!e.region.freed && !e.region.mapped) e.region.free();
   }
 
   #forgetCache(): void {
