@@ -138,7 +138,16 @@ class ConsoleWatcher {
 const qemuEscape = (s) => s.replaceAll(',', ',,');
 
 function qemuArgs({ accel, assets, runDir, projectRoot, memoryMiB, cpus, kernelArgs }) {
-  const cmdline = ['console=ttyS0', 'panic=-1', 'quiet', 'rdinit=/init', ...kernelArgs].join(' ');
+  // no_timer_check: under TCG on a busy host the IO-APIC timer check can miss its window and panic the boot
+  // ("IO-APIC + timer doesn't work!"); the check only guards against broken chipsets, which QEMU's is not.
+  const cmdline = [
+    'console=ttyS0',
+    'panic=-1',
+    'quiet',
+    'no_timer_check',
+    'rdinit=/init',
+    ...kernelArgs,
+  ].join(' ');
   // prettier-ignore
   return [
     ...(accel === 'kvm' ? ['-accel', 'kvm', '-cpu', 'host'] : ['-accel', 'tcg', '-cpu', 'max']),
