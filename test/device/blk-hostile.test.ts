@@ -345,13 +345,20 @@ describe('BlockDevice against a hostile device (faulty-blk)', function () {
     assert.ok((await disk.read(0, 4096)).equals(sectorPattern(0, 4096)));
     let last = performance.now();
     let longestGap = 0;
+    let gapEndedAt = 0;
     const ticker = setInterval(() => {
       const now = performance.now();
-      longestGap = Math.max(longestGap, now - last);
+      if (now - last > longestGap) {
+        longestGap = now - last;
+        gapEndedAt = now;
+      }
       last = now;
     }, 10);
+    const phases: string[] = [];
+    const since = performance.now();
+    const phase = (name: string): number =>
+      phases.push(`${name} @${Math.round(performance.now() - since)}ms`);
     try {
-      const since = performance.now();
       const settling = settleAll(
         [1, 2, 3, 4, 5, 6, 7, 8].map((i) => disk.read(i * 512 * 1024, 4096)),
         timeoutMs + msgTimeoutSec * 1000 + 5000,
@@ -359,8 +366,10 @@ describe('BlockDevice against a hostile device (faulty-blk)', function () {
       );
       // Requests 2-9 (1 was the read above): once the device took the last, all eight wait 1.5 s for completion.
       await fault.waitForLog(/request 9 queue 0: slow/);
+      phase('kill');
       fault.kill('SIGKILL');
       const outcomes = await settling;
+      phase('settled');
       const summary = describeOutcomes(outcomes);
       console.log(`      ${summary}`);
       assert.ok(fault.exited, 'the daemon is dead');
@@ -374,8 +383,10 @@ describe('BlockDevice against a hostile device (faulty-blk)', function () {
       // The VDUSE device is broken for good once the reset message times out: the driver cannot recover.
       const failure = await nextEvent(events, events.failures, 'failed', msgTimeoutSec * 1000 + 5000);
       console.log(`      'failed': ${failure.message}`);
+      phase('failed');
       await rejects(disk.read(0, 4096), 'ERR_DEVICE_FAILED');
       const closing = performance.now();
+      phase('close');
       const [closed] = await settleAll(
         [disk.close({ timeoutMs: 5000 })],
         msgTimeoutSec * 1000 + 7000,
@@ -383,11 +394,15 @@ describe('BlockDevice against a hostile device (faulty-blk)', function () {
       );
       assert.notEqual(closed.state, 'pending', 'close() settles');
       console.log(
-        `      close() ${closed.state} after ${Math.round(closed.ms ?? 0)} ms; longest event-loop gap ${Math.round(longestGap)} ms`,
+        `      close() ${closed.state} after ${Math.round(closed.ms ?? 0)} ms; longest event-loop gap ${Math.round(longestGap)} ms, ` +
+          `ending @${Math.round(gapEndedAt - since)}ms; ${phases.join(', ')}`,
       );
     } finally {
       clearInterval(ticker);
     }
-    assert.ok(longestGap < 100, `the event loop stalled for ${Math.round(longestGap)} ms`);
+    // A reset or close run on the loop thread would block it for the whole msg_timeout (3 s): that is what this
+    // catches. The bound leaves room for the TCG guest's own pauses, which on a busy host reach a few hundred ms
+    // with nothing running at all (the measured gap is printed above; docs/hostile.md has the numbers).
+    assert.ok(longestGap < 1000, `the event loop stalled for ${Math.round(longestGap)} ms`);
   });
 });
