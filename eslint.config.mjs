@@ -27,7 +27,7 @@ export default tseslint.config(
     files: ['**/*.cjs', 'examples/**/*.js'],
     languageOptions: {
       sourceType: 'commonjs',
-      globals: { ...nodeGlobals, require: 'readonly', module: 'writable' },
+      globals: { ...nodeGlobals, require: 'readonly', module: 'writable', __dirname: 'readonly' },
     },
     rules: { '@typescript-eslint/no-require-imports': 'off' },
   },
