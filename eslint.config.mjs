@@ -16,7 +16,7 @@ const nodeGlobals = {
 };
 
 export default tseslint.config(
-  { ignores: ['dist/', 'build/', 'dist-test/', 'node_modules/', 'bench/results/'] },
+  { ignores: ['dist/', 'build/', 'dist-test/', 'node_modules/', 'bench/results/', '.lab/', 'prebuilds/'] },
   js.configs.recommended,
   ...tseslint.configs.recommended,
   {

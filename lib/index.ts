@@ -27,4 +27,13 @@ export * from './virtqueue';
 export * from './blk';
 export { BouncePool } from './bounce';
 export * from './mgmt';
-export { ManagementService, KernelBackend, type ServiceOptions, type ServiceBackend } from './service';
+export {
+  ManagementService,
+  KernelBackend,
+  type ServiceOptions,
+  type ServiceBackend,
+  type KernelBackendOptions,
+  type CreateInterfaceParams,
+  type InterfaceInfo,
+} from './service';
+export type { NetlinkErrorPayload } from './mgmt/netlink';

@@ -11,6 +11,8 @@ const fs = require('node:fs');
 const path = require('node:path');
 
 const ROOT = path.resolve(__dirname, '..');
+// node-gyp-build honours npm's --arch (npm_config_arch) when it picks a prebuild; so do our messages.
+const ARCH = process.env.npm_config_arch || process.arch;
 
 function libc() {
   const header = process.report?.getReport().header;
@@ -33,7 +35,7 @@ function tryPrebuild() {
   try {
     file = require('node-gyp-build').path(ROOT);
   } catch {
-    return `none matches ${process.platform}-${process.arch} ${libc()}`;
+    return `none matches ${process.platform}-${ARCH} ${libc()}`;
   }
   try {
     const addon = require(file);
@@ -77,7 +79,7 @@ function sourceBuild(whyNotPrebuilt) {
     [
       'vhost-vdpa: cannot install the native addon.',
       `  prebuilt binaries: ${shipped.length > 0 ? shipped.map((f) => `prebuilds/${f}`).join(', ') : 'none in this package'}`,
-      `    for this machine (${process.platform}-${process.arch}, ${libc()}, Node ${process.version}): ${whyNotPrebuilt}`,
+      `    for this machine (${process.platform}-${ARCH}, ${libc()}, Node ${process.version}): ${whyNotPrebuilt}`,
       `  source build: ${failure}`,
       '  Fix: install the build tools (Debian/Ubuntu: apt-get install python3 make g++; Alpine: apk add python3',
       '  make g++; Fedora/RHEL: dnf install python3 make gcc-c++) and run `npm install` again.',

@@ -82,7 +82,7 @@ function buildTarget(name) {
     const res = spawnSync(process.execPath, args, {
       cwd: scratch,
       env,
-      stdio: ['ignore', 'inherit', 'inherit'],
+      stdio: ['ignore', 2, 'inherit'], // build logs on stderr: npm pack --json reads stdout
     });
     if (res.status !== 0) fail(`${name}: prebuildify exited with ${res.status ?? res.signal}`);
     const outDir = path.join(scratch, 'prebuilds', name);
