@@ -67,7 +67,7 @@ function sourceBuild(whyNotPrebuilt) {
   const missing = ['python3', 'make', cxx].filter((tool) => !onPath(tool.split(' ')[0]));
   let failure;
   if (missing.length > 0)
-    failure = `the source build needs python3, make and a C++17 compiler; missing: ${missing.join(', ')}`;
+    failure = `needs python3, make and a C++17 compiler; missing: ${missing.join(', ')}`;
   else {
     const [cmd, ...args] = nodeGypCommand();
     const res = spawnSync(cmd, [...args, 'rebuild'], { cwd: ROOT, stdio: 'inherit' });
