@@ -8,7 +8,9 @@
 //   4. In the lab: examples/blk.js and the CLI from that install, against a real vhost-vdpa device.
 // The install lives in .lab/pack-check/ inside the project: the lab guest sees the project read-write at the
 // same path, while the host's /tmp is hidden by the guest's own tmpfs /tmp.
-// --no-lab skips step 4.
+// --no-lab skips step 4. --also-node PATH (repeatable) also require()s the install with another node binary,
+// e.g. Node 22/24, or an arm64 node (run under qemu-aarch64-static with Debian's arm64 libc in
+// /usr/aarch64-linux-gnu, from libc6-arm64-cross): the prebuilt linux-arm64 addon then loads and is called.
 import { spawnSync } from 'node:child_process';
 import fs from 'node:fs';
 import path from 'node:path';
@@ -105,6 +107,34 @@ function pack() {
   return tarball;
 }
 
+/** The ELF machine of a binary: 'x64', 'arm64' or undefined. */
+function elfArch(file) {
+  const header = Buffer.alloc(20);
+  const fd = fs.openSync(fs.realpathSync(file), 'r');
+  fs.readSync(fd, header, 0, 20, 0);
+  fs.closeSync(fd);
+  return { 0x3e: 'x64', 0xb7: 'arm64' }[header.readUInt16LE(18)];
+}
+
+/** require('vhost-vdpa') from `app` with another node (under qemu-user when it is for another architecture). */
+function requireWith(nodeBin, app, env) {
+  const arch = elfArch(nodeBin);
+  const argv = [nodeBin];
+  if (arch === 'arm64' && process.arch !== 'arm64')
+    argv.unshift('qemu-aarch64-static', '-L', '/usr/aarch64-linux-gnu');
+  const script =
+    "const v = require('vhost-vdpa'); const n = require('vhost-vdpa/package.json');" +
+    'console.log(`${process.version} ${process.arch} (Node-API ${process.versions.napi}): ' +
+    "${Object.keys(v).length} exports, PAGE_SIZE ${v.PAGE_SIZE}, addon ${require('node-gyp-build').path(" +
+    "require('path').dirname(require.resolve('vhost-vdpa/package.json'))).split('/node_modules/vhost-vdpa/')[1]}`)";
+  const res = run(argv[0], [...argv.slice(1), '-e', script], {
+    cwd: app,
+    env: { ...env, PATH: process.env.PATH },
+  });
+  process.stdout.write(`  ${argv.join(' ')}: ${(res.stdout + res.stderr).trim()}\n`);
+  if (res.status !== 0) fail(`require('vhost-vdpa') with ${nodeBin} failed`);
+}
+
 function install(tarball, dir, env) {
   fs.rmSync(dir, { recursive: true, force: true });
   fs.mkdirSync(dir, { recursive: true });
@@ -169,6 +199,10 @@ function main() {
         .map((l) => `  ${l}`)
         .join('\n')}\n`,
   );
+
+  const otherNodes = process.argv.flatMap((a, i) => (a === '--also-node' ? [process.argv[i + 1]] : []));
+  if (otherNodes.length > 0) log(`require('vhost-vdpa') with ${otherNodes.length} other node binaries`);
+  for (const nodeBin of otherNodes) requireWith(nodeBin, app, env);
 
   if (withLab) {
     log('in the lab: examples/blk.js and the CLI from the installed package');
