@@ -16,7 +16,7 @@ const nodeGlobals = {
 };
 
 export default tseslint.config(
-  { ignores: ['dist/', 'build/', 'dist-test/', 'node_modules/', 'bench/results/'] },
+  { ignores: ['dist/', 'build/', 'dist-test/', 'node_modules/', 'bench/results/', '.lab/', 'prebuilds/'] },
   js.configs.recommended,
   ...tseslint.configs.recommended,
   {
@@ -27,7 +27,7 @@ export default tseslint.config(
     files: ['**/*.cjs', 'examples/**/*.js'],
     languageOptions: {
       sourceType: 'commonjs',
-      globals: { ...nodeGlobals, require: 'readonly', module: 'writable' },
+      globals: { ...nodeGlobals, require: 'readonly', module: 'writable', __dirname: 'readonly' },
     },
     rules: { '@typescript-eslint/no-require-imports': 'off' },
   },

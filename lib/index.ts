@@ -36,5 +36,14 @@ export * from './virtio';
 export * from './blk';
 export { BouncePool } from './bounce';
 export * from './mgmt';
-export { ManagementService, KernelBackend, type ServiceOptions, type ServiceBackend } from './service';
+export {
+  ManagementService,
+  KernelBackend,
+  type ServiceOptions,
+  type ServiceBackend,
+  type KernelBackendOptions,
+  type CreateInterfaceParams,
+  type InterfaceInfo,
+} from './service';
+export type { NetlinkErrorPayload } from './mgmt/netlink';
 export * from './check';

@@ -3,6 +3,9 @@
  * calls; everything here is consumed by the typed layers above.
  * @internal
  */
+import * as fs from 'node:fs';
+import * as path from 'node:path';
+
 import { ErrorCodes, VdpaError } from './errors';
 
 /** An open vhost-vdpa character device (native/device.cc). */
@@ -66,23 +69,73 @@ export interface NativeBinding {
   [other: string]: unknown;
 }
 
-function load(): NativeBinding {
+/** This process's C library as node-gyp-build names it, with the glibc version when there is one. */
+function libcOfProcess(): string {
+  const report = process.report?.getReport() as { header?: { glibcVersionRuntime?: string } } | undefined;
+  const header = report?.header;
+  return header?.glibcVersionRuntime === undefined ? 'musl' : `glibc ${header.glibcVersionRuntime}`;
+}
+
+function listDir(dir: string): string[] {
+  try {
+    return fs.readdirSync(dir);
+  } catch {
+    return [];
+  }
+}
+
+/** What the package directory offers, for the error message: `build/Release/x.node`, `prebuilds/t/y.node`. */
+function availableBinaries(packageRoot: string): string[] {
+  const built = listDir(path.join(packageRoot, 'build', 'Release'))
+    .filter((f) => f.endsWith('.node'))
+    .map((f) => `build/Release/${f}`);
+  const prebuilt = listDir(path.join(packageRoot, 'prebuilds')).flatMap((tuple) =>
+    listDir(path.join(packageRoot, 'prebuilds', tuple)).map((f) => `prebuilds/${tuple}/${f}`),
+  );
+  return [...built, ...prebuilt];
+}
+
+/**
+ * Loads the addon from `packageRoot` the way node-gyp-build does: a source build (build/Release) first, then
+ * the prebuilt binary for this platform, architecture and libc (prebuilds/linux-x64/vhost-vdpa.glibc.node).
+ * Throws ERR_ADDON_LOAD naming what was tried, what this process is, and how to fix it.
+ */
+export function loadAddon(packageRoot: string): NativeBinding {
+  let file: string | undefined;
   try {
     // eslint-disable-next-line @typescript-eslint/no-require-imports
-    const bindings = require('bindings') as (name: string) => NativeBinding;
-    return bindings('vhost_vdpa');
+    const nodeGypBuild = require('node-gyp-build') as { path(dir: string): string };
+    file = nodeGypBuild.path(packageRoot);
+    // eslint-disable-next-line @typescript-eslint/no-require-imports
+    return require(file) as NativeBinding;
   } catch (cause) {
+    const found = availableBinaries(packageRoot);
+    const reason = (cause instanceof Error ? cause.message : String(cause)).split('\n')[0] as string;
     throw new VdpaError(
-      'vhost-vdpa: the native addon is not built or failed to load. Run `npm install` (or `npx node-gyp rebuild`) ' +
-        'in the package directory; it needs python3, make and a C++ compiler. Cause: ' +
-        (cause instanceof Error ? cause.message : String(cause)),
+      `vhost-vdpa: the native addon did not load. ` +
+        (file === undefined
+          ? `No binary matches this process (${process.platform}-${process.arch}, ${libcOfProcess()}, ` +
+            `Node ${process.version}, Node-API ${process.versions.napi ?? '?'}): tried build/Release/*.node ` +
+            `(a source build), then prebuilds/${process.platform}-${process.arch}/ in ${packageRoot}; ` +
+            `the package has ${found.length > 0 ? found.join(', ') : 'neither'}. `
+          : `${path.relative(packageRoot, file)} was found but failed to load: ${reason}. `) +
+        'Fix: build it from source with `npm rebuild vhost-vdpa` (in a clone: `npm install`), which needs ' +
+        'python3, make and a C++17 compiler (Debian/Ubuntu: apt-get install python3 make g++).',
       { code: ErrorCodes.ADDON_LOAD, cause },
     );
   }
 }
 
+/** The nearest directory above `dir` with a package.json: the package (dist/ is built into it), or the clone. */
+function packageRootAbove(dir: string): string {
+  for (let d = dir; ; d = path.dirname(d)) {
+    if (fs.existsSync(path.join(d, 'package.json'))) return d;
+    if (path.dirname(d) === d) return path.dirname(dir);
+  }
+}
+
 /** The loaded addon. Errors it throws are VdpaError instances. */
-export const native: NativeBinding = load();
+export const native: NativeBinding = loadAddon(packageRootAbove(__dirname));
 
 native.setErrorFactory(
   (message, code, errno, syscall, path) =>

@@ -11,7 +11,8 @@ const HELP = `Usage: node scripts/lab.mjs [options] [--] [CMD ARGS...]
 Boots Debian's 6.12 kernel in QEMU with real vhost-vdpa devices (blk0: vdpa_sim_blk, vduse0: VDUSE block,
 net0: vdpa_sim_net) and runs CMD as root in the project root (${PROJECT_ROOT}, mounted read-write).
 Exits with CMD's status; 124 on timeout, 125 if the lab itself failed.
-Without CMD: \`node dist/cli/main.js info --lab\` (or a device summary if the CLI is not built yet).
+Without CMD: \`vhost-vdpa info --lab\` (or a device summary if the CLI is not built yet).
+In the guest the project's CLI is on PATH as \`vhost-vdpa\`.
 
 Options:
   --timeout SEC       kill the VM after SEC seconds (default 1500)
@@ -21,6 +22,8 @@ Options:
   --quiet             no [lab] progress lines
   --verbose           also show the guest's serial console
   --prepare-only      only build/cache packages, kernel, modules and initramfs, then exit
+  --shell             an interactive root shell in the guest (bash on this terminal), devices ready,
+                      \`vhost-vdpa\` on PATH; exit or ^D powers the VM off (default timeout then 4 h)
   --help              this text
 
 Environment: VDPA_LAB_ACCEL=kvm|tcg forces the accelerator; VHOST_VDPA_CACHE overrides ~/.cache/vhost-vdpa.`;
@@ -65,6 +68,7 @@ function parseArgs(argv) {
     else if (a === '--quiet') o.quiet = true;
     else if (a === '--verbose') o.verbose = true;
     else if (a === '--prepare-only') o.prepareOnly = true;
+    else if (a === '--shell') o.shell = true;
     else throw new Error(`unknown option ${a} (commands go after --)`);
   }
   return o;
@@ -89,9 +93,17 @@ async function main() {
     log(`prepare-only: ready in ${((Date.now() - t0) / 1000).toFixed(1)}s (${assets.dir})`);
     return 0;
   }
+  if (o.shell) {
+    if (o.command?.length > 0) {
+      process.stderr.write('lab: --shell takes no command\n');
+      return 2;
+    }
+    o.command = ['bash', '--rcfile', path.join(PROJECT_ROOT, 'scripts', 'lab', 'shellrc.sh'), '-i'];
+    o.env = { TERM: process.env.TERM || 'xterm' };
+  }
   if (!o.command || o.command.length === 0) {
     o.command = fs.existsSync(path.join(PROJECT_ROOT, 'dist/cli/main.js'))
-      ? ['node', 'dist/cli/main.js', 'info', '--lab']
+      ? ['vhost-vdpa', 'info', '--lab']
       : ['sh', '-c', FALLBACK_INFO];
   }
   const res = await runInLab(o);

@@ -1,9 +1,13 @@
 /**
- * A small command-line parser: `--flag`, `--opt value`, `--opt=value`,
- * positionals, and iproute2-style `keyword value` pairs where a command
- * accepts them. Failures are UsageErrors (exit code 2).
+ * Command-line parsing: Node's `util.parseArgs` for the options, plus the one
+ * thing it cannot do — iproute2-style `keyword value` pairs among the
+ * positionals (`dev add name blk0 mgmtdev vdpasim_blk`, as `vdpa` takes them),
+ * which {@link takeKeywordPairs} moves into options afterwards. Failures are
+ * UsageErrors (exit code 2).
  * @module
  */
+import { parseArgs as nodeParseArgs } from 'node:util';
+
 import { ErrorCodes, VdpaError } from '../errors';
 
 /** A command-line mistake: exit code 2 and the command's usage line. */
@@ -14,8 +18,21 @@ export class UsageError extends VdpaError {
   }
 }
 
-/** Option kinds a command declares. */
-export type OptionSpec = Record<string, 'boolean' | 'string'>;
+/** One option a command accepts, with what `--help` says about it. */
+export interface OptionDef {
+  type: 'boolean' | 'string';
+  /** One line for `--help`. */
+  description: string;
+  /** The value's placeholder in `--help` (string options), e.g. `MGMTDEV`. */
+  value?: string;
+  /** The default `--help` shows, when leaving the option out means a particular value. */
+  default?: string;
+  /** A one-letter alias, e.g. `j` for `--json`. */
+  short?: string;
+}
+
+/** The options a command declares, by long name (without `--`). */
+export type OptionSpec = Record<string, OptionDef>;
 
 /** The parsed command line. */
 export interface ParsedArgs {
@@ -23,53 +40,62 @@ export interface ParsedArgs {
   positionals: string[];
 }
 
-/** Options every command accepts. */
-export const COMMON_OPTIONS: OptionSpec = { json: 'boolean', help: 'boolean' };
+/** `--json`, for the commands whose output has a machine-readable form (not `serve`). */
+export const JSON_OPTION: OptionSpec = {
+  json: { type: 'boolean', short: 'j', description: 'print JSON on stdout (errors too: {"error": {...}})' },
+};
 
-/** Parses argv against `spec` (plus --json/--help; -h and -j are short forms). */
-export function parseArgs(argv: readonly string[], spec: OptionSpec): ParsedArgs {
-  const all: OptionSpec = { ...COMMON_OPTIONS, ...spec };
-  const options: Record<string, string | boolean> = {};
-  const positionals: string[] = [];
-  for (let i = 0; i < argv.length; i++) {
-    const arg = argv[i] as string;
-    if (arg === '--') {
-      positionals.push(...argv.slice(i + 1));
-      break;
-    }
-    if (arg === '-h') {
-      options.help = true;
-      continue;
-    }
-    if (arg === '-j') {
-      options.json = true;
-      continue;
-    }
-    if (!arg.startsWith('--')) {
-      if (arg.startsWith('-') && arg.length > 1 && !/^-\d/.test(arg))
-        throw new UsageError(`unknown option ${arg}`);
-      positionals.push(arg);
-      continue;
-    }
-    const eq = arg.indexOf('=');
-    const name = arg.slice(2, eq < 0 ? undefined : eq);
-    const kind = all[name];
-    if (kind === undefined) throw new UsageError(`unknown option --${name}`);
-    if (kind === 'boolean') {
-      if (eq >= 0) throw new UsageError(`--${name} takes no value`);
-      options[name] = true;
-      continue;
-    }
-    let value: string | undefined;
-    if (eq >= 0) value = arg.slice(eq + 1);
-    else {
-      value = argv[i + 1];
-      i++;
-    }
-    if (value === undefined || value === '') throw new UsageError(`--${name} needs a value`);
-    options[name] = value;
+/** `--help`, which every command accepts. */
+export const HELP_OPTION: OptionSpec = {
+  help: { type: 'boolean', short: 'h', description: 'print this help and exit' },
+};
+
+/** The option named in one of util.parseArgs's messages ("Option '-j, --json' does not take…"). */
+function optionIn(message: string): string {
+  const long = /'(?:-\w, )?(--[^' <]+)/.exec(message);
+  if (long !== null) return long[1] as string;
+  return /'(-[^' ]+)'/.exec(message)?.[1] ?? 'an option';
+}
+
+/** util.parseArgs's errors, reworded as ours (they name the option once, and say what to do). */
+function usageErrorFrom(error: unknown): UsageError {
+  const e = error as { code?: string; message?: string };
+  const message = e.message ?? String(error);
+  switch (e.code) {
+    case 'ERR_PARSE_ARGS_UNKNOWN_OPTION':
+      return new UsageError(`unknown option ${optionIn(message)}`);
+    case 'ERR_PARSE_ARGS_INVALID_OPTION_VALUE':
+      return new UsageError(
+        /does not take an argument/.test(message)
+          ? `${optionIn(message)} takes no value`
+          : `${optionIn(message)} needs a value`,
+      );
+    default:
+      return new UsageError(message);
   }
-  return { options, positionals };
+}
+
+/** Parses argv against `spec` plus `--help`, with Node's util.parseArgs (strict: unknown options fail). */
+export function parseArgs(argv: readonly string[], spec: OptionSpec): ParsedArgs {
+  const all: OptionSpec = { ...spec, ...HELP_OPTION };
+  const config = Object.fromEntries(
+    Object.entries(all).map(([name, def]) => [
+      name,
+      { type: def.type, ...(def.short === undefined ? {} : { short: def.short }) },
+    ]),
+  );
+  let parsed: ReturnType<typeof nodeParseArgs>;
+  try {
+    parsed = nodeParseArgs({ args: [...argv], options: config, allowPositionals: true, strict: true });
+  } catch (error) {
+    throw usageErrorFrom(error);
+  }
+  const options: Record<string, string | boolean> = {};
+  for (const [name, value] of Object.entries(parsed.values)) {
+    if (value === '') throw new UsageError(`--${name} needs a value`);
+    if (typeof value === 'string' || typeof value === 'boolean') options[name] = value;
+  }
+  return { options, positionals: parsed.positionals };
 }
 
 /**

@@ -12,7 +12,7 @@ import {
 } from '../mgmt/sysfs';
 import type { VdpaDeviceConfig, VdpaDeviceInfo } from '../mgmt/vdpa';
 import { parseInteger } from '../mgmt/validate';
-import { expectPositionals, stringOption, takeKeywordPairs, UsageError } from './args';
+import { expectPositionals, JSON_OPTION, stringOption, takeKeywordPairs, UsageError } from './args';
 import { withManager, type CliContext, type Command } from './context';
 import { hex, keyValues, table, toJson, wrapWords } from './output';
 
@@ -47,7 +47,7 @@ export const devList: Command = {
   details:
     'DEVICE is /dev/vhost-vdpa-N for devices bound to vhost_vdpa, or the disks/interfaces the kernel\n' +
     'created for devices bound to virtio_vdpa.',
-  options: {},
+  options: { ...JSON_OPTION },
   async run(args, ctx) {
     expectPositionals(args, []);
     const devices = await withManager(ctx, (m) => m.listDevices());
@@ -86,7 +86,7 @@ export const devShow: Command = {
   summary: 'show one device',
   usage: 'vhost-vdpa dev show NAME [--json]',
   details: 'Netlink attributes (class, queues, sizes) plus the sysfs binding (driver, char device).',
-  options: {},
+  options: { ...JSON_OPTION },
   async run(args, ctx) {
     const [name] = expectPositionals(args, ['NAME']) as [string];
     const device = await withManager(ctx, (m) => m.getDevice(name));
@@ -128,13 +128,37 @@ export const devAdd: Command = {
     'The new device binds to whichever vdpa bus driver is loaded; --driver picks one. For vhost_vdpa the\n' +
     'command waits (up to --timeout ms, default 5000) for /dev/vhost-vdpa-N and prints it.',
   options: {
-    mgmtdev: 'string',
-    mac: 'string',
-    mtu: 'string',
-    'max-vqp': 'string',
-    'device-features': 'string',
-    driver: 'string',
-    timeout: 'string',
+    mgmtdev: {
+      type: 'string',
+      value: 'MGMTDEV',
+      description: 'the management device that creates it (required; see `mgmtdev list`)',
+    },
+    mac: {
+      type: 'string',
+      value: 'MAC',
+      description: "net: the device's MAC address, e.g. 52:54:00:12:34:56",
+    },
+    mtu: { type: 'string', value: 'N', description: 'net: the MTU the device reports' },
+    'max-vqp': { type: 'string', value: 'N', description: 'net: the most queue pairs the device offers' },
+    'device-features': {
+      type: 'string',
+      value: 'MASK',
+      default: 'all supported',
+      description: "features to offer, a subset of the mgmtdev's (hex)",
+    },
+    driver: {
+      type: 'string',
+      value: 'vhost|virtio',
+      default: 'the loaded bus driver',
+      description: 'bind it to vhost_vdpa or virtio_vdpa',
+    },
+    timeout: {
+      type: 'string',
+      value: 'MS',
+      default: '5000',
+      description: 'how long to wait for the char (or kernel) device to appear',
+    },
+    ...JSON_OPTION,
   },
   async run(raw, ctx) {
     const args = takeKeywordPairs(raw, {
@@ -190,7 +214,7 @@ export const devDel: Command = {
   details:
     'Refuses (exit 5, EBUSY) when /dev/vhost-vdpa-N of NAME is open, naming the processes: the kernel\n' +
     'would otherwise wait, uninterruptibly, until they close it.',
-  options: {},
+  options: { ...JSON_OPTION },
   async run(args, ctx) {
     const [name] = expectPositionals(args, ['NAME']) as [string];
     await withManager(ctx, (m) => m.deleteDevice(name));
@@ -257,7 +281,7 @@ export const devConfig: Command = {
   details:
     'net: MAC, link status, MTU, max VQ pairs; block: capacity, block size, size/seg max, queues, topology,\n' +
     'discard and write-zeroes limits, read-only, flush; plus the offered and negotiated feature bits.',
-  options: {},
+  options: { ...JSON_OPTION },
   async run(args, ctx) {
     const [name] = expectPositionals(args, ['NAME'], 1);
     const configs = await withManager(ctx, async (m) =>
@@ -276,7 +300,15 @@ export const devStats: Command = {
   details:
     'Vendor counters of queue N (default 0) as the parent driver reports them (DEV_VSTATS_GET). The kernel\n' +
     'has them only for net devices whose parent implements them, and only after feature negotiation.',
-  options: { queue: 'string' },
+  options: {
+    queue: {
+      type: 'string',
+      value: 'N',
+      default: '0',
+      description: 'the queue index (iproute2 form: qidx N)',
+    },
+    ...JSON_OPTION,
+  },
   async run(raw, ctx) {
     const args = takeKeywordPairs(raw, { qidx: 'queue' });
     const [name] = expectPositionals(args, ['NAME']) as [string];
@@ -309,7 +341,14 @@ export const devSet: Command = {
   summary: "change a net device's MAC address",
   usage: 'vhost-vdpa dev set NAME --mac MAC [--json]',
   details: 'Uses DEV_ATTR_SET; the parent driver must support changing attributes after creation.',
-  options: { mac: 'string' },
+  options: {
+    mac: {
+      type: 'string',
+      value: 'MAC',
+      description: 'the new MAC address (required), e.g. 52:54:00:12:34:56',
+    },
+    ...JSON_OPTION,
+  },
   async run(raw, ctx) {
     const args = takeKeywordPairs(raw, { mac: 'mac' });
     const [name] = expectPositionals(args, ['NAME']) as [string];
@@ -328,7 +367,15 @@ export const devBind: Command = {
   details:
     'Sets driver_override (so the choice survives re-probing), unbinds the current driver and binds the\n' +
     'new one. Refuses (exit 5) when /dev/vhost-vdpa-N is open. For vhost, waits for the char device.',
-  options: { timeout: 'string' },
+  options: {
+    timeout: {
+      type: 'string',
+      value: 'MS',
+      default: '5000',
+      description: 'how long to wait for the char (or kernel) device to appear',
+    },
+    ...JSON_OPTION,
+  },
   async run(args, ctx) {
     const [name, word] = expectPositionals(args, ['NAME', 'vhost|virtio']) as [string, string];
     const driver = parseDriver(word);

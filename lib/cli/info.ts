@@ -14,6 +14,7 @@ import type { SystemPaths } from '../mgmt/sysfs';
 import type { VdpaDeviceConfig, VdpaDeviceInfo, VdpaManagement } from '../mgmt/vdpa';
 import { virtioClassName } from '../mgmt/vdpa-uapi';
 import { decodeBlkConfig, decodeNetConfig, type BlkConfig, type NetConfig } from '../virtio-config';
+import { JSON_OPTION } from './args';
 import type { CliContext, Command } from './context';
 import { hex, keyValues, toJson, wrapWords } from './output';
 
@@ -254,7 +255,13 @@ export const info: Command = {
     "the vdpa bus that has a char device (--lab: the lab's devices). Opens each device briefly (vhost-vdpa\n" +
     'allows one open at a time) and reports decoded features, backend features, the capability probe,\n' +
     'the config space decoded per class, queue counts and sizes, the IOVA range, and the netlink view.',
-  options: { lab: 'boolean' },
+  options: {
+    lab: {
+      type: 'boolean',
+      description: "the lab's devices (from $VDPA_LAB_DEVICES or /run/vdpa-lab.json) instead of all",
+    },
+    ...JSON_OPTION,
+  },
   async run(args, ctx) {
     let targets = args.positionals;
     if (targets.length === 0) {

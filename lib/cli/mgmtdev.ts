@@ -4,7 +4,7 @@
  */
 import { decodeFeatures } from '../features';
 import type { MgmtDevice } from '../mgmt/vdpa';
-import { expectPositionals } from './args';
+import { expectPositionals, JSON_OPTION } from './args';
 import { withManager, type Command } from './context';
 import { hex, table, toJson, wrapWords } from './output';
 
@@ -48,7 +48,7 @@ export const mgmtdevList: Command = {
   details:
     'Shows each management device handle (what `dev add --mgmtdev` takes), the virtio classes it creates,\n' +
     'the most virtqueues a device may have, and the virtio features its devices can offer.',
-  options: {},
+  options: { ...JSON_OPTION },
   async run(args, ctx) {
     expectPositionals(args, []);
     const devices = await withManager(ctx, (m) => m.listMgmtDevices());
@@ -64,7 +64,7 @@ export const mgmtdevShow: Command = {
   summary: 'show one management device, with its feature names',
   usage: 'vhost-vdpa mgmtdev show MGMTDEV [--json]',
   details: 'MGMTDEV is a handle such as vdpasim_blk, vduse or pci/0000:01:00.2.',
-  options: {},
+  options: { ...JSON_OPTION },
   async run(args, ctx) {
     const [handle] = expectPositionals(args, ['MGMTDEV']);
     const device = await withManager(ctx, (m) => m.getMgmtDevice(handle as string));

@@ -6,7 +6,8 @@
  */
 import { ErrorCodes, VdpaError } from '../errors';
 import { packageVersion } from '../service/methods';
-import { parseArgs, UsageError } from './args';
+import { HELP_OPTION, parseArgs, UsageError, type OptionSpec } from './args';
+import { completionCommand } from './completion';
 import { defaultContext, type CliContext, type Command } from './context';
 import { devAdd, devBind, devConfig, devDel, devList, devSet, devShow, devStats } from './dev';
 import { info } from './info';
@@ -28,6 +29,7 @@ export const COMMANDS: readonly Command[] = [
   devBind,
   info,
   serve,
+  completionCommand(() => COMMANDS),
 ];
 
 const EXIT_CODES_HELP = `Exit codes: 0 ok, 1 failure, 2 usage error, 3 not found, 4 permission denied (run as root),
@@ -36,11 +38,14 @@ const EXIT_CODES_HELP = `Exit codes: 0 ok, 1 failure, 2 usage error, 3 not found
 function topHelp(): string {
   const width = Math.max(...COMMANDS.map((c) => c.name.length));
   return (
-    'Usage: vhost-vdpa COMMAND [ARGS] [--json] [--help]\n\n' +
+    'Usage: vhost-vdpa COMMAND [ARGS] [OPTIONS]\n\n' +
     "Manage vDPA devices through the kernel's vdpa netlink interface and inspect /dev/vhost-vdpa-N.\n\n" +
     'Commands:\n' +
     COMMANDS.map((c) => `  ${c.name.padEnd(width)}  ${c.summary}`).join('\n') +
-    '\n\nOptions: --json (machine-readable output), --help (per command), --version.\n' +
+    '\n\nOptions:\n' +
+    '  -h, --help     this text; `vhost-vdpa COMMAND --help` describes a command and its options\n' +
+    '  -V, --version  print the package version and exit\n' +
+    '  -j, --json     (most commands) machine-readable output\n\n' +
     EXIT_CODES_HELP +
     '\n'
   );
@@ -56,14 +61,22 @@ function groupHelp(group: string): string {
   );
 }
 
+/** `  --mgmtdev MGMTDEV   what it is (default: x)`, one line per option, aligned. */
+function optionLines(spec: OptionSpec): string {
+  const entries = Object.entries(spec).map(([name, def]) => {
+    const short = def.short === undefined ? '    ' : `-${def.short}, `;
+    const flag = `${short}--${name}${def.type === 'string' ? ` ${def.value ?? 'VALUE'}` : ''}`;
+    const text = def.description + (def.default === undefined ? '' : ` (default: ${def.default})`);
+    return [flag, text] as const;
+  });
+  const width = Math.max(...entries.map(([flag]) => flag.length));
+  return entries.map(([flag, text]) => `  ${flag.padEnd(width)}  ${text}`).join('\n') + '\n';
+}
+
 function commandHelp(command: Command): string {
-  const options = Object.entries(command.options)
-    .map(([name, kind]) => `  --${name}${kind === 'string' ? ' VALUE' : ''}`)
-    .join('\n');
   return (
     `Usage: ${command.usage}\n\n${command.summary}.\n\n${command.details}\n\n` +
-    (options.length > 0 ? `Options:\n${options}\n` : '') +
-    '  --json    machine-readable output\n  --help    this text\n\n' +
+    `Options:\n${optionLines({ ...command.options, ...HELP_OPTION })}\n` +
     EXIT_CODES_HELP +
     '\n'
   );
@@ -78,7 +91,7 @@ const ALIASES: Record<string, string> = {
 
 /** Runs the CLI with `argv` (without node and script); resolves with the exit code. */
 export async function runCli(argv: readonly string[], ctx: CliContext = defaultContext()): Promise<number> {
-  const json = argv.includes('--json') || argv.includes('-j');
+  let json = argv.includes('--json') || argv.includes('-j');
   try {
     const [first, second] = argv;
     if (first === undefined || first === '--help' || first === '-h' || first === 'help') {
@@ -107,12 +120,14 @@ export async function runCli(argv: readonly string[], ctx: CliContext = defaultC
         throw new UsageError(`unknown command "${first}"; see \`vhost-vdpa --help\``);
       rest = argv.slice(1);
     }
-    const parsed = parseArgs(rest, command.options);
-    if (parsed.options.help === true) {
-      ctx.stdout(commandHelp(command));
-      return ExitCode.OK;
-    }
+    // --json applies to the commands that have it; `serve --json` is a usage error, answered in text.
+    json &&= 'json' in command.options;
     try {
+      const parsed = parseArgs(rest, command.options);
+      if (parsed.options.help === true) {
+        ctx.stdout(commandHelp(command));
+        return ExitCode.OK;
+      }
       return await command.run(parsed, ctx);
     } catch (error) {
       if (error instanceof UsageError) error.message += `\nusage: ${command.usage.split('\n')[0] as string}`;

@@ -23,7 +23,16 @@ export const serve: Command = {
     'Methods: list-interfaces, create-interface, destroy-interface, get-stats, list-methods, version.\n' +
     'Requests are JSON texts, newline-delimited or concatenated; each response is one line. The socket is\n' +
     'created with --mode (default 0600). Stops cleanly on SIGTERM/SIGINT (exit 0). See docs/cli.md.',
-  options: { socket: 'string', mode: 'string', 'max-connections': 'string' },
+  options: {
+    socket: { type: 'string', value: 'PATH', description: 'the Unix socket to listen on (required)' },
+    mode: { type: 'string', value: 'OCTAL', default: '0600', description: "the socket file's permissions" },
+    'max-connections': {
+      type: 'string',
+      value: 'N',
+      default: '64',
+      description: 'clients served at once; more are refused',
+    },
+  },
   async run(args, ctx) {
     expectPositionals(args, []);
     const socketPath = stringOption(args, 'socket');

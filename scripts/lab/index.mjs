@@ -18,6 +18,10 @@ export const LAB_FAILURE_EXIT = 125;
 export const TIMEOUT_EXIT = 124;
 
 const STD_PATH = ['/usr/local/sbin', '/usr/local/bin', '/usr/sbin', '/usr/bin', '/sbin', '/bin'];
+/** In the guest: the run directory's bin/, first on PATH, with the project's CLI as `vhost-vdpa`. */
+const GUEST_BIN = '/run/lab/bin';
+/** An interactive shell has no natural end; the VM still gets one (4 hours) unless --timeout says otherwise. */
+const SHELL_TIMEOUT_SEC = 4 * 3600;
 
 export { prepare } from './prepare.mjs';
 
@@ -33,6 +37,8 @@ export { prepare } from './prepare.mjs';
  * @param {boolean} [opts.verbose] also echo the guest's serial console (`[console] …`) to stderr
  * @param {number} [opts.memoryMiB=2048]
  * @param {number} [opts.cpus=2]
+ * @param {boolean} [opts.shell] connect the command's stdin/stdout/stderr to this terminal (a second serial
+ *   port on QEMU's stdio, the guest's /dev/ttyS1, its controlling terminal): for `--shell`
  * @returns {Promise<{exitCode: number, accel: 'kvm'|'tcg',
  *   timings: {prepareMs: number, bootMs: number, commandMs: number, totalMs: number}}>}
  *   exitCode is the command's status, 124 on timeout, 125 when the guest failed before reporting one.
@@ -120,11 +126,12 @@ function normalizeOptions(opts) {
     command,
     env,
     kernelArgs,
-    timeoutSec: opts.timeoutSec ?? 1500,
+    timeoutSec: opts.timeoutSec ?? (opts.shell ? SHELL_TIMEOUT_SEC : 1500),
     quiet: !!opts.quiet,
     verbose: !!opts.verbose,
     memoryMiB: opts.memoryMiB ?? 2048,
     cpus: opts.cpus ?? 2,
+    shell: !!opts.shell,
   };
 }
 
@@ -141,15 +148,42 @@ function writeRunFiles(runDir, assets, o) {
       assign('LAB_ROOT_CACHE', process.env.VDPA_LAB_ROOT_CACHE || 'loose') +
       assign('LAB_PROJECT_CACHE', process.env.VDPA_LAB_PROJECT_CACHE || 'loose') +
       // The host's node first, wherever it is installed (nvm, /usr/local, /usr/bin).
-      assign('LAB_PATH', [...new Set([path.dirname(process.execPath), ...STD_PATH])].join(':')),
+      assign('LAB_PATH', [...new Set([GUEST_BIN, path.dirname(process.execPath), ...STD_PATH])].join(':')),
   );
+  writeGuestBin(path.join(runDir, 'bin'));
   fs.writeFileSync(
     path.join(runDir, 'env.sh'),
     Object.entries(o.env)
       .map(([k, v]) => `export ${assign(k, v)}`)
       .join(''),
   );
-  fs.writeFileSync(path.join(runDir, 'command.sh'), `exec ${o.command.map(shQuote).join(' ')}\n`);
+  const exec = `exec ${o.command.map(shQuote).join(' ')}`;
+  fs.writeFileSync(
+    path.join(runDir, 'command.sh'),
+    // --shell: the guest's /dev/ttyS1 is this terminal; setsid -c makes it the shell's controlling terminal
+    // (job control, ^C to the foreground job), -w passes the shell's exit status on.
+    o.shell
+      ? `stty rows ${process.stdout.rows || 24} cols ${process.stdout.columns || 80} </dev/ttyS1\n` +
+          `exec setsid -c -w sh -c ${shQuote(exec)} <>/dev/ttyS1 >&0 2>&0\n`
+      : `${exec}\n`,
+  );
+}
+
+/** `vhost-vdpa` in the guest: the project's CLI, so that the docs' commands work as written in the lab. */
+function writeGuestBin(dir) {
+  const main = path.join(PROJECT_ROOT, 'dist', 'cli', 'main.js');
+  fs.mkdirSync(dir);
+  fs.writeFileSync(
+    path.join(dir, 'vhost-vdpa'),
+    `#!/bin/sh
+if [ ! -f ${shQuote(main)} ]; then
+  echo "vhost-vdpa: ${main} is not built: run npm install (or npm run build) on the host" >&2
+  exit 127
+fi
+exec node ${shQuote(main)} "$@"
+`,
+    { mode: 0o755 },
+  );
 }
 
 function printTail(lines) {

@@ -76,6 +76,10 @@ export async function prepare(log = createLogger()) {
   let kernel = await resolveKernel(log);
   let assets = assetPaths(kernel);
   if (assetsReady(kernel, assets)) return assets;
+  log(
+    `first run for kernel ${kernel.kver}: building the lab cache in ${assets.dir} ` +
+      '(kernel packages, simulator modules, initramfs; about a minute, once)',
+  );
 
   await withLock(path.join(CACHE_ROOT, '.lock'), log, async () => {
     // Re-checked under the lock: a concurrent run may have finished the work while we waited.
@@ -95,6 +99,11 @@ export async function prepare(log = createLogger()) {
     if (!fs.existsSync(assets.initramfs)) await buildInitramfs(log, assets.dir, kernel, assets.initramfs);
   });
   return assets;
+}
+
+/** `12.3s` since t. */
+function seconds(t) {
+  return `${((Date.now() - t) / 1000).toFixed(1)}s`;
 }
 
 function assetPaths({ kver }) {
@@ -131,19 +140,23 @@ async function ensurePackages(log) {
   );
   const missing = HOST_PACKAGES.filter((p) => !installed.has(p));
   if (missing.length === 0) return;
-  log(`installing host packages: ${missing.join(' ')}`);
+  log(`host packages: ${missing.length} of ${HOST_PACKAGES.length} missing, installing ${missing.join(' ')}`);
   await aptUpdate(log);
+  const t = Date.now();
+  log(`apt-get install (downloads ${missing.join(' ')} and their dependencies from the Debian mirror)`);
   await run('apt-get', [...APT_LOCK_OPTS, 'install', '-y', '--no-install-recommends', ...missing], {
     env: APT_ENV,
   });
-  log('host packages installed');
+  log(`host packages installed (${seconds(t)})`);
 }
 
 let aptUpdated = false;
 async function aptUpdate(log) {
   if (aptUpdated) return;
-  log('apt-get update');
+  const t = Date.now();
+  log("apt-get update (downloads Debian's package lists)");
   await run('apt-get', [...APT_LOCK_OPTS, 'update'], { env: APT_ENV });
+  log(`apt-get update done (${seconds(t)})`);
   aptUpdated = true;
 }
 
@@ -171,6 +184,7 @@ async function resolveKernel(log, { force = false } = {}) {
   const listsStamp = aptListsStamp();
   const cached = readJson(cacheFile);
   if (!force && cached && cached.listsStamp === listsStamp && cached.kver && cached.version) return cached;
+  log(`resolving ${KERNEL_META} with apt-cache`);
 
   const query = async () => {
     const dep = await run('apt-cache', ['depends', KERNEL_META], { allowFail: true });
@@ -238,6 +252,9 @@ async function fetchKernel(log, dir, { kver, kabi, version }) {
       cwd: debs,
       env: APT_ENV,
     });
+    const got = fs.readdirSync(debs).map((f) => fs.statSync(path.join(debs, f)).size);
+    const mib = got.reduce((a, b) => a + b, 0) / 1048576;
+    log(`downloaded ${got.length} packages, ${mib.toFixed(0)} MiB (${seconds(t)})`);
   } catch (e) {
     log(`apt-get download failed: ${e.message.split('\n').slice(-1)[0]}`);
     fs.rmSync(debs, { recursive: true, force: true });

@@ -137,7 +137,7 @@ class ConsoleWatcher {
 /** QEMU option values use ',' as separator; a literal comma is written twice. */
 const qemuEscape = (s) => s.replaceAll(',', ',,');
 
-function qemuArgs({ accel, assets, runDir, projectRoot, memoryMiB, cpus, kernelArgs }) {
+function qemuArgs({ accel, assets, runDir, projectRoot, memoryMiB, cpus, kernelArgs, shell }) {
   // no_timer_check: under TCG on a busy host the IO-APIC timer check can miss its window and panic the boot
   // ("IO-APIC + timer doesn't work!"); the check only guards against broken chipsets, which QEMU's is not.
   const cmdline = [
@@ -155,6 +155,8 @@ function qemuArgs({ accel, assets, runDir, projectRoot, memoryMiB, cpus, kernelA
     '-smp', String(cpus),
     '-nodefaults', '-no-user-config', '-display', 'none', '-no-reboot', '-monitor', 'none',
     '-serial', `file:${path.join(runDir, 'console.log')}`,
+    // --shell: ttyS1 is our terminal (raw while QEMU runs; signal=off sends ^C to the guest, not to QEMU).
+    ...(shell ? ['-chardev', 'stdio,id=shell,signal=off', '-serial', 'chardev:shell'] : []),
     '-kernel', assets.vmlinuz,
     '-initrd', assets.initramfs,
     '-append', cmdline,
@@ -204,7 +206,7 @@ export function bootOnce({ accel, allowKvmFallback, assets, runDir, projectRoot,
   const t0 = Date.now();
   // setpriv --pdeathsig: QEMU dies with us even if we are SIGKILLed and no handler runs.
   const qemu = spawn('setpriv', ['--pdeathsig', 'KILL', '--', 'qemu-system-x86_64', ...args], {
-    stdio: ['ignore', 'pipe', 'pipe'],
+    stdio: opts.shell ? ['inherit', 'inherit', 'pipe'] : ['ignore', 'pipe', 'pipe'],
   });
   liveVms.add(qemu);
 
@@ -261,7 +263,7 @@ export function bootOnce({ accel, allowKvmFallback, assets, runDir, projectRoot,
           }, KVM_INIT_DEADLINE_MS)
         : undefined;
 
-    qemu.stdout.on('data', (d) => (qemuStderr += d));
+    qemu.stdout?.on('data', (d) => (qemuStderr += d));
     qemu.stderr.on('data', (d) => {
       qemuStderr += d;
       // A broken KVM hangs the guest rather than crashing it: kill now. Before the command started the

@@ -212,6 +212,111 @@ describe('cli: commands with a fake kernel', () => {
   });
 });
 
+describe('cli: help, version, completion and parse errors', () => {
+  let sysfs: FakeSysfs;
+  beforeEach(() => {
+    sysfs = new FakeSysfs();
+  });
+  afterEach(() => sysfs.cleanup());
+
+  async function cli(argv: string[]): Promise<{ code: number; out: string; err: string }> {
+    const ctx = context(fakeManager(), sysfs);
+    const code = await runCli(argv, ctx);
+    return { code, out: ctx.out, err: ctx.err };
+  }
+
+  it('describes every option of every command on one line, with its default when it has one', async () => {
+    for (const command of COMMANDS) {
+      const { code, out } = await cli([...command.name.split(' '), '--help']);
+      assert.equal(code, 0, command.name);
+      for (const [name, def] of Object.entries(command.options)) {
+        const line = out.split('\n').find((l) => l.includes(`--${name}`) && /^\s+(-\w, )?--/.test(l));
+        assert.ok(line !== undefined, `${command.name}: --${name} is not in --help`);
+        assert.ok(line.includes(def.description), `${command.name}: --${name} has no description`);
+        if (def.default !== undefined)
+          assert.ok(line.includes(`(default: ${def.default})`), `${command.name}: --${name} default`);
+        assert.ok(line.length <= 110, `${command.name}: --${name} line is ${line.length} columns`);
+      }
+      assert.match(out, /^ {2}-h, --help {2,}print this help and exit$/m, command.name);
+    }
+    const addHelp = (await cli(['dev', 'add', '--help'])).out;
+    assert.match(addHelp, /--timeout MS\s+how long to wait .* \(default: 5000\)/);
+    assert.match(addHelp, /-j, --json/);
+  });
+
+  it('offers --json only where the output has a JSON form: not on serve', async () => {
+    assert.doesNotMatch((await cli(['serve', '--help'])).out, /--json/);
+    const serve = await cli(['serve', '--socket', '/tmp/x.sock', '--json']);
+    assert.equal(serve.code, 2);
+    assert.match(serve.err, /unknown option --json\nusage: vhost-vdpa serve/);
+    assert.equal(serve.out, '', 'a usage error of serve is not answered in JSON');
+    for (const command of COMMANDS.filter((c) => c.name !== 'serve' && c.name !== 'completion'))
+      assert.ok('json' in command.options, `${command.name} has --json`);
+  });
+
+  it('prints the package version with --version and -V', async () => {
+    const pkg = JSON.parse(
+      fs.readFileSync(path.join(__dirname, '..', '..', '..', 'package.json'), 'utf8'),
+    ) as {
+      version: string;
+    };
+    for (const flag of ['--version', '-V']) {
+      const { code, out } = await cli([flag]);
+      assert.equal(code, 0);
+      assert.equal(out, `${pkg.version}\n`);
+    }
+  });
+
+  it('reports parse errors by option name, with the usage line, exit 2', async () => {
+    const cases: [string[], RegExp][] = [
+      [['dev', 'add', 'x', '--mgmtdev'], /--mgmtdev needs a value/],
+      [['dev', 'add', 'x', '--mgmtdev='], /--mgmtdev needs a value/],
+      [['dev', 'add', 'x', '--mgmtdev', '--json'], /--mgmtdev needs a value/],
+      [['dev', 'list', '--json=yes'], /--json takes no value/],
+      [['dev', 'show', 'blk0', '--nope'], /unknown option --nope\nusage: vhost-vdpa dev show NAME/],
+      [['dev', 'show', 'blk0', '-x'], /unknown option -x/],
+      [['completion', 'zsh'], /no completion for "zsh": only bash/],
+      [['completion'], /missing SHELL/],
+    ];
+    for (const [argv, message] of cases) {
+      const { code, err } = await cli(argv);
+      assert.equal(code, 2, argv.join(' '));
+      assert.match(err, message, argv.join(' '));
+    }
+  });
+
+  it('prints a bash completion script that completes commands, options and their choices', async () => {
+    const { code, out } = await cli(['completion', 'bash']);
+    assert.equal(code, 0);
+    assert.match(out, /^# bash completion for vhost-vdpa/);
+    assert.match(out, /complete -F _vhost_vdpa vhost-vdpa\n$/);
+    const script = path.join(sysfs.root, 'completion.bash');
+    fs.writeFileSync(script, out);
+    const complete = (...words: string[]): string => {
+      const res = spawnSync(
+        'bash',
+        [
+          '-c',
+          'source "$0"; COMP_WORDS=("$@"); COMP_CWORD=$((${#COMP_WORDS[@]} - 1)); _vhost_vdpa; echo "${COMPREPLY[*]}"',
+          script,
+          'vhost-vdpa',
+          ...words,
+        ],
+        { encoding: 'utf8' },
+      );
+      assert.equal(res.status, 0, res.stderr);
+      return res.stdout.trim();
+    };
+    assert.equal(complete('d'), 'dev');
+    assert.equal(complete('dev', 'a'), 'add');
+    assert.equal(complete('dev', 'add', 'x', '--dr'), '--driver');
+    assert.equal(complete('dev', 'add', 'x', '--driver', ''), 'vhost virtio');
+    assert.equal(complete('dev', 'bind', '--timeout', '5', 'blk0', 'vi'), 'virtio');
+    assert.equal(complete('serve', '--j'), '');
+    assert.equal(complete('completion', ''), 'bash');
+  });
+});
+
 describe('cli: the executable', () => {
   const main = path.join(__dirname, '..', '..', 'lib', 'cli', 'main.js');
 
