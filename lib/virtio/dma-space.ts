@@ -52,11 +52,13 @@ export class DmaSpace {
    * Allocates the driver's own regions and maps them in one IOTLB batch.
    * On failure nothing stays allocated.
    */
-  allocateFixed(regions: readonly { bytes: number; name: string }[]): DmaBufferEntry[] {
+  allocateFixed(regions: readonly { bytes: number; name: string; asid?: number }[]): DmaBufferEntry[] {
     const allocated: DmaRegion[] = [];
     try {
       for (const r of regions) allocated.push(DmaRegion.allocate(r.bytes, { name: r.name }));
-      const mappings = this.#transport.mapBatch(allocated.map((memory) => ({ memory })));
+      const mappings = this.#transport.mapBatch(
+        allocated.map((memory, i) => ({ memory, asid: regions[i].asid ?? 0 })),
+      );
       const entries = allocated.map((region, i) => ({
         region,
         mapping: mappings[i],
@@ -136,7 +138,12 @@ export class DmaSpace {
     const lost = [...this.#fixed, ...this.#buffers.values()].filter((e) => !live.has(e.mapping));
     if (lost.length === 0) return 0;
     const mappings = this.#transport.mapBatch(
-      lost.map((e) => ({ memory: e.region, iova: e.mapping.iova, access: e.mapping.access })),
+      lost.map((e) => ({
+        memory: e.region,
+        iova: e.mapping.iova,
+        access: e.mapping.access,
+        asid: e.mapping.asid,
+      })),
     );
     lost.forEach((e, i) => (e.mapping = mappings[i]));
     return lost.length;
