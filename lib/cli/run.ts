@@ -11,6 +11,7 @@ import { defaultContext, type CliContext, type Command } from './context';
 import { devAdd, devBind, devConfig, devDel, devList, devSet, devShow, devStats } from './dev';
 import { info } from './info';
 import { mgmtdevList, mgmtdevShow } from './mgmtdev';
+import { netCapture, netLoopbackTest, netSend } from './net';
 import { exitCodeFor, ExitCode, toJson } from './output';
 import { serve } from './serve';
 
@@ -28,6 +29,9 @@ export const COMMANDS: readonly Command[] = [
   devBind,
   info,
   serve,
+  netSend,
+  netCapture,
+  netLoopbackTest,
 ];
 
 const EXIT_CODES_HELP = `Exit codes: 0 ok, 1 failure, 2 usage error, 3 not found, 4 permission denied (run as root),
@@ -69,7 +73,7 @@ function commandHelp(command: Command): string {
   );
 }
 
-const GROUPS = ['mgmtdev', 'dev'];
+const GROUPS = ['mgmtdev', 'dev', 'net'];
 const ALIASES: Record<string, string> = {
   'dev vstats': 'dev stats',
   'mgmtdev ls': 'mgmtdev list',
