@@ -261,7 +261,11 @@ export class NetDevice extends EventEmitter {
       beforeDriverOk: this.controlQueueIsolated
         ? () => (transport.setGroupAsid as (g: number, a: number) => void)(cvqGroup, 1)
         : undefined,
-      emit: (event, ...args) => this.emit(event, ...args),
+      emit: (event, ...args) => {
+        // A failed device delivers nothing more: end the iterators so no consumer waits forever.
+        if (event === 'failed') this.#endIterators();
+        return this.emit(event, ...args);
+      },
     });
     this.#refill();
     this.#core.flush();
@@ -483,7 +487,7 @@ export class NetDevice extends EventEmitter {
    * iterators each get every frame. When one holds `highWaterMark` frames
    * (default 1024) the driver stops refilling the RX ring until it drains to
    * half; the device then drops what arrives (vdpa_sim_net counts them as "rx
-   * overruns"). Ends when the device is closed; `break` ends it too.
+   * overruns"). Ends when the device is closed or fails (`'failed'`); `break` ends it too.
    */
   frames(options: { highWaterMark?: number } = {}): AsyncIterableIterator<Buffer> {
     const highWaterMark = options.highWaterMark ?? 1024;
@@ -666,11 +670,15 @@ export class NetDevice extends EventEmitter {
     op.ctrlCmd = cmd;
     op.frame = undefined;
     core.enqueue(op);
-    this.#counters.control.frames++;
-    return core.promise<void>(request, undefined).catch((e: unknown) => {
-      this.#counters.control.drops++;
-      throw e;
-    });
+    return core.promise<void>(request, undefined).then(
+      () => {
+        this.#counters.control.frames++;
+      },
+      (e: unknown) => {
+        this.#counters.control.drops++;
+        throw e;
+      },
+    );
   }
 
   #requireFeature(feature: number, name: string, what: string): void {
@@ -729,7 +737,11 @@ export class NetDevice extends EventEmitter {
   /** Stops the device (see CloseOptions: pending sends and commands drain by default); ends frames() iterators. */
   async close(options?: CloseOptions): Promise<void> {
     await this.#core.close(options);
-    for (const iterator of this.#iterators) iterator.end();
+    this.#endIterators();
+  }
+
+  #endIterators(): void {
+    for (const iterator of [...this.#iterators]) iterator.end();
     this.#iterators.clear();
   }
 

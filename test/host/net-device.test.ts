@@ -142,6 +142,19 @@ describe('NetDevice (host, fake device)', () => {
     await until(() => got.length === 1, 'a frame after the reset');
   });
 
+  it("ends frames() iterators when the device fails ('failed'), and refuses sends with ERR_DEVICE_FAILED", async () => {
+    dev = NetDevice.open(fake);
+    const it = dev.frames();
+    const next = it.next();
+    const failed: Error[] = [];
+    dev.on('failed', (e: Error) => failed.push(e));
+    fake.negotiateError = new Error('EIO');
+    fake.needsReset();
+    assert.equal((await next).done, true);
+    assert.equal(failed.length, 1);
+    await rejects(dev.send(frame(1)), 'ERR_DEVICE_FAILED', /could not be set up again/);
+  });
+
   it('does not wait for the RX buffers at close({ drain: true }) and ends iterators', async () => {
     dev = NetDevice.open(fake);
     const it = dev.frames();

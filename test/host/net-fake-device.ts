@@ -66,7 +66,11 @@ export class FakeNetDevice implements NetTransport {
   #nextIova = 0x100000;
   #scheduled = false;
 
+  /** When set, negotiate() fails with it (a device that cannot be set up again). */
+  negotiateError: Error | undefined;
+
   negotiate(wanted: bigint): { offered: bigint; negotiated: bigint } {
+    if (this.negotiateError !== undefined) throw this.negotiateError;
     this.negotiated = (wanted | bit(VirtioF.VERSION_1) | bit(VirtioF.ACCESS_PLATFORM)) & this.offered;
     this.status = 1 | 2 | 8;
     return { offered: this.offered, negotiated: this.negotiated };
