@@ -34,6 +34,7 @@ export * from './virtio-config';
 export * from './virtqueue';
 export * from './virtio';
 export * from './blk';
+export * from './net';
 export { BouncePool } from './bounce';
 export * from './mgmt';
 export {

@@ -12,6 +12,7 @@ import { defaultContext, type CliContext, type Command } from './context';
 import { devAdd, devBind, devConfig, devDel, devList, devSet, devShow, devStats } from './dev';
 import { info } from './info';
 import { mgmtdevList, mgmtdevShow } from './mgmtdev';
+import { netCapture, netLoopbackTest, netSend } from './net';
 import { exitCodeFor, ExitCode, toJson } from './output';
 import { serve } from './serve';
 
@@ -29,6 +30,9 @@ export const COMMANDS: readonly Command[] = [
   devBind,
   info,
   serve,
+  netSend,
+  netCapture,
+  netLoopbackTest,
   completionCommand(() => COMMANDS),
 ];
 
@@ -82,7 +86,7 @@ function commandHelp(command: Command): string {
   );
 }
 
-const GROUPS = ['mgmtdev', 'dev'];
+const GROUPS = ['mgmtdev', 'dev', 'net'];
 const ALIASES: Record<string, string> = {
   'dev vstats': 'dev stats',
   'mgmtdev ls': 'mgmtdev list',

@@ -56,11 +56,13 @@ export class DmaSpace {
    * Allocates the driver's own regions and maps them in one IOTLB batch.
    * On failure nothing stays allocated.
    */
-  allocateFixed(regions: readonly { bytes: number; name: string }[]): DmaBufferEntry[] {
+  allocateFixed(regions: readonly { bytes: number; name: string; asid?: number }[]): DmaBufferEntry[] {
     const allocated: DmaRegion[] = [];
     try {
       for (const r of regions) allocated.push(DmaRegion.allocate(r.bytes, { name: r.name }));
-      const mappings = this.#transport.mapBatch(allocated.map((memory) => ({ memory })));
+      const mappings = this.#transport.mapBatch(
+        allocated.map((memory, i) => ({ memory, asid: regions[i].asid ?? 0 })),
+      );
       const entries = allocated.map((region, i) => ({
         region,
         mapping: mappings[i],

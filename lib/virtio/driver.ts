@@ -99,6 +99,13 @@ export interface DriverProtocol<O extends DeviceOp> {
   describe(request: DriverRequest): string;
   /** The config space changed: decode it, update the driver's getters, return what `'config-change'` carries. */
   configChanged(config: Buffer): unknown;
+  /**
+   * Optional: the device was reset and set up again by a recovery (state is
+   * `'open'` again, before `'reset'` is emitted and the FIFO is served). A
+   * driver with standing buffers ({@link DeviceOp.standing}, failed by the
+   * reset) posts them again here.
+   */
+  restarted?(): void;
 }
 
 /** Options of the core, set by the protocol driver. */
@@ -120,6 +127,14 @@ export interface DriverCoreOptions {
   requestTimeoutMs: number;
   /** Close the transport on close() (it was opened by path). */
   ownsTransport: boolean;
+  /**
+   * Optional: called at every start — at open and after each recovery's reset —
+   * once the queues are attached and before DRIVER_OK. For device set-up a
+   * reset undoes, e.g. moving a control queue's group to its own address
+   * space (VHOST_VDPA_SET_GROUP_ASID; vdpa_sim moves every group back to ASID 0
+   * on reset). A throw fails the open or the recovery.
+   */
+  beforeDriverOk?: () => void;
   /** Emits the driver's events (`'config-change'`, `'reset'`, `'failed'`) on its EventEmitter. */
   emit: (event: string, ...args: unknown[]) => boolean;
 }
@@ -203,6 +218,10 @@ export class VirtioDriver<O extends DeviceOp> {
   readonly #completions: CompletionDriver;
   readonly #configCall: EventFd;
   readonly #fifo = new OpFifo<O>();
+  /** FIFOs of targeted ops ({@link DeviceOp.queueIndex}), by queue index, made on first use. */
+  readonly #queueFifos: (OpFifo<O> | undefined)[] = [];
+  /** Ops waiting in {@link #queueFifos}. */
+  #targetedWaiting = 0;
   readonly #opPool: O[] = [];
   readonly #requestPool: DriverRequest[] = [];
   readonly #counters = {
@@ -307,6 +326,7 @@ export class VirtioDriver<O extends DeviceOp> {
     const transport = this.#transport;
     attachQueues(transport, this.queues);
     transport.setConfigCall(this.#configCall.fd);
+    this.#options.beforeDriverOk?.();
     transport.setStatus(
       VIRTIO_CONFIG_S_ACKNOWLEDGE |
         VIRTIO_CONFIG_S_DRIVER |
@@ -408,15 +428,46 @@ export class VirtioDriver<O extends DeviceOp> {
     op.request = request;
     op.queue = undefined;
     op.head = -1;
+    op.queueIndex = -1;
+    op.standing = false;
     request.remaining++;
     return op;
   }
 
-  /** Queues an op (it holds its zero-copy buffer from now until it finishes). */
+  /**
+   * Queues an op (it holds its zero-copy buffer from now until it finishes).
+   * An op with a `queueIndex` waits in that queue's own FIFO.
+   */
   enqueue(op: O): void {
     if (op.dmaBuffer !== undefined) op.dmaBuffer.uses++;
-    this.#fifo.push(op);
-    this.#outstanding++;
+    if (op.queueIndex < 0) this.#fifo.push(op);
+    else this.#enqueueTargeted(op);
+    if (!op.standing) this.#outstanding++;
+  }
+
+  #enqueueTargeted(op: O): void {
+    const index = op.queueIndex;
+    if (!Number.isInteger(index) || index >= this.queues.length || op.bounce !== BOUNCE_NONE) {
+      throw new VdpaError(
+        `${this.path}: internal error: op for queue ${index} (the driver has ${this.queues.length}); ` +
+          'targeted ops cannot use the bounce pool',
+        { code: ErrorCodes.INVALID_ARG, path: this.path },
+      );
+    }
+    (this.#queueFifos[index] ??= new OpFifo<O>()).push(op);
+    this.#targetedWaiting++;
+  }
+
+  /** Ops of queue `index` waiting for ring space (targeted ops only). */
+  waiting(index: number): number {
+    return this.#queueFifos[index]?.size ?? 0;
+  }
+
+  /** Publishes now (one kick per queue with new chains) what was queued, without waiting for the microtask. */
+  flush(): void {
+    if (this.#state !== 'open' && this.#state !== 'closing') return;
+    this.#pump();
+    this.#publish();
   }
 
   /**
@@ -500,6 +551,7 @@ export class VirtioDriver<O extends DeviceOp> {
 
   /** Moves ops from the FIFO into rings, in order, until something is full. */
   #pump(): void {
+    if (this.#targetedWaiting > 0) this.#pumpTargeted();
     const fifo = this.#fifo;
     while (fifo.size > 0) {
       const op = fifo.peek();
@@ -535,6 +587,24 @@ export class VirtioDriver<O extends DeviceOp> {
     }
   }
 
+  /** Moves targeted ops into their queues, each queue's in order, until its ring is full. */
+  #pumpTargeted(): void {
+    const fifos = this.#queueFifos;
+    for (let i = 0; i < fifos.length; i++) {
+      const fifo = fifos[i];
+      if (fifo === undefined) continue;
+      const vq = this.queues[i].vq;
+      while (fifo.size > 0) {
+        const op = fifo.peek();
+        if (!op.request.settled && !vq.canAdd(op.segments)) break;
+        fifo.shift();
+        this.#targetedWaiting--;
+        if (op.request.settled) this.#finish(op);
+        else this.#dispatch(op, this.queues[i]);
+      }
+    }
+  }
+
   #pickQueue(segments: number): DriverQueue | undefined {
     const queues = this.queues;
     const n = queues.length;
@@ -557,7 +627,7 @@ export class VirtioDriver<O extends DeviceOp> {
     op.epoch = this.#epoch;
     vq.end(op);
     this.#counters.deviceRequests++;
-    if (this.#deadlineTimer === undefined && this.#tickMs > 0) this.#startDeadlines();
+    if (this.#deadlineTimer === undefined && this.#tickMs > 0 && !op.standing) this.#startDeadlines();
   }
 
   #publish(): void {
@@ -591,7 +661,7 @@ export class VirtioDriver<O extends DeviceOp> {
     this.#solo = false;
     let found = 0;
     try {
-      if (this.#fifo.size > 0) this.#pump();
+      if (this.#fifo.size > 0 || this.#targetedWaiting > 0) this.#pump();
       this.#publish();
       for (const q of this.queues) {
         try {
@@ -604,7 +674,7 @@ export class VirtioDriver<O extends DeviceOp> {
       }
       if (found > 0) {
         this.#resetsWithoutProgress = 0;
-        if (this.#fifo.size > 0) {
+        if (this.#fifo.size > 0 || this.#targetedWaiting > 0) {
           this.#pump();
           this.#publish();
         }
@@ -664,7 +734,7 @@ export class VirtioDriver<O extends DeviceOp> {
   /** An op is done (completed, failed or dropped): settle its request when it was the last. */
   #finish(op: O): void {
     const request = op.request;
-    this.#outstanding--;
+    if (!op.standing) this.#outstanding--;
     if (op.dmaBuffer !== undefined) op.dmaBuffer.uses--;
     op.request = undefined as unknown as DriverRequest;
     op.dmaBuffer = undefined;
@@ -725,9 +795,10 @@ export class VirtioDriver<O extends DeviceOp> {
     let late: O[] | undefined;
     for (const q of this.queues) {
       if (q.vq.inFlight === 0) continue;
-      inFlight += q.vq.inFlight;
       for (const token of q.vq.inFlightTokens()) {
         const op = token as O;
+        if (op.standing) continue; // posted buffers wait for the device indefinitely
+        inFlight++;
         if (this.#epoch - op.epoch >= this.#timeoutTicks) (late ??= []).push(op);
       }
     }
@@ -823,6 +894,7 @@ export class VirtioDriver<O extends DeviceOp> {
       const culprit = q === corrupt;
       for (const token of q.vq.reset()) {
         const op = token as O;
+        if (op.standing) op.request.settled = true; // a posted buffer: nobody waits for it
         if (!op.request.settled) {
           failed++;
           op.request.error ??= culprit
@@ -861,6 +933,12 @@ export class VirtioDriver<O extends DeviceOp> {
     }
     if (this.#state !== 'recovering') return;
     this.#state = 'open';
+    try {
+      this.#protocol.restarted?.();
+    } catch (error) {
+      this.#enterFailed(reason, error, 'its buffers could not be posted again');
+      return;
+    }
     this.#options.emit('reset', { reason, failed } satisfies ResetEvent);
     // A config interrupt during the recovery was ignored: look now.
     try {
@@ -939,7 +1017,7 @@ export class VirtioDriver<O extends DeviceOp> {
     for (const q of this.queues) {
       for (const token of q.vq.reset()) {
         const op = token as O;
-        op.request.error ??= closedError(op.request);
+        if (!op.standing) op.request.error ??= closedError(op.request);
         this.#release(op);
         this.#finish(op);
       }
@@ -974,9 +1052,18 @@ export class VirtioDriver<O extends DeviceOp> {
       this.#release(op);
       this.#finish(op);
     }
+    for (const fifo of this.#queueFifos) {
+      while (fifo !== undefined && fifo.size > 0) {
+        const op = fifo.shift();
+        this.#targetedWaiting--;
+        if (!op.standing) op.request.error ??= errorFor(op.request);
+        this.#finish(op);
+      }
+    }
     for (const q of this.queues) {
       for (const token of q.vq.inFlightTokens()) {
         const op = token as O;
+        if (op.standing) continue; // a posted buffer: nobody waits for it; finished at the reset
         op.request.error ??= errorFor(op.request);
         settle(op.request);
       }

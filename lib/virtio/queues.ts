@@ -38,6 +38,12 @@ export interface QueueLayout {
   doorbell: boolean;
   /** Region names (shown in /proc/PID/maps): `${name}-vqN`. */
   name: string;
+  /**
+   * The address space (ASID) each queue's ring and slot memory is mapped in,
+   * by queue index (default: all in ASID 0). A net control queue whose group
+   * was moved to ASID 1 needs its ring there.
+   */
+  asids?: readonly number[];
 }
 
 /**
@@ -60,6 +66,7 @@ export function createQueues(
     Array.from({ length: layout.count }, (_, i) => ({
       bytes: ringBytes + slotBytes,
       name: `${layout.name}-vq${i}`,
+      asid: layout.asids?.[i] ?? 0,
     })),
   );
   const queues: DriverQueue[] = [];

@@ -80,6 +80,20 @@ export class DeviceOp {
   head = -1;
   /** Deadline clock tick at dispatch. */
   epoch = 0;
+  /**
+   * The queue this op must go to (its index in the driver's queues), or -1
+   * (default): any queue, round-robin. A targeted op waits in its queue's own
+   * FIFO, so a full ring (a net TX queue) does not hold up another queue (the
+   * control queue). Targeted ops do not use the bounce pool.
+   */
+  queueIndex = -1;
+  /**
+   * A buffer the driver keeps posted for the device to fill when it has
+   * something (a net RX buffer), not a caller's request: it has no deadline,
+   * is not counted in `pending` nor waited for by `close()`, and fails
+   * silently on a reset or close (the protocol's `restarted()` posts it again).
+   */
+  standing = false;
 
   constructor(maxChunks: number) {
     this.chunks = new Int32Array(maxChunks);
