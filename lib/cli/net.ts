@@ -4,13 +4,11 @@
  * @module
  */
 import { writeFileSync } from 'node:fs';
-import { join } from 'node:path';
-import { ErrorCodes, VdpaError } from '../errors';
-import { findCharDevName } from '../mgmt/sysfs';
 import { formatMac, parseMac } from '../net/mac';
 import { NetDevice } from '../net/net-device';
-import { expectPositionals, JSON_OPTION, stringOption, UsageError, type ParsedArgs } from './args';
-import type { CliContext, Command } from './context';
+import { expectPositionals, JSON_OPTION, stringOption, UsageError } from './args';
+import { devicePath, intOption } from './device-arg';
+import type { Command } from './context';
 import { keyValues, toJson } from './output';
 
 /** Source MAC of the frames the CLI builds (no zero byte: vdpa_sim_net's filter uses strncmp). */
@@ -19,31 +17,6 @@ const SOURCE_MAC = Uint8Array.of(0x52, 0x54, 0xaa, 0xbb, 0xcc, 0x99);
 const LOOPBACK_MAC = '52:54:aa:bb:cc:01';
 /** IEEE 802 local experimental EtherType. */
 const ETHERTYPE = 0x88b5;
-
-/** DEV: a /dev/vhost-vdpa-N path, or a vdpa device name (net0). */
-function devicePath(dev: string, ctx: CliContext): string {
-  if (dev.includes('/')) return dev;
-  const chardev = findCharDevName(dev, ctx.paths);
-  if (chardev === null) {
-    throw new VdpaError(
-      `"${dev}" has no vhost-vdpa char device: bind it with \`vhost-vdpa dev bind ${dev} vhost_vdpa\``,
-      {
-        code: ErrorCodes.WRONG_DRIVER,
-      },
-    );
-  }
-  return join(ctx.paths.dev, chardev);
-}
-
-function intOption(args: ParsedArgs, name: string, fallback: number, min: number, max: number): number {
-  const raw = stringOption(args, name);
-  if (raw === undefined) return fallback;
-  const n = Number(raw);
-  if (!/^\d+$/.test(raw) || !Number.isSafeInteger(n) || n < min || n > max) {
-    throw new UsageError(`--${name} must be an integer from ${min} to ${max}, got ${JSON.stringify(raw)}`);
-  }
-  return n;
-}
 
 /** A frame of `size` bytes to `dst` carrying `seq`, its payload a function of `seq`. */
 function buildFrame(seq: number, size: number, dst: Uint8Array): Buffer {

@@ -12,6 +12,7 @@ import { defaultContext, type CliContext, type Command } from './context';
 import { devAdd, devBind, devConfig, devDel, devList, devSet, devShow, devStats } from './dev';
 import { info } from './info';
 import { mgmtdevList, mgmtdevShow } from './mgmtdev';
+import { checkCommand } from './check';
 import { netCapture, netLoopbackTest, netSend } from './net';
 import { exitCodeFor, ExitCode, toJson } from './output';
 import { serve } from './serve';
@@ -33,11 +34,12 @@ export const COMMANDS: readonly Command[] = [
   netSend,
   netCapture,
   netLoopbackTest,
+  checkCommand,
   completionCommand(() => COMMANDS),
 ];
 
 const EXIT_CODES_HELP = `Exit codes: 0 ok, 1 failure, 2 usage error, 3 not found, 4 permission denied (run as root),
-5 busy or already exists, 6 timeout, 7 not supported.`;
+5 busy or already exists, 6 timeout, 7 not supported, 8 the device failed, 9 reset by recovery (retry).`;
 
 function topHelp(): string {
   const width = Math.max(...COMMANDS.map((c) => c.name.length));

@@ -577,7 +577,7 @@ export class NetDevice extends EventEmitter {
 
   /**
    * Sets the device's MAC address (VIRTIO_NET_CTRL_MAC_ADDR_SET) and, once
-   * the device acked, re-reads the config space ({@link mac} follows).
+   * the device acked, re-reads the config space (the `mac` getter follows).
    * @throws (rejects) `ERR_INVALID_ARG` (not a MAC, or a multicast one),
    *   `ERR_UNSUPPORTED` (no VIRTIO_NET_F_CTRL_MAC_ADDR), `ERR_DEVICE_UNSUPP` (NAK).
    */

@@ -201,7 +201,8 @@ const MAX_RESETS_WITHOUT_PROGRESS = 3;
 /** A settled promise: `RESOLVED.then(f)` queues a microtask without the AsyncResource `queueMicrotask` creates. */
 const RESOLVED = Promise.resolve();
 
-type State = 'open' | 'recovering' | 'failed' | 'closing' | 'closed';
+/** The driver's life cycle: see docs/driver-core.md. */
+export type DriverState = 'open' | 'recovering' | 'failed' | 'closing' | 'closed';
 
 /** The driver core of one device; see the module comment. */
 export class VirtioDriver<O extends DeviceOp> {
@@ -244,7 +245,7 @@ export class VirtioDriver<O extends DeviceOp> {
    * only one, is published at once instead of at the end of the checkpoint.
    */
   #solo = false;
-  #state: State = 'open';
+  #state: DriverState = 'open';
   /** Why the driver is unusable (failed), or undefined. */
   #failure: VdpaError | undefined;
   #closing: Promise<void> | undefined;
@@ -348,7 +349,7 @@ export class VirtioDriver<O extends DeviceOp> {
   // ---- state ----------------------------------------------------------------------------------
 
   /** `'open'`, `'recovering'` (requests wait), `'failed'`, `'closing'` or `'closed'`. */
-  get state(): State {
+  get state(): DriverState {
     return this.#state;
   }
 
@@ -472,7 +473,8 @@ export class VirtioDriver<O extends DeviceOp> {
 
   /**
    * The promise of a request whose ops were enqueued; schedules their
-   * dispatch. With a `signal`, aborting rejects it at once (see {@link abort}).
+   * dispatch. With a `signal`, aborting rejects it at once: before dispatch the
+   * op is dropped; in flight the device keeps it until it completes or is reset.
    */
   promise<T>(request: DriverRequest, signal: AbortSignal | undefined): Promise<T> {
     const promise = promiseOf<T>(request);

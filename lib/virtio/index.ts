@@ -10,8 +10,16 @@ export {
   DriverTransport,
   CloseOptions,
   ResetEvent,
+  type DriverState,
 } from './driver';
-export { DeviceOp, DriverRequest, BOUNCE_NONE, BOUNCE_TO_DEVICE, BOUNCE_FROM_DEVICE } from './request';
+export {
+  DeviceOp,
+  DriverRequest,
+  BOUNCE_NONE,
+  BOUNCE_TO_DEVICE,
+  BOUNCE_FROM_DEVICE,
+  type BounceDirection,
+} from './request';
 export { DriverQueue, QueueLayout } from './queues';
-export { DmaSpace, DmaBufferEntry } from './dma-space';
-export { negotiateDevice, readConfigStable, RingChoice, BringUp } from './config';
+export { DmaSpace, DmaBufferEntry, type DmaTransport } from './dma-space';
+export { negotiateDevice, readConfigStable, RingChoice, BringUp, type BringUpTransport } from './config';
