@@ -150,14 +150,7 @@ export class IotlbMapper {
 
   /** Invalidates live mappings and frees their IOVA ranges. */
   unmapBatch(mappings: readonly IotlbMapping[]): void {
-    for (const mapping of mappings) {
-      if (!this.#mappings.has(mapping)) {
-        throw new VdpaError(`IOVA ${hex(mapping.iova)} is not a live mapping of ${this.#device.path}`, {
-          code: ErrorCodes.INVALID_ARG,
-          path: this.#device.path,
-        });
-      }
-    }
+    this.#checkLive(mappings);
     this.#write(
       mappings.map((m) => ({
         type: VHOST_IOTLB_INVALIDATE,
@@ -183,14 +176,7 @@ export class IotlbMapper {
    * they are sent again.
    */
   resend(mappings: readonly IotlbMapping[]): void {
-    for (const mapping of mappings) {
-      if (!this.#mappings.has(mapping)) {
-        throw new VdpaError(`IOVA ${hex(mapping.iova)} is not a live mapping of ${this.#device.path}`, {
-          code: ErrorCodes.INVALID_ARG,
-          path: this.#device.path,
-        });
-      }
-    }
+    this.#checkLive(mappings);
     this.#write(
       mappings.flatMap((m) => [
         { type: VHOST_IOTLB_INVALIDATE, asid: m.asid, iova: m.iova, size: m.size, uaddr: 0n, perm: 0 },
@@ -211,6 +197,17 @@ export class IotlbMapper {
     for (const mapping of this.#mappings) this.#releaseRegion(mapping);
     this.#mappings.clear();
     for (const allocator of this.#allocators.values()) allocator.clear();
+  }
+
+  #checkLive(mappings: readonly IotlbMapping[]): void {
+    for (const mapping of mappings) {
+      if (!this.#mappings.has(mapping)) {
+        throw new VdpaError(`IOVA ${hex(mapping.iova)} is not a live mapping of ${this.#device.path}`, {
+          code: ErrorCodes.INVALID_ARG,
+          path: this.#device.path,
+        });
+      }
+    }
   }
 
   /** One site object per mapping, so unmapping finds what mapping recorded. */

@@ -15,7 +15,6 @@ import {
   BlockDevice,
   BlockDeviceOptions,
   BlockTransport,
-  DmaRegion,
   Doorbell,
   IotlbMapping,
   VdpaError,
@@ -34,7 +33,8 @@ import {
   VirtioF,
   VringAddresses,
 } from '../../lib';
-import { DeviceChain, DeviceRing, IovaSpace } from './virtqueue-fake-device';
+import { FakeIotlb } from './fake-iotlb';
+import { DeviceChain, DeviceRing } from './virtqueue-fake-device';
 import { PackedDeviceRing } from './virtqueue-packed-fake-device';
 
 /**
@@ -157,7 +157,6 @@ export class FakeBlkDevice implements BlockTransport {
   closed = false;
   negotiated = 0n;
   status = 0;
-  readonly space = new IovaSpace();
   readonly seen: SeenRequest[] = [];
   /** Limits or protocol rules the driver broke. Tests assert it stays empty. */
   readonly violations: string[] = [];
@@ -181,10 +180,7 @@ export class FakeBlkDevice implements BlockTransport {
   /** The config interrupt eventfd (VHOST_VDPA_SET_CONFIG_CALL), -1 when none. */
   configCall = -1;
   readonly #vrings: VringSetup[];
-  readonly #mappings: IotlbMapping[] = [];
-  readonly #regions = new Map<IotlbMapping, DmaRegion>();
   readonly #held: { queue: number; chain: DeviceChain; length: number }[] = [];
-  #nextIova = 0x100000;
   #scheduled = false;
   #kickPoller: NodeJS.Timeout | undefined;
 
@@ -292,65 +288,27 @@ export class FakeBlkDevice implements BlockTransport {
     return this.options.queueMax;
   }
 
+  readonly iotlb = new FakeIotlb();
+
+  /** What the device can reach through its IOTLB. */
+  get space(): FakeIotlb['space'] {
+    return this.iotlb.space;
+  }
+
   get mappings(): readonly IotlbMapping[] {
-    return [...this.#mappings];
+    return this.iotlb.mappings;
   }
 
-  mapBatch(entries: readonly { memory: unknown; iova?: bigint }[]): IotlbMapping[] {
-    return entries.map(({ memory, iova }) => {
-      if (!(memory instanceof DmaRegion)) throw new Error('fake device maps only DmaRegions');
-      if (iova !== undefined) {
-        // A remap at a chosen IOVA (after a reset dropped the mappings): it must not overlap a live one.
-        const at = Number(iova);
-        for (const m of this.#mappings) {
-          if (at < Number(m.iova) + Number(m.size) && Number(m.iova) < at + memory.size) {
-            throw new VdpaError('IOVA overlap', { code: 'ERR_IOVA_OVERLAP' });
-          }
-        }
-        const mapping: IotlbMapping = {
-          iova,
-          size: BigInt(memory.size),
-          uaddr: memory.address,
-          asid: 0,
-          access: 'rw',
-        };
-        this.space.add(at, memory.bytes);
-        this.#mappings.push(mapping);
-        this.#regions.set(mapping, memory);
-        return mapping;
-      }
-      const mapping: IotlbMapping = {
-        iova: BigInt(this.#nextIova),
-        size: BigInt(memory.size),
-        uaddr: memory.address,
-        asid: 0,
-        access: 'rw',
-      };
-      this.space.add(this.#nextIova, memory.bytes);
-      this.#nextIova += memory.size + 0x10000;
-      this.#mappings.push(mapping);
-      this.#regions.set(mapping, memory);
-      return mapping;
-    });
+  mapBatch(entries: readonly { memory: unknown; iova?: bigint; asid?: number }[]): IotlbMapping[] {
+    return this.iotlb.mapBatch(entries);
   }
 
-  /** Sends mappings to the device side again (after a reset cleaned it), like VhostVdpaDevice.resendMappings. */
   resendMappings(mappings: readonly IotlbMapping[]): void {
-    for (const m of mappings) {
-      const region = this.#regions.get(m);
-      if (region === undefined) throw new VdpaError('not a live mapping', { code: 'ERR_INVALID_ARG' });
-      this.space.remove(Number(m.iova));
-      this.space.add(Number(m.iova), region.bytes);
-    }
+    this.iotlb.resendMappings(mappings);
   }
 
   unmapBatch(mappings: readonly IotlbMapping[]): void {
-    for (const m of mappings) {
-      const i = this.#mappings.indexOf(m);
-      if (i < 0) throw new VdpaError('not a live mapping', { code: 'ERR_INVALID_ARG' });
-      this.#mappings.splice(i, 1);
-      this.space.remove(Number(m.iova));
-    }
+    this.iotlb.unmapBatch(mappings);
   }
 
   #vring(index: number): VringSetup {
@@ -415,7 +373,7 @@ export class FakeBlkDevice implements BlockTransport {
       this.status = 0;
       // Like vhost-vdpa without IOTLB_PERSIST: vhost keeps its IOTLB (the same IOVAs cannot be mapped again),
       // but the parent cleans its own maps: the device sees nothing until they are sent again.
-      this.space.clear();
+      this.iotlb.reset();
       return;
     }
     if ((status & VIRTIO_CONFIG_S_DRIVER_OK) !== 0 && (this.status & VIRTIO_CONFIG_S_DRIVER_OK) === 0) {

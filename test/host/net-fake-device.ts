@@ -12,18 +12,17 @@ import { writeSync } from 'node:fs';
 import {
   bit,
   bits,
-  DmaRegion,
   Doorbell,
   IotlbMapping,
   NetTransport,
-  VdpaError,
   VIRTIO_CONFIG_S_DRIVER_OK,
   VIRTIO_CONFIG_S_NEEDS_RESET,
   VirtioF,
   VirtioNetF,
   VringAddresses,
 } from '../../lib';
-import { DeviceRing, IovaSpace } from './virtqueue-fake-device';
+import { FakeIotlb } from './fake-iotlb';
+import { DeviceRing } from './virtqueue-fake-device';
 
 interface VringSetup {
   num: number;
@@ -51,7 +50,6 @@ export class FakeNetDevice implements NetTransport {
   mac = Buffer.from([0x52, 0x54, 0xaa, 0xbb, 0xcc, 0x01]);
   linkStatus = 1;
   mtu = 1500;
-  readonly space = new IovaSpace();
   rings: (DeviceRing | undefined)[] = [];
   /** While true, TX chains stay in the ring (a stalled device). */
   holdTx = false;
@@ -62,9 +60,6 @@ export class FakeNetDevice implements NetTransport {
   /** The frames the device saw on TX (header stripped). */
   readonly transmitted: Buffer[] = [];
   readonly #vrings: VringSetup[] = Array.from({ length: 3 }, () => ({ num: 0, call: -1, enabled: false }));
-  readonly #mappings: IotlbMapping[] = [];
-  readonly #regions = new Map<IotlbMapping, DmaRegion>();
-  #nextIova = 0x100000;
   #scheduled = false;
 
   /** When set, negotiate() fails with it (a device that cannot be set up again). */
@@ -109,46 +104,27 @@ export class FakeNetDevice implements NetTransport {
     return 256;
   }
 
+  readonly iotlb = new FakeIotlb();
+
+  /** What the device can reach through its IOTLB. */
+  get space(): FakeIotlb['space'] {
+    return this.iotlb.space;
+  }
+
   get mappings(): readonly IotlbMapping[] {
-    return [...this.#mappings];
+    return this.iotlb.mappings;
   }
 
-  mapBatch(entries: readonly { memory: unknown; iova?: bigint }[]): IotlbMapping[] {
-    return entries.map(({ memory, iova }) => {
-      if (!(memory instanceof DmaRegion)) throw new Error('fake device maps only DmaRegions');
-      const at = iova === undefined ? this.#nextIova : Number(iova);
-      if (iova === undefined) this.#nextIova += memory.size + 0x10000;
-      const mapping: IotlbMapping = {
-        iova: BigInt(at),
-        size: BigInt(memory.size),
-        uaddr: memory.address,
-        asid: 0,
-        access: 'rw',
-      };
-      this.space.add(at, memory.bytes);
-      this.#mappings.push(mapping);
-      this.#regions.set(mapping, memory);
-      return mapping;
-    });
+  mapBatch(entries: readonly { memory: unknown; iova?: bigint; asid?: number }[]): IotlbMapping[] {
+    return this.iotlb.mapBatch(entries);
   }
 
-  /** Sends mappings to the device side again (after a reset cleaned it), like VhostVdpaDevice.resendMappings. */
   resendMappings(mappings: readonly IotlbMapping[]): void {
-    for (const m of mappings) {
-      const region = this.#regions.get(m);
-      if (region === undefined) throw new VdpaError('not a live mapping', { code: 'ERR_INVALID_ARG' });
-      this.space.remove(Number(m.iova));
-      this.space.add(Number(m.iova), region.bytes);
-    }
+    this.iotlb.resendMappings(mappings);
   }
 
   unmapBatch(mappings: readonly IotlbMapping[]): void {
-    for (const m of mappings) {
-      const i = this.#mappings.indexOf(m);
-      if (i < 0) throw new VdpaError('not a live mapping', { code: 'ERR_INVALID_ARG' });
-      this.#mappings.splice(i, 1);
-      this.space.remove(Number(m.iova));
-    }
+    this.iotlb.unmapBatch(mappings);
   }
 
   setVringNum(index: number, num: number): void {
@@ -190,7 +166,7 @@ export class FakeNetDevice implements NetTransport {
       this.status = 0;
       this.rings = [];
       // vhost keeps its IOTLB across a reset; the parent cleans its own maps until they are sent again.
-      this.space.clear();
+      this.iotlb.reset();
       return;
     }
     if ((status & VIRTIO_CONFIG_S_DRIVER_OK) !== 0 && (this.status & VIRTIO_CONFIG_S_DRIVER_OK) === 0) {
