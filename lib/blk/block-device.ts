@@ -11,18 +11,18 @@
  * are the core's: see docs/blk.md for what a caller sees.
  */
 import { EventEmitter } from 'node:events';
-import { VhostVdpaDevice, OpenOptions } from '../device';
-import { abortError, ErrorCodes, VdpaError } from '../errors';
+import { VhostVdpaDevice } from '../device';
+import { ErrorCodes, VdpaError } from '../errors';
 import { bits, decodeFeatures, hasBit, VirtioBlkF, VirtioF } from '../features';
 import { VIRTIO_ID_BLOCK } from '../uapi';
 import { BlkConfig, decodeBlkConfig } from '../virtio-config';
-import type { CompletionMode } from '../virtqueue/completions';
 import type { VirtqueueFormat } from '../virtqueue/types';
 import { negotiateDevice } from '../virtio/config';
-import { CloseOptions, DriverCoreStats, DriverTransport, VirtioDriver } from '../virtio/driver';
+import { CloseOptions, DriverTransport, VirtioDriver } from '../virtio/driver';
 import { BOUNCE_FROM_DEVICE, BOUNCE_TO_DEVICE, DriverRequest } from '../virtio/request';
 import { BlkCodec, BlkOp, SLOT_IN, SLOT_IN_MAX, SLOT_OUT, SLOT_SIZE } from './codec';
 import { BlockLimits, bounceChunkSize, computeLimits, logicalBlockSizeOf } from './limits';
+import { checkBuffer, checkRange, checkSignal, requireFeature } from './validate';
 import {
   blkRequestTypeName,
   VIRTIO_BLK_SECTOR_SIZE,
@@ -36,81 +36,12 @@ import {
 } from './protocol';
 
 export type { BlockLimits } from './limits';
+export type { BlockDeviceOptions, BlockDeviceStats, BlockOperation, RequestOptions } from './options';
+import type { BlockDeviceOptions, BlockDeviceStats, BlockOperation, RequestOptions } from './options';
 export type { CloseOptions, ResetEvent } from '../virtio/driver';
 
 /** The device operations the driver uses; {@link VhostVdpaDevice} has them all (host tests use a fake). */
 export type BlockTransport = DriverTransport;
-
-/** Options for {@link BlockDevice.open}. */
-export interface BlockDeviceOptions {
-  /** Request queues to use (default 1); more than one needs VIRTIO_BLK_F_MQ and at most `num_queues`. */
-  queues?: number;
-  /** Descriptors per queue: rounded down to a power of two, capped by the device (default 256). */
-  queueSize?: number;
-  /** How completions are noticed (default `'interrupt'`). */
-  completion?: CompletionMode;
-  /** Poll mode: µs to spin re-checking before yielding to the event loop (default 0). */
-  pollSpinMicros?: number;
-  /**
-   * Poll mode: longest time (µs, default 1000) the poll loop keeps chaining
-   * rounds between microtask checkpoints — picking up requests resubmitted from
-   * completion callbacks without an event-loop turn — before it lets timers
-   * and I/O run (see lib/virtqueue/completions.ts).
-   */
-  pollSliceMicros?: number;
-  /** Bytes of DMA memory for copying ordinary Buffers (default 4 MiB, at least two maximal requests). */
-  bounceBytes?: number;
-  /** Largest single device request in bytes (default 1 MiB); larger requests are split. */
-  maxTransferBytes?: number;
-  /** Refuse writes, discards and write-zeroes even if the device allows them. */
-  readOnly?: boolean;
-  /**
-   * Feature bits not to negotiate, e.g. `bit(VirtioF.RING_EVENT_IDX)` to compare
-   * notification strategies or `bit(VirtioBlkF.DISCARD)` to test the driver
-   * without discard.
-   */
-  excludeFeatures?: bigint;
-  /** Use the doorbell page when the device has one (default true). */
-  doorbell?: boolean;
-  /**
-   * Virtqueue format: `'split'`, `'packed'` (VIRTIO_F_RING_PACKED; fails with
-   * `ERR_NEGOTIATION` if the device does not offer it) or `'auto'` (default:
-   * packed when offered, split otherwise).
-   */
-  ring?: 'split' | 'packed' | 'auto';
-  /**
-   * Deadline of each device request after it entered the ring, in ms (default
-   * 30000, as blk-mq; 0 = none). A late request rejects with `ETIMEDOUT` and
-   * the driver resets the device to recover (see docs/blk.md).
-   */
-  requestTimeoutMs?: number;
-  /** Options for {@link VhostVdpaDevice.open} when a path is given. */
-  open?: OpenOptions;
-}
-
-/** Counters, for tests and benchmarks. */
-export type BlockDeviceStats = DriverCoreStats;
-
-/** Per-call options of the I/O methods. */
-export interface RequestOptions {
-  /**
-   * Aborting rejects the request at once with an `AbortError` (`code`
-   * `'ABORT_ERR'`). Not yet in a ring: the device never sees it. In flight:
-   * the device still completes it (its result is discarded), and a zero-copy
-   * buffer stays reserved — {@link BlockDevice.freeBuffer} refuses it — until
-   * then or until the device is reset.
-   */
-  signal?: AbortSignal;
-}
-
-/** One element of {@link BlockDevice.submit}. */
-export type BlockOperation =
-  | { op: 'read'; offset: number; length: number }
-  | { op: 'readInto'; offset: number; buffer: Uint8Array }
-  | { op: 'write'; offset: number; data: Uint8Array }
-  | { op: 'flush' }
-  | { op: 'discard'; offset: number; length: number }
-  | { op: 'writeZeroes'; offset: number; length: number; unmap?: boolean };
 
 const WANTED_FEATURES = bits(
   VirtioBlkF.SIZE_MAX,
@@ -373,7 +304,7 @@ export class BlockDevice extends EventEmitter {
    */
   readInto<T extends Uint8Array>(offset: number, target: T, options?: RequestOptions): Promise<T> {
     const error =
-      this.#checkBuffer(target) ??
+      checkBuffer(target) ??
       this.#checkRange('read', offset, target.length, false) ??
       this.#checkSignal('read', options);
     if (error !== undefined) return Promise.reject(error);
@@ -387,7 +318,7 @@ export class BlockDevice extends EventEmitter {
    */
   write(offset: number, data: Uint8Array, options?: RequestOptions): Promise<void> {
     const error =
-      this.#checkBuffer(data) ??
+      checkBuffer(data) ??
       this.#checkRange('write', offset, data.length, true) ??
       this.#checkSignal('write', options);
     if (error !== undefined) return Promise.reject(error);
@@ -570,63 +501,18 @@ export class BlockDevice extends EventEmitter {
     return this.#core.close(options);
   }
 
-  // ---- validation ------------------------------------------------------------------------------
+  // ---- validation (lib/blk/validate.ts) ------------------------------------------------------
 
-  #checkBuffer(data: unknown): VdpaError | undefined {
-    if (!(data instanceof Uint8Array)) {
-      return new VdpaError('data must be a Buffer or Uint8Array', { code: ErrorCodes.INVALID_ARG });
-    }
-    return undefined;
+  #checkRange(kind: string, offset: number, length: number, writes: boolean): VdpaError | undefined {
+    return this.#core.usableError('block device') ?? checkRange(this, kind, offset, length, writes);
   }
 
   #checkSignal(kind: string, options: RequestOptions | undefined): Error | undefined {
-    const signal = options?.signal;
-    if (signal === undefined) return undefined;
-    if (!(signal instanceof AbortSignal)) {
-      return new VdpaError(`${kind}: signal must be an AbortSignal`, { code: ErrorCodes.INVALID_ARG });
-    }
-    return signal.aborted ? abortError(signal.reason, `${kind} on ${this.path}`) : undefined;
-  }
-
-  #checkRange(kind: string, offset: number, length: number, writes: boolean): VdpaError | undefined {
-    const usable = this.#core.usableError('block device');
-    if (usable !== undefined) return usable;
-    if (!Number.isSafeInteger(offset) || offset < 0 || !Number.isSafeInteger(length) || length <= 0) {
-      return new VdpaError(
-        `${kind}: offset must be a non-negative integer and length a positive integer (got offset ${String(offset)}, ` +
-          `length ${String(length)})`,
-        { code: ErrorCodes.INVALID_ARG, path: this.path },
-      );
-    }
-    const block = this.logicalBlockSize;
-    if (offset % block !== 0 || length % block !== 0) {
-      return new VdpaError(
-        `${kind} of ${length} bytes at offset ${offset} is not aligned to the ${block}-byte logical block size`,
-        { code: ErrorCodes.MISALIGNED, path: this.path },
-      );
-    }
-    if (offset + length > this.#capacity) {
-      return new VdpaError(
-        `${kind} of ${length} bytes at offset ${offset} ends beyond the device capacity of ${this.#capacity} bytes`,
-        { code: ErrorCodes.OUT_OF_RANGE, path: this.path },
-      );
-    }
-    if (writes && this.readOnly) {
-      return new VdpaError(
-        `${kind} of ${length} bytes at offset ${offset} refused: ${this.path} is read-only` +
-          (this.#config.readOnly ? ' (VIRTIO_BLK_F_RO)' : ' (opened with readOnly)'),
-        { code: ErrorCodes.READ_ONLY, path: this.path },
-      );
-    }
-    return undefined;
+    return checkSignal(`${kind} on ${this.path}`, options);
   }
 
   #requireFeature(kind: string, feature: number, name: string): VdpaError | undefined {
-    if (hasBit(this.features, feature)) return undefined;
-    return new VdpaError(`${kind} is not supported by ${this.path}: ${name} was not negotiated`, {
-      code: ErrorCodes.UNSUPPORTED,
-      path: this.path,
-    });
+    return requireFeature(this, kind, feature, name);
   }
 
   // ---- request construction -------------------------------------------------------------------
