@@ -28,7 +28,6 @@
  * ops are pooled, and deadlines cost one integer store per dispatch (a coarse
  * clock ticked by one timer per device, not a timer per request).
  */
-import type { VhostVdpaDevice } from '../device';
 import { BouncePool } from '../bounce';
 import { abortError, ErrorCodes, VdpaError } from '../errors';
 import { EventFd } from '../eventfd';
@@ -40,11 +39,28 @@ import {
   VIRTIO_CONFIG_S_FEATURES_OK,
   VIRTIO_CONFIG_S_NEEDS_RESET,
 } from '../uapi';
-import type { VirtqueueTransport } from '../virtqueue/attach';
-import { CompletionDriver, CompletionMode } from '../virtqueue/completions';
+import { CompletionDriver, type CompletionMode } from '../virtqueue/completions';
+import type {
+  CloseOptions,
+  DriverCoreOptions,
+  DriverCoreStats,
+  DriverProtocol,
+  DriverState,
+  DriverTransport,
+  ResetEvent,
+} from './types';
+export type {
+  CloseOptions,
+  DriverCoreOptions,
+  DriverCoreStats,
+  DriverProtocol,
+  DriverState,
+  DriverTransport,
+  ResetEvent,
+} from './types';
 import type { Virtqueue } from '../virtqueue/types';
-import { DmaSpace, DmaTransport } from './dma-space';
-import { attachQueues, closeQueues, createQueues, DriverQueue, QueueLayout } from './queues';
+import { DmaSpace } from './dma-space';
+import { attachQueues, closeQueues, createQueues, DriverQueue } from './queues';
 import {
   BOUNCE_FROM_DEVICE,
   BOUNCE_NONE,
@@ -57,152 +73,11 @@ import {
 } from './request';
 import { readConfigStable } from './config';
 
-/** The device operations the core uses; {@link VhostVdpaDevice} has them all (host tests use a fake). */
-export type DriverTransport = VirtqueueTransport &
-  DmaTransport &
-  Pick<
-    VhostVdpaDevice,
-    | 'deviceId'
-    | 'negotiate'
-    | 'getConfigSize'
-    | 'getConfig'
-    | 'getVringNum'
-    | 'getStatus'
-    | 'setStatus'
-    | 'setConfigCall'
-    | 'reset'
-    | 'close'
-  > & {
-    /** Resets the device off the event-loop thread (a VDUSE daemon may take up to its msg_timeout to answer). */
-    resetAsync?(): Promise<void>;
-    /** Closes the device off the event-loop thread (close(2) resets it). */
-    closeAsync?(): Promise<void>;
-  };
-
-/** What a protocol driver supplies to the core. */
-export interface DriverProtocol<O extends DeviceOp> {
-  /** A new (pooled) op. */
-  newOp(): O;
-  /**
-   * Writes the chain of `op` into `queue.vq` between the core's `begin` and
-   * `end`: exactly `op.segments` buffers. Data buffers are pushed with
-   * {@link VirtioDriver.pushData}.
-   */
-  encode(op: O, queue: DriverQueue, head: number): void;
-  /**
-   * Decodes a completion (the request is not settled yet). Returns the error
-   * the request fails with, or undefined when it succeeded. Bounced data is
-   * copied out by the core afterwards.
-   */
-  complete(op: O, queue: DriverQueue, usedLength: number): Error | undefined;
-  /** Names a request in messages, e.g. `read of 4096 bytes at offset 0`. */
-  describe(request: DriverRequest): string;
-  /** The config space changed: decode it, update the driver's getters, return what `'config-change'` carries. */
-  configChanged(config: Buffer): unknown;
-  /**
-   * Optional: the device was reset and set up again by a recovery (state is
-   * `'open'` again, before `'reset'` is emitted and the FIFO is served). A
-   * driver with standing buffers ({@link DeviceOp.standing}, failed by the
-   * reset) posts them again here.
-   */
-  restarted?(): void;
-}
-
-/** Options of the core, set by the protocol driver. */
-export interface DriverCoreOptions {
-  /** The features negotiated at open; recovery negotiates the same. */
-  features: bigint;
-  /** The config space read at open (a config interrupt or a recovery compares against it). */
-  config: Buffer;
-  queues: QueueLayout;
-  /** Bytes of the bounce pool (0 = none) and its chunk size. */
-  bounceBytes: number;
-  bounceChunkSize: number;
-  /** Most bounce chunks one op takes. */
-  maxChunksPerOp: number;
-  completion: CompletionMode;
-  pollSpinMicros: number;
-  pollSliceMicros: number;
-  /** Deadline of an op after dispatch, in ms; 0 = none. */
-  requestTimeoutMs: number;
-  /** Close the transport on close() (it was opened by path). */
-  ownsTransport: boolean;
-  /**
-   * Optional: called at every start — at open and after each recovery's reset —
-   * once the queues are attached and before DRIVER_OK. For device set-up a
-   * reset undoes, e.g. moving a control queue's group to its own address
-   * space (VHOST_VDPA_SET_GROUP_ASID; vdpa_sim moves every group back to ASID 0
-   * on reset). A throw fails the open or the recovery.
-   */
-  beforeDriverOk?: () => void;
-  /** Emits the driver's events (`'config-change'`, `'reset'`, `'failed'`) on its EventEmitter. */
-  emit: (event: string, ...args: unknown[]) => boolean;
-}
-
-/** Counters of the core. */
-export interface DriverCoreStats {
-  /** Requests accepted through the public API. */
-  requests: number;
-  /** Ops (device requests after splitting) placed in rings. */
-  deviceRequests: number;
-  /** Ops that went through the bounce pool. */
-  bounced: number;
-  /** Ops sent as one indirect descriptor. */
-  indirect: number;
-  /** Kicks sent, and kicks the device asked us to skip. */
-  kicks: number;
-  kicksSuppressed: number;
-  /** Completions consumed. */
-  completions: number;
-  /** Call-eventfd wake-ups and poll-mode rounds. */
-  interrupts: number;
-  polls: number;
-  /** Poll-mode rounds that waited for a full event-loop turn (setImmediate). */
-  pollYields: number;
-  /** Times the poll loop parked (no completion for 50 ms: interrupts on until the next one). */
-  pollParks: number;
-  /** Synchronous poll() calls. */
-  syncPolls: number;
-  /** Requests that missed their deadline (ETIMEDOUT). */
-  timeouts: number;
-  /** Requests rejected because their AbortSignal fired. */
-  aborted: number;
-  /** Recoveries (device resets) so far. */
-  resets: number;
-  /** Config interrupts received. */
-  configInterrupts: number;
-}
-
-/** Options of {@link VirtioDriver.close}. */
-export interface CloseOptions {
-  /**
-   * true (default): stop accepting requests and wait for those in flight or
-   * queued to finish, up to `timeoutMs`; whatever is left then is rejected.
-   * false: reject everything in flight or queued at once with `ERR_CLOSED`.
-   * Either way the device is reset only once it has finished the requests it
-   * already holds (or `timeoutMs` passed), so it never writes into freed memory.
-   */
-  drain?: boolean;
-  /** Longest wait for the device, in ms (default 30000). */
-  timeoutMs?: number;
-}
-
-/** What `'reset'` carries. */
-export interface ResetEvent {
-  /** Why the driver reset the device. */
-  reason: VdpaError;
-  /** Requests that were in flight and failed (`ERR_RESET`, or the culprit's own code). */
-  failed: number;
-}
-
 /** Recoveries in a row without a single completion in between before the driver gives up. */
 const MAX_RESETS_WITHOUT_PROGRESS = 3;
 
 /** A settled promise: `RESOLVED.then(f)` queues a microtask without the AsyncResource `queueMicrotask` creates. */
 const RESOLVED = Promise.resolve();
-
-/** The driver's life cycle: see docs/driver-core.md. */
-export type DriverState = 'open' | 'recovering' | 'failed' | 'closing' | 'closed';
 
 /** The driver core of one device; see the module comment. */
 export class VirtioDriver<O extends DeviceOp> {
