@@ -4,6 +4,7 @@ import {
   bit,
   DmaRegion,
   EventFd,
+  IotlbMapping,
   PAGE_SIZE,
   VdpaError,
   VhostBackendF,
@@ -156,9 +157,10 @@ forEachDevice('block', 'vhost-vdpa block device', (target) => {
     // (mapped, consistent) rings in place.
     const size = 64;
     const region = DmaRegion.allocate(4 * PAGE_SIZE);
+    let mapping: IotlbMapping | undefined;
     try {
       device.negotiate(0n);
-      const mapping = device.map(region);
+      mapping = device.map(region);
       const desc = mapping.iova;
       const avail = desc + BigInt(PAGE_SIZE);
       const used = avail + BigInt(PAGE_SIZE);
@@ -188,6 +190,38 @@ forEachDevice('block', 'vhost-vdpa block device', (target) => {
         call.close();
       }
     } finally {
+      // A reset keeps vhost-vdpa's IOTLB: unmap before freeing.
+      if (mapping !== undefined) device.unmap(mapping);
+      region.free();
+    }
+  });
+
+  it('keeps its IOTLB across a reset, as the kernel does, and resends it on request', () => {
+    const region = DmaRegion.allocate(PAGE_SIZE);
+    const mapping = device.map(region);
+    try {
+      device.reset();
+      assert.ok(device.mappings.includes(mapping), 'still listed after the reset');
+      // The kernel agrees: an UPDATE over the same range is refused (EEXIST), which a forgetful bookkeeping
+      // would have sent.
+      assert.throws(
+        () =>
+          device.writeIotlbMessages([
+            {
+              type: VHOST_IOTLB_UPDATE,
+              asid: 0,
+              iova: mapping.iova,
+              size: mapping.size,
+              uaddr: mapping.uaddr,
+              perm: 3,
+            },
+          ]),
+        (error: VdpaError) => error.syscall !== undefined,
+      );
+      device.resendMappings([mapping]); // INVALIDATE + UPDATE: accepted
+      assert.ok(device.mappings.includes(mapping));
+    } finally {
+      device.unmap(mapping);
       region.free();
     }
   });
