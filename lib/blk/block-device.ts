@@ -18,7 +18,8 @@ import { VIRTIO_ID_BLOCK } from '../uapi';
 import { BlkConfig, decodeBlkConfig } from '../virtio-config';
 import type { VirtqueueFormat } from '../virtqueue/types';
 import { negotiateDevice } from '../virtio/config';
-import { CloseOptions, DriverTransport, VirtioDriver } from '../virtio/driver';
+import { VirtioDriver } from '../virtio/driver';
+import type { CloseOptions, DriverTransport } from '../virtio/types';
 import { BOUNCE_FROM_DEVICE, BOUNCE_TO_DEVICE, DriverRequest } from '../virtio/request';
 import { BlkCodec, BlkOp, SLOT_IN, SLOT_IN_MAX, SLOT_OUT, SLOT_SIZE } from './codec';
 import { BlockLimits, bounceChunkSize, computeLimits, logicalBlockSizeOf } from './limits';
@@ -38,7 +39,7 @@ import {
 export type { BlockLimits } from './limits';
 export type { BlockDeviceOptions, BlockDeviceStats, BlockOperation, RequestOptions } from './options';
 import type { BlockDeviceOptions, BlockDeviceStats, BlockOperation, RequestOptions } from './options';
-export type { CloseOptions, ResetEvent } from '../virtio/driver';
+export type { CloseOptions, ResetEvent } from '../virtio/types';
 
 /** The device operations the driver uses; {@link VhostVdpaDevice} has them all (host tests use a fake). */
 export type BlockTransport = DriverTransport;

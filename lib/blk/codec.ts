@@ -9,7 +9,7 @@
  * status 1 | pad], so the hot path allocates no DMA memory.
  */
 import { ErrorCodes, VdpaError } from '../errors';
-import type { DriverProtocol } from '../virtio/driver';
+import type { DriverProtocol } from '../virtio/types';
 import type { DriverQueue } from '../virtio/queues';
 import { DeviceOp, DriverRequest } from '../virtio/request';
 import {

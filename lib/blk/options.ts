@@ -4,7 +4,7 @@
  */
 import type { OpenOptions } from '../device';
 import type { CompletionMode } from '../virtqueue/completions';
-import type { DriverCoreStats } from '../virtio/driver';
+import type { DriverCoreStats } from '../virtio/types';
 
 /** Options for {@link BlockDevice.open}. */
 export interface BlockDeviceOptions {

@@ -13,7 +13,7 @@
  * - control: [class, command | data at 16 | ack at 96].
  */
 import { ErrorCodes, VdpaError } from '../errors';
-import type { DriverProtocol } from '../virtio/driver';
+import type { DriverProtocol } from '../virtio/types';
 import type { DriverQueue } from '../virtio/queues';
 import { DeviceOp, DriverRequest } from '../virtio/request';
 import { controlCommandName, ETH_HLEN, VIRTIO_NET_ERR, VIRTIO_NET_HDR_SIZE, VIRTIO_NET_OK } from './protocol';

@@ -17,7 +17,8 @@ import { bits, decodeFeatures, hasBit, VhostBackendF, VirtioF, VirtioNetF } from
 import { VIRTIO_ID_NET } from '../uapi';
 import { decodeNetConfig, NetConfig } from '../virtio-config';
 import { negotiateDevice } from '../virtio/config';
-import { CloseOptions, DriverTransport, VirtioDriver } from '../virtio/driver';
+import { VirtioDriver } from '../virtio/driver';
+import type { CloseOptions, DriverTransport } from '../virtio/types';
 import type { DriverQueue } from '../virtio/queues';
 import {
   CTRL_DATA_MAX,
@@ -46,7 +47,7 @@ import {
 } from './protocol';
 import { FrameIterator } from './frames';
 
-export type { CloseOptions, ResetEvent } from '../virtio/driver';
+export type { CloseOptions, ResetEvent } from '../virtio/types';
 
 /** The device operations the driver uses; the ASID ones are optional (without them the control queue shares ASID 0). */
 export type NetTransport = DriverTransport &

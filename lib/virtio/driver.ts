@@ -49,15 +49,6 @@ import type {
   DriverTransport,
   ResetEvent,
 } from './types';
-export type {
-  CloseOptions,
-  DriverCoreOptions,
-  DriverCoreStats,
-  DriverProtocol,
-  DriverState,
-  DriverTransport,
-  ResetEvent,
-} from './types';
 import type { Virtqueue } from '../virtqueue/types';
 import { DmaSpace } from './dma-space';
 import { attachQueues, closeQueues, createQueues, DriverQueue } from './queues';

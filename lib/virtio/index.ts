@@ -2,8 +2,8 @@
  * The virtio driver core shared by the protocol drivers (lib/blk, lib/net):
  * see lib/virtio/driver.ts and docs/driver-core.md.
  */
+export { VirtioDriver } from './driver';
 export {
-  VirtioDriver,
   DriverProtocol,
   DriverCoreOptions,
   DriverCoreStats,
@@ -11,7 +11,7 @@ export {
   CloseOptions,
   ResetEvent,
   type DriverState,
-} from './driver';
+} from './types';
 export {
   DeviceOp,
   DriverRequest,

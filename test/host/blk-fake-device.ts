@@ -16,7 +16,6 @@ import {
   BlockDeviceOptions,
   BlockTransport,
   Doorbell,
-  IotlbMapping,
   VdpaError,
   VIRTIO_BLK_S_IOERR,
   VIRTIO_BLK_S_OK,
@@ -148,7 +147,7 @@ interface VringSetup {
   enabled: boolean;
 }
 
-export class FakeBlkDevice implements BlockTransport {
+export class FakeBlkDevice extends FakeIotlb implements BlockTransport {
   readonly path = '/dev/fake-vhost-vdpa';
   readonly deviceId: number;
   disk: Buffer;
@@ -185,6 +184,7 @@ export class FakeBlkDevice implements BlockTransport {
   #kickPoller: NodeJS.Timeout | undefined;
 
   constructor(options: FakeBlkOptions = {}) {
+    super();
     this.options = {
       capacity: options.capacity ?? 4 << 20,
       eventIdx: options.eventIdx ?? false,
@@ -288,29 +288,6 @@ export class FakeBlkDevice implements BlockTransport {
     return this.options.queueMax;
   }
 
-  readonly iotlb = new FakeIotlb();
-
-  /** What the device can reach through its IOTLB. */
-  get space(): FakeIotlb['space'] {
-    return this.iotlb.space;
-  }
-
-  get mappings(): readonly IotlbMapping[] {
-    return this.iotlb.mappings;
-  }
-
-  mapBatch(entries: readonly { memory: unknown; iova?: bigint; asid?: number }[]): IotlbMapping[] {
-    return this.iotlb.mapBatch(entries);
-  }
-
-  resendMappings(mappings: readonly IotlbMapping[]): void {
-    this.iotlb.resendMappings(mappings);
-  }
-
-  unmapBatch(mappings: readonly IotlbMapping[]): void {
-    this.iotlb.unmapBatch(mappings);
-  }
-
   #vring(index: number): VringSetup {
     const v = this.#vrings[index];
     if (v === undefined) throw new VdpaError(`queue ${index}: ENOBUFS`, { code: 'ENOBUFS', errno: 105 });
@@ -373,7 +350,7 @@ export class FakeBlkDevice implements BlockTransport {
       this.status = 0;
       // Like vhost-vdpa without IOTLB_PERSIST: vhost keeps its IOTLB (the same IOVAs cannot be mapped again),
       // but the parent cleans its own maps: the device sees nothing until they are sent again.
-      this.iotlb.reset();
+      this.cleanDeviceMaps();
       return;
     }
     if ((status & VIRTIO_CONFIG_S_DRIVER_OK) !== 0 && (this.status & VIRTIO_CONFIG_S_DRIVER_OK) === 0) {

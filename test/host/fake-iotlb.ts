@@ -6,6 +6,7 @@
 import { DmaRegion, IotlbMapping, VdpaError } from '../../lib';
 import { IovaSpace } from './virtqueue-fake-device';
 
+/** The base of the host fake devices: their IOTLB. */
 export class FakeIotlb {
   /** What the device can reach. */
   readonly space = new IovaSpace();
@@ -66,7 +67,7 @@ export class FakeIotlb {
   }
 
   /** A device reset without IOTLB_PERSIST: vhost keeps the mappings, the parent cleans its own maps. */
-  reset(): void {
+  cleanDeviceMaps(): void {
     this.space.clear();
   }
 }

@@ -13,7 +13,6 @@ import {
   bit,
   bits,
   Doorbell,
-  IotlbMapping,
   NetTransport,
   VIRTIO_CONFIG_S_DRIVER_OK,
   VIRTIO_CONFIG_S_NEEDS_RESET,
@@ -31,7 +30,7 @@ interface VringSetup {
   enabled: boolean;
 }
 
-export class FakeNetDevice implements NetTransport {
+export class FakeNetDevice extends FakeIotlb implements NetTransport {
   readonly path = '/dev/fake-vhost-vdpa-net';
   readonly deviceId = 1;
   readonly offered = bits(
@@ -104,29 +103,6 @@ export class FakeNetDevice implements NetTransport {
     return 256;
   }
 
-  readonly iotlb = new FakeIotlb();
-
-  /** What the device can reach through its IOTLB. */
-  get space(): FakeIotlb['space'] {
-    return this.iotlb.space;
-  }
-
-  get mappings(): readonly IotlbMapping[] {
-    return this.iotlb.mappings;
-  }
-
-  mapBatch(entries: readonly { memory: unknown; iova?: bigint; asid?: number }[]): IotlbMapping[] {
-    return this.iotlb.mapBatch(entries);
-  }
-
-  resendMappings(mappings: readonly IotlbMapping[]): void {
-    this.iotlb.resendMappings(mappings);
-  }
-
-  unmapBatch(mappings: readonly IotlbMapping[]): void {
-    this.iotlb.unmapBatch(mappings);
-  }
-
   setVringNum(index: number, num: number): void {
     this.#vrings[index].num = num;
   }
@@ -166,7 +142,7 @@ export class FakeNetDevice implements NetTransport {
       this.status = 0;
       this.rings = [];
       // vhost keeps its IOTLB across a reset; the parent cleans its own maps until they are sent again.
-      this.iotlb.reset();
+      this.cleanDeviceMaps();
       return;
     }
     if ((status & VIRTIO_CONFIG_S_DRIVER_OK) !== 0 && (this.status & VIRTIO_CONFIG_S_DRIVER_OK) === 0) {
