@@ -93,6 +93,23 @@ const ACCESS_PERM: Record<DmaAccess, number> = {
   rw: VHOST_ACCESS_RW,
 };
 
+/** The VHOST_IOTLB_UPDATE message that maps `m`. */
+function updateMessage(m: IotlbMapping): IotlbMessage {
+  return {
+    type: VHOST_IOTLB_UPDATE,
+    asid: m.asid,
+    iova: m.iova,
+    size: m.size,
+    uaddr: m.uaddr,
+    perm: ACCESS_PERM[m.access],
+  };
+}
+
+/** The VHOST_IOTLB_INVALIDATE message that unmaps `m`. */
+function invalidateMessage(m: IotlbMapping): IotlbMessage {
+  return { type: VHOST_IOTLB_INVALIDATE, asid: m.asid, iova: m.iova, size: m.size, uaddr: 0n, perm: 0 };
+}
+
 /** Validated IOTLB mapping and its bookkeeping for one device. @internal */
 export class IotlbMapper {
   readonly #device: IotlbDevice;
@@ -127,16 +144,7 @@ export class IotlbMapper {
         pending += mapping.size;
         prepared.push(mapping);
       }
-      this.#write(
-        prepared.map((m) => ({
-          type: VHOST_IOTLB_UPDATE,
-          asid: m.asid,
-          iova: m.iova,
-          size: m.size,
-          uaddr: m.uaddr,
-          perm: ACCESS_PERM[m.access],
-        })),
-      );
+      this.#write(prepared.map(updateMessage));
     } catch (error) {
       for (const mapping of prepared) this.#allocator(mapping.asid).release(mapping.iova);
       throw error;
@@ -151,16 +159,7 @@ export class IotlbMapper {
   /** Invalidates live mappings and frees their IOVA ranges. */
   unmapBatch(mappings: readonly IotlbMapping[]): void {
     this.#checkLive(mappings);
-    this.#write(
-      mappings.map((m) => ({
-        type: VHOST_IOTLB_INVALIDATE,
-        asid: m.asid,
-        iova: m.iova,
-        size: m.size,
-        uaddr: 0n,
-        perm: 0,
-      })),
-    );
+    this.#write(mappings.map(invalidateMessage));
     for (const mapping of mappings) {
       this.#mappings.delete(mapping);
       this.#allocator(mapping.asid).release(mapping.iova);
@@ -177,19 +176,7 @@ export class IotlbMapper {
    */
   resend(mappings: readonly IotlbMapping[]): void {
     this.#checkLive(mappings);
-    this.#write(
-      mappings.flatMap((m) => [
-        { type: VHOST_IOTLB_INVALIDATE, asid: m.asid, iova: m.iova, size: m.size, uaddr: 0n, perm: 0 },
-        {
-          type: VHOST_IOTLB_UPDATE,
-          asid: m.asid,
-          iova: m.iova,
-          size: m.size,
-          uaddr: m.uaddr,
-          perm: ACCESS_PERM[m.access],
-        },
-      ]),
-    );
+    this.#write(mappings.flatMap((m) => [invalidateMessage(m), updateMessage(m)]));
   }
 
   /** Forgets every mapping: the kernel dropped them (the device was closed). */

@@ -182,7 +182,6 @@ export class BlockDevice extends EventEmitter {
         2 * this.limits.segmentsPerRequest * chunkSize,
       ),
       bounceChunkSize: chunkSize,
-      maxChunksPerOp: this.limits.segmentsPerRequest,
       completion: mode,
       pollSpinMicros: options.pollSpinMicros ?? 0,
       pollSliceMicros: options.pollSliceMicros ?? 1000,

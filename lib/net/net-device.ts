@@ -254,7 +254,6 @@ export class NetDevice extends EventEmitter {
       },
       bounceBytes: 0,
       bounceChunkSize: 4096,
-      maxChunksPerOp: 0,
       completion: 'interrupt',
       pollSpinMicros: 0,
       pollSliceMicros: 1000,

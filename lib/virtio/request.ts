@@ -4,7 +4,6 @@
  * descriptor chains — when it exceeds the device's limits. Both are pooled by
  * the driver core, so the hot path allocates nothing but the promise.
  */
-import type { VdpaError } from '../errors';
 import type { DmaBufferEntry } from './dma-space';
 import type { DriverQueue } from './queues';
 
@@ -130,11 +129,6 @@ export function settle(request: DriverRequest): void {
   }
   if (request.error !== undefined) request.reject(request.error);
   else request.resolve(request.result as never);
-}
-
-/** Records `error` as the request's outcome unless it already has one. */
-export function failRequest(request: DriverRequest, error: VdpaError | Error): void {
-  request.error ??= error;
 }
 
 /** A FIFO of ops waiting for ring or bounce space (a growable ring buffer). */

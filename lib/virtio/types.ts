@@ -72,8 +72,6 @@ export interface DriverCoreOptions {
   /** Bytes of the bounce pool (0 = none) and its chunk size. */
   bounceBytes: number;
   bounceChunkSize: number;
-  /** Most bounce chunks one op takes. */
-  maxChunksPerOp: number;
   completion: CompletionMode;
   pollSpinMicros: number;
   pollSliceMicros: number;
