@@ -17,38 +17,12 @@ import {
 import { forEachDevice } from './helpers';
 import { iproute2 } from './mgmt-helpers';
 import { rejects } from '../assertions';
+import { frameOf, macBytes } from './net-frames';
 
 /** MACs with no zero byte: vdpa_sim_net compares destinations with strncmp. */
 const MAC_A = '52:54:aa:bb:cc:01';
 const MAC_B = '52:54:aa:bb:cc:02';
-const SOURCE = [0x52, 0x54, 0xaa, 0xbb, 0xcc, 0x99];
-const ETHERTYPE = 0x88b5; // IEEE local experimental
 const LOOPBACK_FRAMES = Number(process.env.NET_LOOPBACK_FRAMES ?? 100000);
-
-function macBytes(mac: string): number[] {
-  return mac.split(':').map((b) => parseInt(b, 16));
-}
-
-/** xorshift32 seeded by the sequence number: size and payload of frame `seq` are recomputed to check it. */
-function frameOf(seq: number, dst: number[], maxFrame: number): Buffer {
-  let x = (seq * 2654435761 + 1) >>> 0 || 1;
-  const next = (): number => {
-    x ^= x << 13;
-    x >>>= 0;
-    x ^= x >>> 17;
-    x ^= x << 5;
-    x >>>= 0;
-    return x;
-  };
-  const size = 60 + (next() % (maxFrame - 60 + 1));
-  const frame = Buffer.allocUnsafe(size);
-  frame.set(dst, 0);
-  frame.set(SOURCE, 6);
-  frame.writeUInt16BE(ETHERTYPE, 12);
-  frame.writeUInt32BE(seq, 14);
-  for (let i = 18; i < size; i++) frame[i] = next() & 0xff;
-  return frame;
-}
 
 async function vendor(manager: VdpaManager, queue: number): Promise<Record<string, bigint>> {
   const stats = await manager.getVendorStats('net0', queue);
