@@ -229,6 +229,7 @@ async function main() {
   const doc = {
     environment: {
       kernel: os.release(),
+      idle: process.env.VDPA_LAB_IDLE ?? 'default',
       cpus: os.cpus().length,
       node: process.version,
       device: `${DEVICE} (vdpa_sim_net, mac ${MAC})`,

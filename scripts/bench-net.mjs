@@ -24,6 +24,7 @@ export const NET_HELP = `Net options (npm run bench -- --suite net …, or node 
   --heap-frames N    frames in the heap-growth run (default 100000; 0 skips it)
   --quick            smoke test: --seconds 1 --ramp 0.2 --rounds 1 --heap-frames 5000
   --no-pin           let the guest scheduler place the simulator's worker and the drivers
+  --idle-poll        boot the guest with idle=poll (no halted-vCPU wake-ups under TCG; recorded)
   --cpu-prof         V8 CPU profiles of our runs → bench/results/net-profiles-<timestamp>/
   --no-save          do not write bench/results/
   --table FILE       only print the tables of a saved result`;
@@ -50,6 +51,7 @@ export function parseNetArgs(argv) {
     else if (a === '--heap-frames') o.heapFrames = Math.floor(number(0));
     else if (a === '--quick') Object.assign(o, { seconds: 1, ramp: 0.2, rounds: 1, heapFrames: 5000, quick: true });
     else if (a === '--no-pin') o.pin = false;
+    else if (a === '--idle-poll') o.idlePoll = true;
     else if (a === '--cpu-prof') o.cpuProf = true;
     else if (a === '--no-save') o.save = false;
     else if (a === '--timeout') o.timeoutSec = number(1);
@@ -123,7 +125,7 @@ export function renderNetTables(doc) {
   const med = netMedians(doc);
   const present = COLUMNS.filter(([e]) => [...med.values()].some((row) => row.has(e)));
   const out = [
-    `vdpa_sim_net ${env.device}, kernel ${env.kernel}, ${env.accel ?? '?'} guest, ${env.cpus} vCPUs, ` +
+    `vdpa_sim_net ${env.device}, kernel ${env.kernel}, ${env.accel ?? '?'} guest, ${env.cpus} vCPUs, idle=${env.idle ?? '?'}, ` +
       `${env.pinning?.driverCpu !== undefined ? 'pinned (simulator CPU 0, drivers CPU 1)' : 'unpinned'}, node ${env.node}, ` +
       `${env.seconds}s per run (+${env.ramp}s ramp), ${env.rounds} round(s), medians; commit ${env.commit ?? '?'}, ${env.date}` +
       (env.hostLoadBefore ? `\nhost: ${env.hostCpus} CPUs, load average ${env.hostLoadBefore.join(' ')} before, ${env.hostLoadAfter?.join(' ') ?? '?'} after` : ''),
@@ -230,7 +232,7 @@ export async function runNetBench(o) {
   const commit = firstLine('git', ['-C', PROJECT_ROOT, 'rev-parse', '--short', 'HEAD']);
   const dirty = firstLine('git', ['-C', PROJECT_ROOT, 'status', '--porcelain', '--untracked-files=no']);
   const hostLoadBefore = os.loadavg().map((v) => v.toFixed(2));
-  const res = await runInLab({ command: ['node', ...args], timeoutSec });
+  const res = await runInLab({ command: ['node', ...args], kernelArgs: o.idlePoll ? ['idle=poll'] : [], timeoutSec });
   const hostLoadAfter = os.loadavg().map((v) => v.toFixed(2));
   if (!fs.existsSync(out)) {
     process.stderr.write(`bench-net: the guest wrote no results (lab exit ${res.exitCode})\n`);

@@ -16,7 +16,7 @@ import { ErrorCodes, VdpaError } from '../errors';
 import { bits, decodeFeatures, hasBit, VhostBackendF, VirtioF, VirtioNetF } from '../features';
 import { VIRTIO_ID_NET } from '../uapi';
 import { decodeNetConfig, NetConfig } from '../virtio-config';
-import { negotiateDevice } from '../virtio/config';
+import { BringUpTransport, negotiateDevice } from '../virtio/config';
 import { VirtioDriver } from '../virtio/driver';
 import type { CloseOptions, DriverTransport } from '../virtio/types';
 import type { DriverQueue } from '../virtio/queues';
@@ -146,6 +146,11 @@ export class NetDevice extends EventEmitter {
   readonly path: string;
   /** Negotiated features. */
   readonly features: bigint;
+  /**
+   * What the device offered. Bits offered but not negotiated on purpose:
+   * VIRTIO_NET_F_MQ and VIRTIO_NET_F_MRG_RXBUF (and GSO), see docs/net.md.
+   */
+  readonly offeredFeatures: bigint;
   /** Descriptors per queue. */
   readonly queueSize: number;
   /** Largest frame {@link send} takes: MTU + 14 (Ethernet header, no FCS). */
@@ -175,10 +180,12 @@ export class NetDevice extends EventEmitter {
     transport: NetTransport,
     ownsTransport: boolean,
     negotiated: bigint,
+    offered: bigint,
     configBytes: Buffer,
     options: NetDeviceOptions,
   ) {
     super();
+    this.offeredFeatures = offered;
     const config = decodeNetConfig(configBytes, negotiated);
     this.path = transport.path;
     this.#transport = transport;
@@ -287,14 +294,27 @@ export class NetDevice extends EventEmitter {
     const owns = typeof pathOrDevice === 'string';
     const transport: NetTransport = owns ? VhostVdpaDevice.open(pathOrDevice, options.open) : pathOrDevice;
     try {
-      const { features, config } = negotiateDevice(transport, {
+      let offered = 0n;
+      // The same transport, with what the device offered noted (MQ and MRG_RXBUF errors name it).
+      const noting: BringUpTransport = {
+        path: transport.path,
+        deviceId: transport.deviceId,
+        negotiate: (wanted, required) => {
+          const result = transport.negotiate(wanted, required);
+          offered = result.offered;
+          return result;
+        },
+        getConfigSize: () => transport.getConfigSize(),
+        getConfig: (offset, length) => transport.getConfig(offset, length),
+      };
+      const { features, config } = negotiateDevice(noting, {
         deviceId: VIRTIO_ID_NET,
         what: 'net device',
         wanted: WANTED_FEATURES,
         exclude: options.excludeFeatures,
         ring: options.ring,
       });
-      return new NetDevice(transport, owns, features, config, options);
+      return new NetDevice(transport, owns, features, offered, config, options);
     } catch (error) {
       if (owns) transport.close();
       else if (!transport.closed) transport.reset();
@@ -627,20 +647,44 @@ export class NetDevice extends EventEmitter {
   }
 
   /**
-   * Queue pairs to use. The driver runs one queue pair (VIRTIO_NET_F_MQ is not
-   * negotiated), so 1 is the only valid value and needs no command.
-   * @throws (rejects) `ERR_OUT_OF_RANGE` for any other value.
+   * Queue pairs to use. The driver runs one queue pair: it never negotiates
+   * VIRTIO_NET_F_MQ (vdpa_sim_net does not offer it, and VDUSE net devices
+   * (6.12) refuse CTRL_VQ, which MQ needs, so no lab device could test a
+   * second pair). 1 is the only valid value and needs no command.
+   * @throws (rejects) `ERR_INVALID_ARG` (not a positive integer),
+   *   `ERR_UNSUPPORTED` (more than 1: the message says whether the device offered MQ and how many pairs).
    */
   setQueuePairs(n: number): Promise<void> {
+    if (!Number.isSafeInteger(n) || n < 1) {
+      return Promise.reject(
+        new VdpaError(`setQueuePairs(${String(n)}): the number of queue pairs is a positive integer`, {
+          code: ErrorCodes.INVALID_ARG,
+          path: this.path,
+        }),
+      );
+    }
     if (n !== 1) {
+      const offer = hasBit(this.offeredFeatures, VirtioNetF.MQ)
+        ? `${this.path} offers VIRTIO_NET_F_MQ (max_virtqueue_pairs ${this.#offeredPairs()}), but this driver does not negotiate it`
+        : `${this.path} does not offer VIRTIO_NET_F_MQ`;
       return Promise.reject(
         new VdpaError(
-          `setQueuePairs(${String(n)}): this driver runs 1 queue pair (VIRTIO_NET_F_MQ is not negotiated)`,
-          { code: ErrorCodes.OUT_OF_RANGE, path: this.path },
+          `setQueuePairs(${n}): this driver runs 1 queue pair: ${offer} (VIRTIO_NET_CTRL_MQ_VQ_PAIRS_SET is never sent)`,
+          { code: ErrorCodes.UNSUPPORTED, path: this.path },
         ),
       );
     }
     return Promise.resolve();
+  }
+
+  /** max_virtqueue_pairs of the config space (offset 8), read for error messages; '?' when absent. */
+  #offeredPairs(): string {
+    try {
+      if (this.#transport.getConfigSize() < 10) return '?';
+      return String(this.#transport.getConfig(8, 2).readUInt16LE(0));
+    } catch {
+      return '?';
+    }
   }
 
   /**

@@ -125,7 +125,12 @@ forEachDevice('net', 'NetDevice', (device) => {
     await rejects(dev.setPromiscuous(true), 'ERR_UNSUPPORTED', /VIRTIO_NET_CTRL_RX_PROMISC.*CTRL_RX/);
     await rejects(dev.setAllMulticast(true), 'ERR_UNSUPPORTED', /ALLMULTI.*CTRL_RX/);
     await rejects(dev.setPromiscuous('yes' as unknown as boolean), 'ERR_INVALID_ARG');
-    await rejects(dev.setQueuePairs(2), 'ERR_OUT_OF_RANGE', /1 queue pair/);
+    await rejects(
+      dev.setQueuePairs(2),
+      'ERR_UNSUPPORTED',
+      /runs 1 queue pair: \/dev\/vhost-vdpa-\d+ does not offer VIRTIO_NET_F_MQ/,
+    );
+    await rejects(dev.setQueuePairs(0), 'ERR_INVALID_ARG', /positive integer/);
     await dev.setQueuePairs(1);
     // vdpa_sim_net handles only MAC_ADDR_SET: anything else is NAKed.
     await rejects(

@@ -5,7 +5,7 @@
  * recovery (the driver core's standing buffers and restarted() hook).
  */
 import { strict as assert } from 'node:assert';
-import { NetDevice, ResetEvent } from '../../lib';
+import { bit, hasBit, NetDevice, ResetEvent, VirtioNetF } from '../../lib';
 import { rejects } from '../assertions';
 import { FakeNetDevice } from './net-fake-device';
 
@@ -164,6 +164,72 @@ describe('NetDevice (host, fake device)', () => {
     assert.ok(Date.now() - started < 1000);
     assert.equal((await next).done, true);
     await rejects(dev.send(frame(1)), 'ERR_CLOSED');
+  });
+
+  it('refuses every bad input with a typed error before the device sees it', async () => {
+    dev = NetDevice.open(fake);
+    const kicksBefore = (await dev.stats()).tx.kicks;
+    // Frames: too short, larger than MTU + 14, not bytes; a batch with one bad frame sends nothing.
+    await rejects(dev.send(Buffer.alloc(13)), 'ERR_OUT_OF_RANGE', /13 bytes does not fit: 14 .* 1514 bytes/);
+    await rejects(dev.send(Buffer.alloc(1515)), 'ERR_OUT_OF_RANGE', /1515 bytes .*MTU 1500 \+ 14/);
+    await rejects(dev.send([1, 2] as unknown as Uint8Array), 'ERR_INVALID_ARG', /must be a Uint8Array/);
+    await rejects(dev.sendBatch([frame(1), Buffer.alloc(9000)]), 'ERR_OUT_OF_RANGE', /frame 1: a frame of 9000/);
+    await rejects(dev.sendBatch(frame(1) as unknown as Uint8Array[]), 'ERR_INVALID_ARG', /array of Uint8Array/);
+    assert.equal(fake.transmitted.length, 0, 'nothing reached the device');
+    assert.equal((await dev.stats()).tx.kicks, kicksBefore, 'no kick for refused frames');
+    // MACs: malformed strings, wrong lengths, multicast.
+    for (const bad of ['52:54:aa:bb:cc', '52:54:aa:bb:cc:0g', '52-54:aa:bb:cc:01', '', 42]) {
+      await rejects(dev.setMac(bad as string), 'ERR_INVALID_ARG', /not a MAC address|6 bytes/);
+    }
+    await rejects(dev.setMac(new Uint8Array(7)), 'ERR_INVALID_ARG', /6 bytes, got 7/);
+    await rejects(dev.setMac('33:33:00:00:00:01'), 'ERR_INVALID_ARG', /multicast/);
+    // Control commands: a feature the device did not offer, out-of-range bytes, too much data, a NAK.
+    await rejects(dev.setPromiscuous(true), 'ERR_UNSUPPORTED', /VIRTIO_NET_CTRL_RX_PROMISC.*VIRTIO_NET_F_CTRL_RX/);
+    await rejects(dev.setAllMulticast(false), 'ERR_UNSUPPORTED', /ALLMULTI.*VIRTIO_NET_F_CTRL_RX/);
+    await rejects(dev.setPromiscuous(1 as unknown as boolean), 'ERR_INVALID_ARG', /true or false/);
+    await rejects(dev.controlCommand(-1, 0), 'ERR_INVALID_ARG', /bytes/);
+    await rejects(dev.controlCommand(1, 1, new Uint8Array(65)), 'ERR_INVALID_ARG', /at most 64 bytes/);
+    await rejects(dev.controlCommand(2, 0, Uint8Array.of(1, 0)), 'ERR_DEVICE_UNSUPP', /VIRTIO_NET_CTRL_VLAN_ADD .* refused/);
+    // Queue pairs: only 1; more says MQ is not there.
+    await rejects(dev.setQueuePairs(0), 'ERR_INVALID_ARG', /positive integer/);
+    await rejects(dev.setQueuePairs(1.5), 'ERR_INVALID_ARG', /positive integer/);
+    await rejects(
+      dev.setQueuePairs(2),
+      'ERR_UNSUPPORTED',
+      /runs 1 queue pair: \/dev\/fake-vhost-vdpa-net does not offer VIRTIO_NET_F_MQ/,
+    );
+    await dev.setQueuePairs(1);
+    assert.equal(fake.mac.toString('hex'), '5254aabbcc01', 'no refused MAC reached the device');
+    // After close: every call says closed.
+    const closed = dev;
+    await dev.close();
+    await rejects(closed.send(frame(1)), 'ERR_CLOSED', /closed/);
+    await rejects(closed.sendBatch([frame(1)]), 'ERR_CLOSED', /closed/);
+    await rejects(closed.setMac('52:54:aa:bb:cc:02'), 'ERR_CLOSED', /closed/);
+    await rejects(closed.controlCommand(1, 1, new Uint8Array(6)), 'ERR_CLOSED', /closed/);
+    assert.throws(() => closed.allocBuffer(64), { code: 'ERR_CLOSED' });
+  });
+
+  it('leaves MQ and MRG_RXBUF alone when offered: one queue pair, whole-frame RX buffers, frames still loop', async () => {
+    fake.offered |= bit(VirtioNetF.MQ) | bit(VirtioNetF.MRG_RXBUF);
+    fake.maxVirtqueuePairs = 4;
+    dev = NetDevice.open(fake);
+    assert.ok(hasBit(dev.offeredFeatures, VirtioNetF.MQ) && hasBit(dev.offeredFeatures, VirtioNetF.MRG_RXBUF));
+    assert.equal(hasBit(dev.features, VirtioNetF.MQ), false, 'MQ not negotiated');
+    assert.equal(hasBit(dev.features, VirtioNetF.MRG_RXBUF), false, 'MRG_RXBUF not negotiated');
+    assert.equal(hasBit(fake.negotiated, VirtioNetF.MRG_RXBUF), false, 'the device was told so');
+    assert.equal(dev.queuePairs, 1);
+    await rejects(
+      dev.setQueuePairs(2),
+      'ERR_UNSUPPORTED',
+      /offers VIRTIO_NET_F_MQ \(max_virtqueue_pairs 4\), but this driver does not negotiate it/,
+    );
+    const got: Buffer[] = [];
+    dev.on('frame', (f: Buffer) => got.push(f));
+    const big = frame(7, 1514);
+    await dev.send(big);
+    await until(() => got.length === 1, 'the looped-back frame');
+    assert.ok(got[0].equals(big), 'a full-size frame fits one receive buffer');
   });
 
   it('rejects a NAKed command with the command named', async () => {

@@ -33,7 +33,8 @@ interface VringSetup {
 export class FakeNetDevice extends FakeIotlb implements NetTransport {
   readonly path = '/dev/fake-vhost-vdpa-net';
   readonly deviceId = 1;
-  readonly offered = bits(
+  /** Feature bits offered (a test may add MQ or MRG_RXBUF to see that the driver leaves them alone). */
+  offered = bits(
     VirtioF.VERSION_1,
     VirtioF.ACCESS_PLATFORM,
     VirtioF.ANY_LAYOUT,
@@ -49,6 +50,8 @@ export class FakeNetDevice extends FakeIotlb implements NetTransport {
   mac = Buffer.from([0x52, 0x54, 0xaa, 0xbb, 0xcc, 0x01]);
   linkStatus = 1;
   mtu = 1500;
+  /** config.max_virtqueue_pairs (offset 8), for a fake that offers MQ. */
+  maxVirtqueuePairs = 0;
   rings: (DeviceRing | undefined)[] = [];
   /** While true, TX chains stay in the ring (a stalled device). */
   holdTx = false;
@@ -95,6 +98,7 @@ export class FakeNetDevice extends FakeIotlb implements NetTransport {
     const c = Buffer.alloc(24);
     this.mac.copy(c, 0);
     c.writeUInt16LE(this.linkStatus, 6);
+    c.writeUInt16LE(this.maxVirtqueuePairs, 8);
     c.writeUInt16LE(this.mtu, 10);
     return c.subarray(offset, offset + length);
   }
