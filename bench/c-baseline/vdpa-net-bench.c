@@ -4,8 +4,9 @@
 // baseline. Independent of the vhost-vdpa npm package, it brings the device up the way NetDevice does
 // (VERSION_1 + ACCESS_PLATFORM, split rings of the same size, memfd-backed MAP_SHARED memory mapped through
 // IOTLB v2 messages; no control queue: vdpa_sim_net's CVQ plays no part in the data path) and does the same
-// work per frame: the 12-byte virtio_net_hdr_v1 and the frame copied into a TX buffer, one descriptor per
-// frame; RX buffers of header + 1526 bytes kept posted, each one re-posted as soon as its frame came back.
+// work per frame: the 12-byte virtio_net_hdr_v1 and the caller's frame copied into a TX buffer, one descriptor
+// per frame; RX buffers of header + 1526 bytes kept posted, each received frame copied out (NetDevice hands
+// out copies) and its buffer re-posted at once.
 //
 // The load: batches of --batch frames (broadcast, EtherType 0x88b5, a sequence number at byte 14) are put in
 // the TX ring with one kick; the next batch starts once every frame of this one was taken (TX used), which
@@ -374,6 +375,8 @@ struct run {
   struct device* d;
   uint64_t sent, received, bad, tx_done;
   uint32_t seq;
+  uint8_t frame[1514];     // the caller's frame: copied into a TX buffer per send, as NetDevice does
+  uint8_t received_frame[1514];  // where a received frame is copied to (NetDevice hands out a copy)
 };
 
 // Drains RX completions, checks each frame's length, and re-posts the buffers (publish + kick when any).
@@ -384,7 +387,13 @@ static void reap_rx(struct run* r) {
   while (q->last_used != idx) {
     struct vring_used_elem* e = &q->used->ring[q->last_used & (q->size - 1)];
     q->last_used++;
-    if (e->len != HDR_LEN + r->o->size) r->bad++;
+    if (e->len != HDR_LEN + r->o->size) {
+      r->bad++;
+    } else {
+      // Copy the frame out (NetDevice delivers a copy) and look at it, so the copy is not optimised away.
+      memcpy(r->received_frame, q->buffers + (size_t)e->id * SLOT + HDR_LEN, r->o->size);
+      if (r->received_frame[12] != 0x88) r->bad++;
+    }
     r->received++;
     q->avail->ring[q->avail_idx & (q->size - 1)] = (uint16_t)e->id;
     q->avail_idx++;
@@ -421,12 +430,14 @@ static void send_batch(struct run* r) {
   for (unsigned i = 0; i < r->o->batch; i++) {
     uint16_t slot = (uint16_t)(q->avail_idx & (q->size - 1));
     uint8_t* buf = q->buffers + (size_t)slot * SLOT;
-    // Header all zero; the frame's fixed part was written at init, only the sequence number changes.
+    // The caller's frame gets its sequence number; the header (all zero) and the frame go into the buffer.
     uint32_t seq = r->seq++;
-    buf[HDR_LEN + 14] = (uint8_t)(seq >> 24);
-    buf[HDR_LEN + 15] = (uint8_t)(seq >> 16);
-    buf[HDR_LEN + 16] = (uint8_t)(seq >> 8);
-    buf[HDR_LEN + 17] = (uint8_t)seq;
+    r->frame[14] = (uint8_t)(seq >> 24);
+    r->frame[15] = (uint8_t)(seq >> 16);
+    r->frame[16] = (uint8_t)(seq >> 8);
+    r->frame[17] = (uint8_t)seq;
+    memset(buf, 0, HDR_LEN);
+    memcpy(buf + HDR_LEN, r->frame, size);
     q->desc[slot].len = HDR_LEN + size;
     q->avail->ring[slot] = slot;
     q->avail_idx++;
@@ -461,14 +472,13 @@ static void init_rings(struct run* r) {
   rx->avail_idx = (uint16_t)rx->size;
   struct queue* tx = &d->q[TXQ];
   static const uint8_t src[6] = {0x52, 0x54, 0xaa, 0xbb, 0xcc, 0x99};
+  memset(r->frame, 0xff, 6);
+  memcpy(r->frame + 6, src, 6);
+  r->frame[12] = 0x88;
+  r->frame[13] = 0xb5;
+  for (unsigned k = 18; k < r->o->size; k++) r->frame[k] = (uint8_t)(k * 7);
   for (unsigned i = 0; i < tx->size; i++) {
     uint8_t* buf = tx->buffers + (size_t)i * SLOT;
-    memset(buf, 0, HDR_LEN);
-    memset(buf + HDR_LEN, 0xff, 6);
-    memcpy(buf + HDR_LEN + 6, src, 6);
-    buf[HDR_LEN + 12] = 0x88;
-    buf[HDR_LEN + 13] = 0xb5;
-    for (unsigned k = 18; k < r->o->size; k++) buf[HDR_LEN + k] = (uint8_t)(k * 7);
     tx->desc[i] = (struct vring_desc){iova_of(d, buf), HDR_LEN + r->o->size, 0, 0};
   }
   // Event mode: interrupts on both rings; poll mode: none (vringh honours NO_INTERRUPT without EVENT_IDX).
