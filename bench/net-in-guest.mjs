@@ -142,7 +142,10 @@ async function vhostChardev() {
 async function withKernelInterface(body) {
   await bindDriver(DEVICE, 'virtio_vdpa');
   try {
-    const ifname = await waitFor('the virtio-net interface', () => describeBinding(DEVICE).kernelDevices?.[0]);
+    const ifname = await waitFor(
+      'the virtio-net interface',
+      () => describeBinding(DEVICE).kernelDevices?.[0],
+    );
     const ipv6 = `/proc/sys/net/ipv6/conf/${ifname}/disable_ipv6`;
     if (fs.existsSync(ipv6)) fs.writeFileSync(ipv6, '1');
     execFileSync('ip', ['link', 'set', 'dev', ifname, 'up']);
@@ -181,7 +184,11 @@ async function runEngine(engine, o, size, round) {
   }
   const node = ['--expose-gc'];
   if (o.cpuProf) {
-    node.push('--cpu-prof', `--cpu-prof-dir=${o.cpuProf}`, `--cpu-prof-name=${engine}-${size}-r${round}.cpuprofile`);
+    node.push(
+      '--cpu-prof',
+      `--cpu-prof-dir=${o.cpuProf}`,
+      `--cpu-prof-name=${engine}-${size}-r${round}.cpuprofile`,
+    );
   }
   const args = ['--device', device, '--size', String(size), '--seconds', secs, '--ramp', ramp];
   if (engine === 'ours-send') args.push('--send', 'single');
@@ -277,7 +284,9 @@ async function main() {
             doc.failures.push(`round ${round} size ${size} ${engine}: ${r.error}`);
             log(`FAILED ${r.error}`);
           } else {
-            log(`${engine} ${size} B: ${Math.round(r.frames_per_s)} frames/s, ${r.gbit_per_s} Gbit/s, lost ${r.lost}`);
+            log(
+              `${engine} ${size} B: ${Math.round(r.frames_per_s)} frames/s, ${r.gbit_per_s} Gbit/s, lost ${r.lost}`,
+            );
           }
           save();
         }
@@ -287,11 +296,18 @@ async function main() {
       log(`heap growth: ${o.heapFrames} frames (64 B, sendBatch 32, frames() loop) …`);
       const device = await vhostChardev();
       const args = ['--device', device, '--size', '64', '--send', 'batch', '--batch', '32'];
-      const res = await run(process.execPath, ['--expose-gc', JS_BENCH, ...args, '--heap-frames', String(o.heapFrames)], 1800);
+      const res = await run(
+        process.execPath,
+        ['--expose-gc', JS_BENCH, ...args, '--heap-frames', String(o.heapFrames)],
+        1800,
+      );
       const r = lastJson(res.stdout);
       doc.heap = res.code === 0 && r ? r : failure('net-bench.js --heap-frames', res);
       if (doc.heap.error) doc.failures.push(`heap: ${doc.heap.error}`);
-      else log(`heap growth: ${doc.heap.heap_bytes_per_frame.toFixed(4)} bytes/frame, ${doc.heap.frames_per_minor_gc} frames per minor GC`);
+      else
+        log(
+          `heap growth: ${doc.heap.heap_bytes_per_frame.toFixed(4)} bytes/frame, ${doc.heap.frames_per_minor_gc} frames per minor GC`,
+        );
       save();
     }
   } finally {

@@ -49,7 +49,8 @@ export function parseNetArgs(argv) {
     else if (a === '--sizes') o.sizes = value();
     else if (a === '--engines') o.engines = value();
     else if (a === '--heap-frames') o.heapFrames = Math.floor(number(0));
-    else if (a === '--quick') Object.assign(o, { seconds: 1, ramp: 0.2, rounds: 1, heapFrames: 5000, quick: true });
+    else if (a === '--quick')
+      Object.assign(o, { seconds: 1, ramp: 0.2, rounds: 1, heapFrames: 5000, quick: true });
     else if (a === '--no-pin') o.pin = false;
     else if (a === '--idle-poll') o.idlePoll = true;
     else if (a === '--cpu-prof') o.cpuProf = true;
@@ -110,7 +111,8 @@ export function netMedians(doc) {
 
 function table(title, header, rows) {
   const widths = header.map((h, i) => Math.max(h.length, ...rows.map((r) => String(r[i]).length)));
-  const line = (cells) => cells.map((c, i) => (i === 0 ? String(c).padEnd(widths[i]) : String(c).padStart(widths[i]))).join(' | ');
+  const line = (cells) =>
+    cells.map((c, i) => (i === 0 ? String(c).padEnd(widths[i]) : String(c).padStart(widths[i]))).join(' | ');
   return [title, line(header), widths.map((w) => '-'.repeat(w)).join('-|-'), ...rows.map(line)].join('\n');
 }
 
@@ -128,7 +130,9 @@ export function renderNetTables(doc) {
     `vdpa_sim_net ${env.device}, kernel ${env.kernel}, ${env.accel ?? '?'} guest, ${env.cpus} vCPUs, idle=${env.idle ?? '?'}, ` +
       `${env.pinning?.driverCpu !== undefined ? 'pinned (simulator CPU 0, drivers CPU 1)' : 'unpinned'}, node ${env.node}, ` +
       `${env.seconds}s per run (+${env.ramp}s ramp), ${env.rounds} round(s), medians; commit ${env.commit ?? '?'}, ${env.date}` +
-      (env.hostLoadBefore ? `\nhost: ${env.hostCpus} CPUs, load average ${env.hostLoadBefore.join(' ')} before, ${env.hostLoadAfter?.join(' ') ?? '?'} after` : ''),
+      (env.hostLoadBefore
+        ? `\nhost: ${env.hostCpus} CPUs, load average ${env.hostLoadBefore.join(' ')} before, ${env.hostLoadAfter?.join(' ') ?? '?'} after`
+        : ''),
   ];
   const header = ['size', ...present.map(([, h]) => h), 'batch/C-32', 'send/C-1', 'batch/kernel'];
   const rows = (f, d) =>
@@ -139,9 +143,30 @@ export function renderNetTables(doc) {
       ratio(row.get('ours-send')?.fps, row.get('c-1')?.fps),
       ratio(row.get('ours-batch')?.fps, row.get('kernel')?.fps),
     ]);
-  out.push('', table('frames/s (median)', header, rows((r) => r?.fps, 0)));
-  out.push('', table('Gbit/s (frame bytes, median)', header, rows((r) => r?.gbps, 4)));
-  out.push('', table('CPU µs per frame (the driver process; the simulator worker not included)', header, rows((r) => r?.cpu, 2)));
+  out.push(
+    '',
+    table(
+      'frames/s (median)',
+      header,
+      rows((r) => r?.fps, 0),
+    ),
+  );
+  out.push(
+    '',
+    table(
+      'Gbit/s (frame bytes, median)',
+      header,
+      rows((r) => r?.gbps, 4),
+    ),
+  );
+  out.push(
+    '',
+    table(
+      'CPU µs per frame (the driver process; the simulator worker not included)',
+      header,
+      rows((r) => r?.cpu, 2),
+    ),
+  );
   out.push(
     '',
     'rounds (frames/s): ' +
@@ -149,7 +174,9 @@ export function renderNetTables(doc) {
         .flatMap(([size, row]) => [...row].map(([e, r]) => `${size}B ${e} [${r.all.join(', ')}]`))
         .join('; '),
   );
-  const lost = [...med].flatMap(([size, row]) => [...row].filter(([, r]) => r.lost > 0).map(([e, r]) => `${size}B ${e}: ${r.lost}`));
+  const lost = [...med].flatMap(([size, row]) =>
+    [...row].filter(([, r]) => r.lost > 0).map(([e, r]) => `${size}B ${e}: ${r.lost}`),
+  );
   out.push(`frames lost (all rounds): ${lost.length ? lost.join(', ') : 'none'}`);
   const errors = doc.results.filter((r) => r.error);
   if (errors.length) {
@@ -196,7 +223,10 @@ function firstLine(cmd, args) {
 }
 
 function timestamp(d = new Date()) {
-  return d.toISOString().replace(/[:]/g, '').replace(/\.\d+Z$/, 'Z');
+  return d
+    .toISOString()
+    .replace(/[:]/g, '')
+    .replace(/\.\d+Z$/, 'Z');
 }
 
 /** Builds, boots, runs, saves, prints; resolves with an exit status. */
@@ -206,15 +236,26 @@ export async function runNetBench(o) {
     return 0;
   }
   const npx = process.platform === 'win32' ? 'npx.cmd' : 'npx';
-  if (!fs.existsSync(path.join(PROJECT_ROOT, 'build', 'Release', 'vhost_vdpa.node'))) sh(npx, ['node-gyp', 'rebuild'], 'addon');
+  if (!fs.existsSync(path.join(PROJECT_ROOT, 'build', 'Release', 'vhost_vdpa.node')))
+    sh(npx, ['node-gyp', 'rebuild'], 'addon');
   sh(npx, ['tsc', '-p', 'tsconfig.json'], 'library');
   sh(npx, ['tsc', '-p', 'tsconfig.test.json'], 'benchmark harness');
   if (!buildNetTools()) throw new Error('the C programs did not build');
 
   const stamp = timestamp();
   fs.mkdirSync(RESULTS_DIR, { recursive: true });
-  const out = o.save ? path.join(RESULTS_DIR, `net-${stamp}.json`) : path.join(RESULTS_DIR, `.tmp-net-${stamp}.json`);
-  const args = ['bench/net-in-guest.mjs', '--out', out, '--seconds', String(o.seconds), '--ramp', String(o.ramp)];
+  const out = o.save
+    ? path.join(RESULTS_DIR, `net-${stamp}.json`)
+    : path.join(RESULTS_DIR, `.tmp-net-${stamp}.json`);
+  const args = [
+    'bench/net-in-guest.mjs',
+    '--out',
+    out,
+    '--seconds',
+    String(o.seconds),
+    '--ramp',
+    String(o.ramp),
+  ];
   args.push('--rounds', String(o.rounds), '--heap-frames', String(o.heapFrames));
   if (o.sizes) args.push('--sizes', o.sizes);
   if (o.engines) args.push('--engines', o.engines);
@@ -228,11 +269,16 @@ export async function runNetBench(o) {
   const engines = (o.engines ?? 'a,b,c,d,e').split(',').length;
   const sizes = (o.sizes ?? '64,1500').split(',').length;
   const runs = o.rounds * engines * sizes;
-  const timeoutSec = o.timeoutSec ?? Math.ceil(2 * (runs * (o.seconds + o.ramp + 20) + o.heapFrames / 500 + 180));
+  const timeoutSec =
+    o.timeoutSec ?? Math.ceil(2 * (runs * (o.seconds + o.ramp + 20) + o.heapFrames / 500 + 180));
   const commit = firstLine('git', ['-C', PROJECT_ROOT, 'rev-parse', '--short', 'HEAD']);
   const dirty = firstLine('git', ['-C', PROJECT_ROOT, 'status', '--porcelain', '--untracked-files=no']);
   const hostLoadBefore = os.loadavg().map((v) => v.toFixed(2));
-  const res = await runInLab({ command: ['node', ...args], kernelArgs: o.idlePoll ? ['idle=poll'] : [], timeoutSec });
+  const res = await runInLab({
+    command: ['node', ...args],
+    kernelArgs: o.idlePoll ? ['idle=poll'] : [],
+    timeoutSec,
+  });
   const hostLoadAfter = os.loadavg().map((v) => v.toFixed(2));
   if (!fs.existsSync(out)) {
     process.stderr.write(`bench-net: the guest wrote no results (lab exit ${res.exitCode})\n`);
@@ -260,7 +306,9 @@ export async function runNetBench(o) {
   process.stdout.write(`\n${renderNetTables(doc)}\n`);
   if (o.save) process.stdout.write(`\nSaved ${path.relative(PROJECT_ROOT, out)} (and net-latest.json)\n`);
   if (doc.failures.length) {
-    process.stderr.write(`\nbench-net: ${doc.failures.length} failure(s):\n${doc.failures.map((f) => `  ${f}`).join('\n')}\n`);
+    process.stderr.write(
+      `\nbench-net: ${doc.failures.length} failure(s):\n${doc.failures.map((f) => `  ${f}`).join('\n')}\n`,
+    );
     return 1;
   }
   return res.exitCode === 0 ? 0 : 1;

@@ -8,6 +8,7 @@ import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { PROJECT_ROOT, runInLab } from './lab/index.mjs';
+import { NET_HELP, parseNetArgs, runNetBench } from './bench-net.mjs';
 
 const RESULTS_DIR = path.join(PROJECT_ROOT, 'bench', 'results');
 const C_SRC = path.join(PROJECT_ROOT, 'bench', 'c-baseline', 'vdpa-blk-bench.c');
@@ -36,7 +37,12 @@ Options:
   --no-save          do not write bench/results/ (the JSON goes to a temporary file)
   --timeout SEC      bound on the VM run (default: computed from the above)
   --table FILE       only print the tables of a saved result
-  --help             this text`;
+  --suite blk|net|all  which benchmark (default all: blk, then net in a second boot; see docs/bench.md "Net").
+                     With --suite net every option is the net benchmark's (below); with all, --quick,
+                     --idle-poll, --no-pin, --cpu-prof and --no-save apply to both
+  --help             this text
+
+${NET_HELP}`;
 
 function parseArgs(argv) {
   const o = {
@@ -257,10 +263,10 @@ function timestamp(d = new Date()) {
     .replace(/\.\d+Z$/, 'Z');
 }
 
-async function main() {
+async function main(argv = process.argv.slice(2)) {
   let o;
   try {
-    o = parseArgs(process.argv.slice(2));
+    o = parseArgs(argv);
   } catch (e) {
     process.stderr.write(`bench: ${e.message}\n\n${HELP}\n`);
     return 2;
@@ -356,7 +362,40 @@ async function main() {
   return res.exitCode === 0 ? 0 : 1;
 }
 
-main().then(
+/** `--suite blk|net|all`: blk (above), the net benchmark (scripts/bench-net.mjs), or both, one boot each. */
+async function mainWithSuite() {
+  const argv = process.argv.slice(2);
+  const at = argv.indexOf('--suite');
+  const suite = at >= 0 ? argv[at + 1] : 'all';
+  if (at >= 0) argv.splice(at, 2);
+  if (!['blk', 'net', 'all'].includes(suite)) {
+    process.stderr.write(`bench: --suite must be blk, net or all, got ${suite}\n`);
+    return 2;
+  }
+  if (suite === 'net') {
+    let o;
+    try {
+      o = parseNetArgs(argv);
+    } catch (e) {
+      process.stderr.write(`bench: ${e.message}\n\n${NET_HELP}\n`);
+      return 2;
+    }
+    if (o.help) {
+      process.stdout.write(`${NET_HELP}\n`);
+      return 0;
+    }
+    return runNetBench(o);
+  }
+  const blk = await main(argv);
+  if (suite === 'blk' || argv.includes('--table') || argv.includes('--help')) return blk;
+  const shared = ['--quick', '--idle-poll', '--no-pin', '--cpu-prof', '--no-save'].filter((a) =>
+    argv.includes(a),
+  );
+  const net = await runNetBench(parseNetArgs(shared));
+  return blk || net;
+}
+
+mainWithSuite().then(
   (code) => (process.exitCode = code),
   (e) => {
     process.stderr.write(`bench: ${e.message}\n`);

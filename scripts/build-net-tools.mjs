@@ -14,7 +14,10 @@ export const NET_BENCH_BINARY = join(root, 'build', 'vdpa-net-bench');
 export const AF_PACKET_BINARY = join(root, 'build', 'af-packet-net');
 
 /** Compiles what is missing or stale; returns true when both binaries are there. */
-export function buildNetTools({ force = false, log = (m) => process.stderr.write(`[net-tools] ${m}\n`) } = {}) {
+export function buildNetTools({
+  force = false,
+  log = (m) => process.stderr.write(`[net-tools] ${m}\n`),
+} = {}) {
   mkdirSync(join(root, 'build'), { recursive: true });
   for (const [source, binary] of [
     [join(SOURCES, 'vdpa-net-bench.c'), NET_BENCH_BINARY],

@@ -8,6 +8,7 @@ import { existsSync, mkdirSync, readFileSync, rmSync } from 'node:fs';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { buildFaultDevice } from './build-fault-device.mjs';
+import { buildNetTools } from './build-net-tools.mjs';
 
 import { tallySuite } from './test-tally.cjs';
 
@@ -41,7 +42,8 @@ function compile() {
   return (
     run('npx', ['tsc', '-p', 'tsconfig.json']) === 0 &&
     run('npx', ['tsc', '-p', 'tsconfig.test.json']) === 0 &&
-    buildFaultDevice() // test/fault-device/faulty-blk.c, for the hostile-device suite (docs/hostile.md)
+    buildFaultDevice() && // test/fault-device/faulty-blk.c, for the hostile-device suite (docs/hostile.md)
+    buildNetTools() // bench/c-baseline/af-packet-net.c, for the net kernel cross-check (docs/net.md)
   );
 }
 

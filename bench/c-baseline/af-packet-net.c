@@ -124,8 +124,8 @@ static int open_socket(const char* ifname) {
   if (fd < 0) die("socket(AF_PACKET): %s", strerror(errno));
   unsigned ifindex = if_nametoindex(ifname);
   if (ifindex == 0) die("no interface %s: %s", ifname, strerror(errno));
-  struct sockaddr_ll sll = {.sll_family = AF_PACKET, .sll_protocol = htons(ETHERTYPE_TEST),
-                            .sll_ifindex = (int)ifindex};
+  struct sockaddr_ll sll = {
+      .sll_family = AF_PACKET, .sll_protocol = htons(ETHERTYPE_TEST), .sll_ifindex = (int)ifindex};
   if (bind(fd, (struct sockaddr*)&sll, sizeof sll) < 0) die("bind to %s: %s", ifname, strerror(errno));
   int one = 1;
   if (setsockopt(fd, SOL_PACKET, PACKET_IGNORE_OUTGOING, &one, sizeof one) < 0)
@@ -169,22 +169,37 @@ static int cmd_echo(int argc, char** argv) {
   uint32_t first = 0;
   int timeout_ms = 1000;
   static const struct option longopts[] = {
-      {"ifname", required_argument, 0, 'i'},   {"count", required_argument, 0, 'c'},
-      {"dst", required_argument, 0, 'd'},      {"first", required_argument, 0, 'f'},
-      {"max-size", required_argument, 0, 'm'}, {"window", required_argument, 0, 'w'},
+      {"ifname", required_argument, 0, 'i'},     {"count", required_argument, 0, 'c'},
+      {"dst", required_argument, 0, 'd'},        {"first", required_argument, 0, 'f'},
+      {"max-size", required_argument, 0, 'm'},   {"window", required_argument, 0, 'w'},
       {"timeout-ms", required_argument, 0, 't'}, {0, 0, 0, 0}};
   int c;
   opterr = 0;
   while ((c = getopt_long(argc, argv, "", longopts, NULL)) != -1) {
     switch (c) {
-      case 'i': ifname = optarg; break;
-      case 'c': count = (unsigned)parse_number("--count: ", optarg, 1, 1e9); break;
-      case 'd': parse_mac(optarg, dst); break;
-      case 'f': first = (uint32_t)parse_number("--first: ", optarg, 0, 4e9); break;
-      case 'm': max_size = (unsigned)parse_number("--max-size: ", optarg, MIN_FRAME, MAX_FRAME); break;
-      case 'w': window = (unsigned)parse_number("--window: ", optarg, 1, 4096); break;
-      case 't': timeout_ms = (int)parse_number("--timeout-ms: ", optarg, 1, 600000); break;
-      default: usage_error("unknown or incomplete option ", argv[optind - 1]);
+      case 'i':
+        ifname = optarg;
+        break;
+      case 'c':
+        count = (unsigned)parse_number("--count: ", optarg, 1, 1e9);
+        break;
+      case 'd':
+        parse_mac(optarg, dst);
+        break;
+      case 'f':
+        first = (uint32_t)parse_number("--first: ", optarg, 0, 4e9);
+        break;
+      case 'm':
+        max_size = (unsigned)parse_number("--max-size: ", optarg, MIN_FRAME, MAX_FRAME);
+        break;
+      case 'w':
+        window = (unsigned)parse_number("--window: ", optarg, 1, 4096);
+        break;
+      case 't':
+        timeout_ms = (int)parse_number("--timeout-ms: ", optarg, 1, 600000);
+        break;
+      default:
+        usage_error("unknown or incomplete option ", argv[optind - 1]);
     }
   }
   if (!ifname) usage_error("--ifname is required", NULL);
@@ -245,12 +260,23 @@ static int cmd_bench(int argc, char** argv) {
   opterr = 0;
   while ((c = getopt_long(argc, argv, "", longopts, NULL)) != -1) {
     switch (c) {
-      case 'i': ifname = optarg; break;
-      case 'z': size = (unsigned)parse_number("--size: ", optarg, MIN_FRAME, MAX_FRAME); break;
-      case 'b': batch = (unsigned)parse_number("--batch: ", optarg, 1, MAX_BATCH); break;
-      case 's': seconds = parse_number("--seconds: ", optarg, 0.001, 86400); break;
-      case 'R': ramp = parse_number("--ramp: ", optarg, 0, 3600); break;
-      default: usage_error("unknown or incomplete option ", argv[optind - 1]);
+      case 'i':
+        ifname = optarg;
+        break;
+      case 'z':
+        size = (unsigned)parse_number("--size: ", optarg, MIN_FRAME, MAX_FRAME);
+        break;
+      case 'b':
+        batch = (unsigned)parse_number("--batch: ", optarg, 1, MAX_BATCH);
+        break;
+      case 's':
+        seconds = parse_number("--seconds: ", optarg, 0.001, 86400);
+        break;
+      case 'R':
+        ramp = parse_number("--ramp: ", optarg, 0, 3600);
+        break;
+      default:
+        usage_error("unknown or incomplete option ", argv[optind - 1]);
     }
   }
   if (!ifname) usage_error("--ifname is required", NULL);
@@ -332,8 +358,8 @@ static int cmd_bench(int argc, char** argv) {
   const uint64_t frames_n = received - recv0;
   const double secs = (double)(end - start) / 1e9;
   printf(
-      "{\"engine\":\"kernel\",\"mode\":\"af_packet\",\"size\":%u,\"batch\":%u,\"seconds\":%.3f,\"sent\":%" PRIu64
-      ",\"frames\":%" PRIu64 ",\"frames_per_s\":%.1f,\"gbit_per_s\":%.4f,\"lost\":%" PRIu64
+      "{\"engine\":\"kernel\",\"mode\":\"af_packet\",\"size\":%u,\"batch\":%u,\"seconds\":%.3f,\"sent\":"
+      "%" PRIu64 ",\"frames\":%" PRIu64 ",\"frames_per_s\":%.1f,\"gbit_per_s\":%.4f,\"lost\":%" PRIu64
       ",\"bad_length\":%" PRIu64 ",\"cpu_us_per_frame\":%.3f}\n",
       size, batch, secs, sent - sent0, frames_n, (double)frames_n / secs,
       (double)frames_n * size * 8 / secs / 1e9, sent - received, bad,

@@ -4,9 +4,9 @@
 // baseline. Independent of the vhost-vdpa npm package, it brings the device up the way NetDevice does
 // (VERSION_1 + ACCESS_PLATFORM, split rings of the same size, memfd-backed MAP_SHARED memory mapped through
 // IOTLB v2 messages; no control queue: vdpa_sim_net's CVQ plays no part in the data path) and does the same
-// work per frame: the 12-byte virtio_net_hdr_v1 and the caller's frame copied into a TX buffer, one descriptor
-// per frame; RX buffers of header + 1526 bytes kept posted, each received frame copied out (NetDevice hands
-// out copies) and its buffer re-posted at once.
+// work per frame: the 12-byte virtio_net_hdr_v1 and the caller's frame copied into a TX buffer, one
+// descriptor per frame; RX buffers of header + 1526 bytes kept posted, each received frame copied out
+// (NetDevice hands out copies) and its buffer re-posted at once.
 //
 // The load: batches of --batch frames (broadcast, EtherType 0x88b5, a sequence number at byte 14) are put in
 // the TX ring with one kick; the next batch starts once every frame of this one was taken (TX used), which
@@ -71,9 +71,9 @@
 
 #define RXQ 0
 #define TXQ 1
-#define HDR_LEN 12           // struct virtio_net_hdr_v1 (VERSION_1)
+#define HDR_LEN 12              // struct virtio_net_hdr_v1 (VERSION_1)
 #define RX_BUF_LEN (12 + 1526)  // header + the smallest receive buffer without MRG_RXBUF (as NetDevice)
-#define SLOT 1600            // bytes per buffer slot (RX and TX)
+#define SLOT 1600               // bytes per buffer slot (RX and TX)
 #define IOVA_BASE 0x100000ULL
 #define STALL_NS (5ULL * 1000 * 1000 * 1000)
 
@@ -148,12 +148,15 @@ static double parse_number(const char* name, const char* s, double min, double m
 
 static struct options parse_options(int argc, char** argv) {
   struct options o = {.size = 64, .batch = 32, .queue_size = 256, .seconds = 10, .poll_mode = false};
-  static const struct option longopts[] = {
-      {"device", required_argument, 0, 'd'}, {"size", required_argument, 0, 'z'},
-      {"batch", required_argument, 0, 'b'},  {"seconds", required_argument, 0, 's'},
-      {"ramp", required_argument, 0, 'R'},   {"mode", required_argument, 0, 'm'},
-      {"queue-size", required_argument, 0, 'Q'}, {"help", no_argument, 0, 'h'},
-      {0, 0, 0, 0}};
+  static const struct option longopts[] = {{"device", required_argument, 0, 'd'},
+                                           {"size", required_argument, 0, 'z'},
+                                           {"batch", required_argument, 0, 'b'},
+                                           {"seconds", required_argument, 0, 's'},
+                                           {"ramp", required_argument, 0, 'R'},
+                                           {"mode", required_argument, 0, 'm'},
+                                           {"queue-size", required_argument, 0, 'Q'},
+                                           {"help", no_argument, 0, 'h'},
+                                           {0, 0, 0, 0}};
   int c;
   opterr = 0;
   while ((c = getopt_long(argc, argv, "", longopts, NULL)) != -1) {
@@ -375,7 +378,7 @@ struct run {
   struct device* d;
   uint64_t sent, received, bad, tx_done;
   uint32_t seq;
-  uint8_t frame[1514];     // the caller's frame: copied into a TX buffer per send, as NetDevice does
+  uint8_t frame[1514];           // the caller's frame: copied into a TX buffer per send, as NetDevice does
   uint8_t received_frame[1514];  // where a received frame is copied to (NetDevice hands out a copy)
 };
 
@@ -417,7 +420,9 @@ static void wait_event(struct run* r) {
   do n = poll(p, 2, (int)(STALL_NS / 1000000));
   while (n < 0 && errno == EINTR);
   if (n < 0) die("poll(call eventfds): %s", strerror(errno));
-  if (n == 0) die("stalled: no call eventfd signal for 5 s (sent %" PRIu64 ", received %" PRIu64 ")", r->sent, r->received);
+  if (n == 0)
+    die("stalled: no call eventfd signal for 5 s (sent %" PRIu64 ", received %" PRIu64 ")", r->sent,
+        r->received);
   uint64_t v;
   for (int i = 0; i < 2; i++)
     if (p[i].revents & POLLIN) (void)!read(p[i].fd, &v, sizeof v);
@@ -465,8 +470,8 @@ static void init_rings(struct run* r) {
   struct device* d = r->d;
   struct queue* rx = &d->q[RXQ];
   for (unsigned i = 0; i < rx->size; i++) {
-    rx->desc[i] = (struct vring_desc){iova_of(d, rx->buffers + (size_t)i * SLOT), RX_BUF_LEN,
-                                      VRING_DESC_F_WRITE, 0};
+    rx->desc[i] =
+        (struct vring_desc){iova_of(d, rx->buffers + (size_t)i * SLOT), RX_BUF_LEN, VRING_DESC_F_WRITE, 0};
     rx->avail->ring[i] = (uint16_t)i;
   }
   rx->avail_idx = (uint16_t)rx->size;
@@ -513,7 +518,8 @@ int main(int argc, char** argv) {
   const double secs = (double)(end - start) / 1e9;
   printf(
       "{\"engine\":\"c\",\"mode\":\"%s\",\"size\":%u,\"batch\":%u,\"queue_size\":%u,\"seconds\":%.3f,"
-      "\"sent\":%" PRIu64 ",\"frames\":%" PRIu64 ",\"frames_per_s\":%.1f,\"gbit_per_s\":%.4f,"
+      "\"sent\":%" PRIu64 ",\"frames\":%" PRIu64
+      ",\"frames_per_s\":%.1f,\"gbit_per_s\":%.4f,"
       "\"lost\":%" PRIu64 ",\"bad_length\":%" PRIu64 ",\"cpu_us_per_frame\":%.3f}\n",
       o.poll_mode ? "poll" : "event", o.size, o.batch, dev.q[TXQ].size, secs, sent, frames,
       (double)frames / secs, (double)frames * o.size * 8 / secs / 1e9, r.sent - r.received, r.bad,

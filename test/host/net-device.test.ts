@@ -173,8 +173,16 @@ describe('NetDevice (host, fake device)', () => {
     await rejects(dev.send(Buffer.alloc(13)), 'ERR_OUT_OF_RANGE', /13 bytes does not fit: 14 .* 1514 bytes/);
     await rejects(dev.send(Buffer.alloc(1515)), 'ERR_OUT_OF_RANGE', /1515 bytes .*MTU 1500 \+ 14/);
     await rejects(dev.send([1, 2] as unknown as Uint8Array), 'ERR_INVALID_ARG', /must be a Uint8Array/);
-    await rejects(dev.sendBatch([frame(1), Buffer.alloc(9000)]), 'ERR_OUT_OF_RANGE', /frame 1: a frame of 9000/);
-    await rejects(dev.sendBatch(frame(1) as unknown as Uint8Array[]), 'ERR_INVALID_ARG', /array of Uint8Array/);
+    await rejects(
+      dev.sendBatch([frame(1), Buffer.alloc(9000)]),
+      'ERR_OUT_OF_RANGE',
+      /frame 1: a frame of 9000/,
+    );
+    await rejects(
+      dev.sendBatch(frame(1) as unknown as Uint8Array[]),
+      'ERR_INVALID_ARG',
+      /array of Uint8Array/,
+    );
     assert.equal(fake.transmitted.length, 0, 'nothing reached the device');
     assert.equal((await dev.stats()).tx.kicks, kicksBefore, 'no kick for refused frames');
     // MACs: malformed strings, wrong lengths, multicast.
@@ -184,12 +192,20 @@ describe('NetDevice (host, fake device)', () => {
     await rejects(dev.setMac(new Uint8Array(7)), 'ERR_INVALID_ARG', /6 bytes, got 7/);
     await rejects(dev.setMac('33:33:00:00:00:01'), 'ERR_INVALID_ARG', /multicast/);
     // Control commands: a feature the device did not offer, out-of-range bytes, too much data, a NAK.
-    await rejects(dev.setPromiscuous(true), 'ERR_UNSUPPORTED', /VIRTIO_NET_CTRL_RX_PROMISC.*VIRTIO_NET_F_CTRL_RX/);
+    await rejects(
+      dev.setPromiscuous(true),
+      'ERR_UNSUPPORTED',
+      /VIRTIO_NET_CTRL_RX_PROMISC.*VIRTIO_NET_F_CTRL_RX/,
+    );
     await rejects(dev.setAllMulticast(false), 'ERR_UNSUPPORTED', /ALLMULTI.*VIRTIO_NET_F_CTRL_RX/);
     await rejects(dev.setPromiscuous(1 as unknown as boolean), 'ERR_INVALID_ARG', /true or false/);
     await rejects(dev.controlCommand(-1, 0), 'ERR_INVALID_ARG', /bytes/);
     await rejects(dev.controlCommand(1, 1, new Uint8Array(65)), 'ERR_INVALID_ARG', /at most 64 bytes/);
-    await rejects(dev.controlCommand(2, 0, Uint8Array.of(1, 0)), 'ERR_DEVICE_UNSUPP', /VIRTIO_NET_CTRL_VLAN_ADD .* refused/);
+    await rejects(
+      dev.controlCommand(2, 0, Uint8Array.of(1, 0)),
+      'ERR_DEVICE_UNSUPP',
+      /VIRTIO_NET_CTRL_VLAN_ADD .* refused/,
+    );
     // Queue pairs: only 1; more says MQ is not there.
     await rejects(dev.setQueuePairs(0), 'ERR_INVALID_ARG', /positive integer/);
     await rejects(dev.setQueuePairs(1.5), 'ERR_INVALID_ARG', /positive integer/);
@@ -214,7 +230,9 @@ describe('NetDevice (host, fake device)', () => {
     fake.offered |= bit(VirtioNetF.MQ) | bit(VirtioNetF.MRG_RXBUF);
     fake.maxVirtqueuePairs = 4;
     dev = NetDevice.open(fake);
-    assert.ok(hasBit(dev.offeredFeatures, VirtioNetF.MQ) && hasBit(dev.offeredFeatures, VirtioNetF.MRG_RXBUF));
+    assert.ok(
+      hasBit(dev.offeredFeatures, VirtioNetF.MQ) && hasBit(dev.offeredFeatures, VirtioNetF.MRG_RXBUF),
+    );
     assert.equal(hasBit(dev.features, VirtioNetF.MQ), false, 'MQ not negotiated');
     assert.equal(hasBit(dev.features, VirtioNetF.MRG_RXBUF), false, 'MRG_RXBUF not negotiated');
     assert.equal(hasBit(fake.negotiated, VirtioNetF.MRG_RXBUF), false, 'the device was told so');
