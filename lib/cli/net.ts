@@ -80,7 +80,7 @@ export const netSend: Command = {
         sent: count,
         bytes: count * size,
         seconds,
-        framesPerSecond: count / seconds,
+        framesPerSecond: Math.round(count / seconds),
       };
       ctx.stdout(
         args.options.json === true
