@@ -10,6 +10,7 @@
 //
 // Engines (all loop broadcast frames through the device and count what comes back):
 //   ours-send   dist-test/bench/net-bench.js --send single: `await dev.send(frame)` + a frames() loop
+//               (our engines first send --warmup-frames frames, unmeasured, so the JIT has done its work)
 //   ours-batch  dist-test/bench/net-bench.js --send batch --batch 32: `await dev.sendBatch(32 frames)`
 //   c-1, c-32   build/vdpa-net-bench --batch 1|32 --mode event (bench/c-baseline/vdpa-net-bench.c)
 //   kernel      virtio_vdpa + virtio-net + build/af-packet-net bench --batch 32 (sendmmsg/recvmmsg)
@@ -40,6 +41,7 @@ function parseArgs(argv) {
     sizes: [64, 1500],
     engines: DEFAULT_ENGINES,
     heapFrames: 100000,
+    warmupFrames: 3000,
     pin: true,
   };
   for (let i = 0; i < argv.length; i++) {
@@ -60,6 +62,7 @@ function parseArgs(argv) {
     else if (a === '--sizes') o.sizes = value().split(',').map(Number);
     else if (a === '--engines') o.engines = value().split(',');
     else if (a === '--heap-frames') o.heapFrames = Math.floor(number(0));
+    else if (a === '--warmup-frames') o.warmupFrames = Math.floor(number(0));
     else if (a === '--cpu-prof') o.cpuProf = value();
     else if (a === '--no-pin') o.pin = false;
     else throw new Error(`unknown option ${a}`);
@@ -165,7 +168,7 @@ async function withKernelInterface(body) {
 async function runEngine(engine, o, size, round) {
   const secs = String(o.seconds);
   const ramp = String(o.ramp);
-  const timeout = o.seconds + o.ramp + 90;
+  const timeout = o.seconds + o.ramp + 300;
   if (engine === 'kernel') {
     return withKernelInterface(async (ifname) => {
       const args = ['bench', '--ifname', ifname, '--size', String(size), '--batch', '32'];
@@ -191,6 +194,7 @@ async function runEngine(engine, o, size, round) {
     );
   }
   const args = ['--device', device, '--size', String(size), '--seconds', secs, '--ramp', ramp];
+  args.push('--warmup-frames', String(o.warmupFrames));
   if (engine === 'ours-send') args.push('--send', 'single');
   else args.push('--send', 'batch', '--batch', '32');
   if (engine === 'ours-batch-event') args.push('--rx', 'event');
@@ -246,6 +250,7 @@ async function main() {
       rounds: o.rounds,
       sizes: o.sizes,
       engines: o.engines,
+      warmupFrames: o.warmupFrames,
     },
     results: [],
     heap: null,

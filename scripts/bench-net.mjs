@@ -22,6 +22,7 @@ export const NET_HELP = `Net options (npm run bench -- --suite net …, or node 
   --engines LIST     subset of ours-send,ours-batch,ours-batch-event,c-1,c-32,c-32-poll,kernel
                      (default ours-send,ours-batch,c-1,c-32,kernel)
   --heap-frames N    frames in the heap-growth run (default 100000; 0 skips it)
+  --warmup-frames N  frames our engines send before the ramp, unmeasured (default 3000: JIT warm-up)
   --quick            smoke test: --seconds 1 --ramp 0.2 --rounds 1 --heap-frames 5000
   --no-pin           let the guest scheduler place the simulator's worker and the drivers
   --idle-poll        boot the guest with idle=poll (no halted-vCPU wake-ups under TCG; recorded)
@@ -49,6 +50,7 @@ export function parseNetArgs(argv) {
     else if (a === '--sizes') o.sizes = value();
     else if (a === '--engines') o.engines = value();
     else if (a === '--heap-frames') o.heapFrames = Math.floor(number(0));
+    else if (a === '--warmup-frames') o.warmupFrames = Math.floor(number(0));
     else if (a === '--quick')
       Object.assign(o, { seconds: 1, ramp: 0.2, rounds: 1, heapFrames: 5000, quick: true });
     else if (a === '--no-pin') o.pin = false;
@@ -129,7 +131,7 @@ export function renderNetTables(doc) {
   const out = [
     `vdpa_sim_net ${env.device}, kernel ${env.kernel}, ${env.accel ?? '?'} guest, ${env.cpus} vCPUs, idle=${env.idle ?? '?'}, ` +
       `${env.pinning?.driverCpu !== undefined ? 'pinned (simulator CPU 0, drivers CPU 1)' : 'unpinned'}, node ${env.node}, ` +
-      `${env.seconds}s per run (+${env.ramp}s ramp), ${env.rounds} round(s), medians; commit ${env.commit ?? '?'}, ${env.date}` +
+      `${env.seconds}s per run (+${env.ramp}s ramp${env.warmupFrames ? `, ours after ${env.warmupFrames} warm-up frames` : ''}), ${env.rounds} round(s), medians; commit ${env.commit ?? '?'}, ${env.date}` +
       (env.hostLoadBefore
         ? `\nhost: ${env.hostCpus} CPUs, load average ${env.hostLoadBefore.join(' ')} before, ${env.hostLoadAfter?.join(' ') ?? '?'} after`
         : ''),
@@ -251,6 +253,7 @@ export async function runNetBench(o) {
   ];
   args.push('--rounds', String(o.rounds), '--heap-frames', String(o.heapFrames));
   if (o.sizes) args.push('--sizes', o.sizes);
+  if (o.warmupFrames !== undefined) args.push('--warmup-frames', String(o.warmupFrames));
   if (o.engines) args.push('--engines', o.engines);
   if (!o.pin) args.push('--no-pin');
   let profDir;
@@ -263,7 +266,7 @@ export async function runNetBench(o) {
   const sizes = (o.sizes ?? '64,1500').split(',').length;
   const runs = o.rounds * engines * sizes;
   const timeoutSec =
-    o.timeoutSec ?? Math.ceil(2 * (runs * (o.seconds + o.ramp + 20) + o.heapFrames / 500 + 180));
+    o.timeoutSec ?? Math.ceil(2 * (runs * (o.seconds + o.ramp + 60) + o.heapFrames / 500 + 180));
   const commit = firstLine('git', ['-C', PROJECT_ROOT, 'rev-parse', '--short', 'HEAD']);
   const dirty = firstLine('git', ['-C', PROJECT_ROOT, 'status', '--porcelain', '--untracked-files=no']);
   const hostLoadBefore = os.loadavg().map((v) => v.toFixed(2));
