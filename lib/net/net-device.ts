@@ -126,6 +126,8 @@ const WANTED_FEATURES = bits(
   VirtioF.RING_EVENT_IDX,
 );
 const DEFAULT_REQUEST_TIMEOUT_MS = 30000;
+/** Bytes of one slab that received frames are copied into; frames over a quarter of it get their own memory. */
+const RX_SLAB_BYTES = 64 * 1024;
 
 /** The driver's own counters of one queue. */
 interface QueueCounters {
@@ -170,6 +172,9 @@ export class NetDevice extends EventEmitter {
   /** Some frames() iterator is above its high-water mark. */
   #iteratorsFull = 0;
   readonly #iterators = new Set<FrameIterator>();
+  /** Where received frames are copied to (see #received). */
+  #slab = new ArrayBuffer(RX_SLAB_BYTES);
+  #slabOffset = 0;
   readonly #counters: { rx: QueueCounters; tx: QueueCounters; control: QueueCounters } = {
     rx: { frames: 0, bytes: 0, drops: 0, ringFullWaits: 0 },
     tx: { frames: 0, bytes: 0, drops: 0, ringFullWaits: 0 },
@@ -553,7 +558,20 @@ export class NetDevice extends EventEmitter {
   }
 
   #received(q: DriverQueue, offset: number, length: number): void {
-    const frame = Buffer.allocUnsafe(length);
+    // Copies go into a slab shared by consecutive frames (as Node's own 8 KiB Buffer pool does, but larger):
+    // with Buffer.allocUnsafe, 1500-byte frames needed a new 8 KiB ArrayBuffer every 5 frames, a quarter of
+    // the driver's time in the lab profile.
+    let frame: Buffer;
+    if (length > RX_SLAB_BYTES >> 2) {
+      frame = Buffer.allocUnsafeSlow(length); // jumbo frames: their own memory
+    } else {
+      if (this.#slabOffset + length > RX_SLAB_BYTES) {
+        this.#slab = new ArrayBuffer(RX_SLAB_BYTES);
+        this.#slabOffset = 0;
+      }
+      frame = Buffer.from(this.#slab, this.#slabOffset, length);
+      this.#slabOffset += (length + 7) & ~7;
+    }
     frame.set(q.slots8.subarray(offset, offset + length));
     this.#counters.rx.frames++;
     this.#counters.rx.bytes += length;
