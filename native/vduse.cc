@@ -193,9 +193,11 @@ class FileMapping : public Napi::ObjectWrap<FileMapping> {
     exports.Set("FileMapping", cls);
   }
 
-  // new FileMapping(fd, offset, length, writable): mmap(fd, offset) MAP_SHARED,
-  // PROT_READ plus PROT_WRITE when `writable`. `offset` must be page-aligned
-  // (lib/ aligns it). The caller keeps (and closes) the fd.
+  // new FileMapping(fd, offset, length, access): mmap(fd, offset) MAP_SHARED
+  // with PROT_READ when access & 1 and PROT_WRITE when access & 2 (the
+  // VDUSE_ACCESS_* bits: the fd was opened with exactly that access, so a
+  // wider protection fails with EACCES). `offset` must be page-aligned (lib/
+  // aligns it). The caller keeps (and closes) the fd.
   explicit FileMapping(const Napi::CallbackInfo& info) : Napi::ObjectWrap<FileMapping>(info) {
     Napi::Env env = info.Env();
     if (info.Length() < 4 || !info[0].IsNumber() || !info[1].IsNumber() || !info[2].IsNumber() ||
@@ -209,7 +211,9 @@ class FileMapping : public Napi::ObjectWrap<FileMapping> {
     if (!(length > 0) || length > 9007199254740991.0 || offset < 0 || offset > 9007199254740991.0) {
       throw Napi::RangeError::New(env, "offset and length must be non-negative integers, length > 0");
     }
-    const int prot = PROT_READ | (info[3].As<Napi::Boolean>().Value() ? PROT_WRITE : 0);
+    const uint32_t access = info[3].As<Napi::Number>().Uint32Value();
+    const int prot = ((access & 1) != 0 ? PROT_READ : 0) | ((access & 2) != 0 ? PROT_WRITE : 0);
+    if (prot == 0) throw Napi::RangeError::New(env, "access must include read (1) or write (2)");
     auto region = std::make_shared<FileRegion>();
     region->length = static_cast<size_t>(length);
     void* addr = mmap(nullptr, region->length, prot, MAP_SHARED, fd, static_cast<off_t>(offset));
