@@ -86,6 +86,8 @@ export interface NativeBinding {
   EventFd: new () => NativeEventFd;
   VduseFile: new (path: string, nonblocking: boolean) => NativeVduseFile;
   FileMapping: new (fd: number, offset: number, length: number, access: number) => NativeFileMapping;
+  /** close(2) of a descriptor the kernel handed over (VDUSE_IOTLB_GET_FD). */
+  closeFd(fd: number): void;
   pageSize(): number;
   addressOf(view: ArrayBufferView): bigint;
   errnoName(errno: number): string;

@@ -201,9 +201,9 @@ class FileMapping : public Napi::ObjectWrap<FileMapping> {
   explicit FileMapping(const Napi::CallbackInfo& info) : Napi::ObjectWrap<FileMapping>(info) {
     Napi::Env env = info.Env();
     if (info.Length() < 4 || !info[0].IsNumber() || !info[1].IsNumber() || !info[2].IsNumber() ||
-        !info[3].IsBoolean()) {
-      throw Napi::TypeError::New(
-          env, "FileMapping(fd: number, offset: number, length: number, writable: boolean)");
+        !info[3].IsNumber()) {
+      throw Napi::TypeError::New(env,
+                                 "FileMapping(fd: number, offset: number, length: number, access: number)");
     }
     const int fd = info[0].As<Napi::Number>().Int32Value();
     const double offset = info[1].As<Napi::Number>().DoubleValue();
@@ -251,11 +251,22 @@ class FileMapping : public Napi::ObjectWrap<FileMapping> {
   Napi::Reference<Napi::ArrayBuffer> buffer_;
 };
 
+// closeFd(fd): close(2) of a descriptor the kernel handed over (VDUSE_IOTLB_GET_FD's
+// return value) once it is mapped. Not fs.closeSync: Node warns about closing
+// descriptors its fs module did not open.
+Napi::Value CloseFd(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  if (info.Length() < 1 || !info[0].IsNumber()) throw Napi::TypeError::New(env, "closeFd(fd: number)");
+  UniqueFd fd(info[0].As<Napi::Number>().Int32Value());
+  return env.Undefined();
+}
+
 }  // namespace
 
 void InitVduse(Napi::Env env, Napi::Object exports) {
   VduseFile::Init(env, exports);
   FileMapping::Init(env, exports);
+  exports.Set("closeFd", Napi::Function::New(env, CloseFd, "closeFd"));
 }
 
 }  // namespace vdpa

@@ -23,17 +23,29 @@ export interface BlockStore {
   /** Deallocate: data afterwards is unspecified (old or zeros). */
   discard(offset: number, length: number): Promise<void> | undefined;
   writeZeroes(offset: number, length: number): Promise<void> | undefined;
+  /** Grows (or shrinks) the store to `bytes` (a resize of the device). */
+  resize(bytes: number): void;
   close(): void;
 }
 
 /** A RAM disk; contents start zeroed. */
 export class RamStore implements BlockStore {
-  private readonly data: Buffer;
+  private data: Buffer;
   readonly description: string;
 
-  constructor(readonly size: number) {
+  constructor(size: number) {
     this.data = Buffer.alloc(size);
     this.description = `RAM disk of ${size} bytes`;
+  }
+
+  get size(): number {
+    return this.data.length;
+  }
+
+  resize(bytes: number): void {
+    const data = Buffer.alloc(bytes);
+    this.data.copy(data, 0, 0, Math.min(bytes, this.data.length));
+    this.data = data;
   }
 
   read(offset: number, buffers: Buffer[]): undefined {
@@ -111,10 +123,17 @@ export class FileStore implements BlockStore {
 
   private constructor(
     private readonly fd: number,
-    readonly size: number,
+    public size: number,
     private readonly path: string,
+    private readonly readOnly: boolean,
   ) {
     this.description = `${path} (${size} bytes)`;
+  }
+
+  /** Grows the file (ftruncate); a read-only file keeps its size and the device reads beyond it as errors. */
+  resize(bytes: number): void {
+    if (!this.readOnly && bytes > this.size) fs.ftruncateSync(this.fd, bytes);
+    this.size = this.readOnly ? Math.min(bytes, this.size) : bytes;
   }
 
   /**
@@ -149,7 +168,7 @@ export class FileStore implements BlockStore {
         throw new VdpaError(`${path} is smaller than one sector (512 bytes)`, {
           code: ErrorCodes.INVALID_ARG,
         });
-      return new FileStore(fd, size - (size % 512), path);
+      return new FileStore(fd, size - (size % 512), path, readOnly);
     } catch (error) {
       fs.closeSync(fd);
       throw error;

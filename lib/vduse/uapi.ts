@@ -117,8 +117,8 @@ export function encodeConfigData(offset: number, bytes: Uint8Array): Buffer {
 
 /** Last-avail (and, packed, last-used) state of a virtqueue, as in vduse_vq_state_{split,packed}. */
 export type VqState =
-  | { format: 'split'; availIndex: number }
-  | { format: 'packed'; availCounter: number; availIndex: number; usedCounter: number; usedIndex: number };
+  | { split: { availIndex: number } }
+  | { packed: { availCounter: number; availIndex: number; usedCounter: number; usedIndex: number } };
 
 /** struct vduse_vq_info (48 bytes), decoded. */
 export interface VqInfo {
@@ -215,13 +215,13 @@ export function encodeResponse(requestId: number, ok: boolean, index?: number, s
   out.writeUInt32LE(ok ? VDUSE_REQ_RESULT_OK : VDUSE_REQ_RESULT_FAILED, 4);
   if (state !== undefined) {
     out.writeUInt32LE(index ?? 0, 24);
-    if (state.format === 'split') {
-      out.writeUInt16LE(state.availIndex & 0xffff, 28);
+    if ('split' in state) {
+      out.writeUInt16LE(state.split.availIndex & 0xffff, 28);
     } else {
-      out.writeUInt16LE(state.availCounter & 1, 28);
-      out.writeUInt16LE(state.availIndex & 0x7fff, 30);
-      out.writeUInt16LE(state.usedCounter & 1, 32);
-      out.writeUInt16LE(state.usedIndex & 0x7fff, 34);
+      out.writeUInt16LE(state.packed.availCounter & 1, 28);
+      out.writeUInt16LE(state.packed.availIndex & 0x7fff, 30);
+      out.writeUInt16LE(state.packed.usedCounter & 1, 32);
+      out.writeUInt16LE(state.packed.usedIndex & 0x7fff, 34);
     }
   }
   return out;
