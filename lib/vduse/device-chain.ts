@@ -184,13 +184,13 @@ export abstract class DeviceQueueBase {
     if (++chain.segments > this.maxSegments) {
       return this.fail(chain, `more than ${this.maxSegments} buffers (too long, or a loop)`);
     }
-    // IOVAs above 2^53 cannot be a number; no range can hold them anyway.
-    const iova = addrHigh < 0x200000 ? addrHigh * 0x100000000 + addrLow : -1;
+    // An address above 2^53 is not a safe integer: views() finds no range for it.
+    const iova = addrHigh * 0x100000000 + addrLow;
     const out = deviceWrites ? chain.writable : chain.readable;
-    if (iova < 0 || !this.memory.views(iova, length, deviceWrites, out)) {
+    if (!this.memory.views(iova, length, deviceWrites, out)) {
       return this.fail(
         chain,
-        `buffer at IOVA 0x${(addrHigh * 0x100000000 + addrLow).toString(16)} (${length} bytes) is not mapped ` +
+        `buffer at IOVA 0x${iova.toString(16)} (${length} bytes) is not mapped ` +
           `${deviceWrites ? 'device-writable' : 'device-readable'}`,
       );
     }

@@ -186,12 +186,12 @@ export class PackedDeviceQueue extends DeviceQueueBase implements DeviceQueue {
       this.fail(chain, `indirect table of ${length} bytes: not a non-zero multiple of ${VRING_DESC_SIZE}`);
       return;
     }
-    const iova = high < 0x200000 ? high * 0x100000000 + low : -1;
-    const table = iova < 0 ? undefined : this.memory.view(iova, length, false);
+    const iova = high * 0x100000000 + low;
+    const table = this.memory.view(iova, length, false);
     if (table === undefined) {
       this.fail(
         chain,
-        `indirect table at IOVA 0x${(high * 0x100000000 + low).toString(16)} (${length} bytes) is not ` +
+        `indirect table at IOVA 0x${iova.toString(16)} (${length} bytes) is not ` +
           'mapped device-readable in one IOTLB range',
       );
       return;
