@@ -48,3 +48,11 @@ export {
 } from './service';
 export type { NetlinkErrorPayload } from './mgmt/netlink';
 export * from './check';
+export { VduseBlockDevice, type VduseBlockOptions } from './vduse/blk-device';
+export { VduseDevice, type VduseDeviceOptions, type VduseQueueHandler } from './vduse/device';
+export {
+  VduseControl,
+  validateCreateOptions,
+  type VduseCreateOptions,
+  type VdusePaths,
+} from './vduse/control';

@@ -47,13 +47,19 @@ async function recoverStale(control: VduseControl, name: string): Promise<string
     throw error;
   }
   const message = Buffer.alloc(uapi.VDUSE_MESSAGE_SIZE);
+  // A broken device (its msg_timeout expired) fails reads with EIO: nothing to answer then.
+  let answering = true;
   const answerAll = (): void => {
-    while (file.readMessage(message) > 0) {
-      const request = uapi.decodeRequest(message);
-      const state = request.type === uapi.VDUSE_GET_VQ_STATE ? { split: { availIndex: 0 } } : undefined;
-      file.writeMessage(
-        uapi.encodeResponse(request.requestId, true, 'index' in request ? request.index : 0, state),
-      );
+    try {
+      while (answering && file.readMessage(message) > 0) {
+        const request = uapi.decodeRequest(message);
+        const state = request.type === uapi.VDUSE_GET_VQ_STATE ? { split: { availIndex: 0 } } : undefined;
+        file.writeMessage(
+          uapi.encodeResponse(request.requestId, true, 'index' in request ? request.index : 0, state),
+        );
+      }
+    } catch {
+      answering = false;
     }
   };
   let onBus = false;
