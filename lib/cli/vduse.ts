@@ -7,7 +7,7 @@
 import { VdpaError } from '../errors';
 import { parseInteger } from '../mgmt/validate';
 import { VduseBlockDevice, type VduseBlockOptions } from '../vduse/blk-device';
-import { JSON_OPTION, expectPositionals, stringOption, UsageError } from './args';
+import { JSON_OPTION, expectPositionals, listOption, stringOption, UsageError } from './args';
 import type { Command } from './context';
 import { exitCodeFor, toJson } from './output';
 
@@ -31,13 +31,14 @@ export const vduseBlk: Command = {
   summary: 'serve a file or RAM disk as a virtio-blk device over VDUSE, until SIGTERM',
   usage:
     'vhost-vdpa vduse blk --name NAME (--file disk.img [--size 1G] | --ram SIZE) [--queues N] [--queue-size N]\n' +
-    '                     [--read-only] [--packed] [--serial ID] [--no-attach] [--json]',
+    '                     [--read-only] [--packed] [--serial ID] [--fault SPEC]... [--no-attach] [--json]',
   details:
     'Creates /dev/vduse/NAME (a worker thread serves it), then adds the vdpa device NAME (mgmtdev vduse), which\n' +
     'binds to vhost_vdpa (/dev/vhost-vdpa-N) or virtio_vdpa (a /dev/vdX), whichever is loaded. Prints what it\n' +
     'created and runs until SIGTERM or SIGINT, which delete the vdpa device and destroy the VDUSE device.\n' +
     'A device of the same name left by a daemon that was killed is destroyed first (and reported).\n' +
-    'See docs/vduse.md.',
+    'Faults (repeat --fault, or separate with commas): bad-id@N, dup@N, bad-len@N, ioerr-every:N, stall@N,\n' +
+    'slow:MS, resize@N:BYTES — N counts requests from 1. See docs/vduse.md.',
   options: {
     name: { type: 'string', value: 'NAME', description: 'the VDUSE and vdpa device name (required)' },
     file: { type: 'string', value: 'PATH', description: 'serve this file or block device' },
@@ -48,6 +49,7 @@ export const vduseBlk: Command = {
     'read-only': { type: 'boolean', description: 'offer VIRTIO_BLK_F_RO; writes fail' },
     packed: { type: 'boolean', description: 'offer packed rings (VIRTIO_F_RING_PACKED)' },
     serial: { type: 'string', value: 'ID', description: 'the GET_ID answer (default: the name)' },
+    fault: { type: 'string', value: 'SPEC', multiple: true, description: 'inject a fault (repeatable)' },
     'no-attach': { type: 'boolean', description: 'only create the VDUSE device; do not add the vdpa device' },
     ...JSON_OPTION,
   },
@@ -68,6 +70,7 @@ export const vduseBlk: Command = {
       name,
       readOnly: args.options['read-only'] === true,
       packed: args.options.packed === true,
+      faults: listOption(args, 'fault'),
       replaceStale: true,
       attach: args.options['no-attach'] !== true,
     };
@@ -96,6 +99,7 @@ export const vduseBlk: Command = {
       queueSize: options.queueSize ?? 256,
       ring: options.packed === true ? 'packed' : 'split',
       readOnly: options.readOnly === true,
+      faults: options.faults ?? [],
       staleRecovered: device.staleRecovered ?? null,
       pid: process.pid,
     };

@@ -16,6 +16,7 @@ import { ErrorCodes, VdpaError } from '../errors';
 import { resolveCharDev } from '../mgmt/sysfs';
 import { VdpaManager } from '../mgmt/vdpa';
 import { validateVduseName } from './control';
+import { parseFaults } from './faults';
 import { toError, type BlkWorkerConfig, type FromWorker, type ToWorker } from './worker-messages';
 
 /** Options of {@link VduseBlockDevice.start}. Exactly one of `ramBytes` and `file`. */
@@ -40,6 +41,11 @@ export interface VduseBlockOptions {
   serial?: string;
   /** Logical block size (default 512). */
   blkSize?: number;
+  /**
+   * Fault specs, as `--fault` takes them: `bad-id@N`, `dup@N`, `bad-len@N`, `ioerr-every:N`, `stall@N`, `slow:MS`,
+   * `resize@N:BYTES` (N counts requests from 1; see docs/vduse.md).
+   */
+  faults?: string[];
   /** Vendor id reported to the driver (default 0). */
   vendorId?: number;
   /** Destroy a device of this name left by a daemon that died, instead of failing with EEXIST. */
@@ -87,6 +93,8 @@ function workerConfig(options: VduseBlockOptions): BlkWorkerConfig {
     throw new VdpaError(`queueSize must be a power of two from 4 to 32768, not ${queueSize}`, {
       code: ErrorCodes.OUT_OF_RANGE,
     });
+  const faults = options.faults ?? [];
+  parseFaults(faults); // a bad spec fails here, in the caller's thread
   const config: BlkWorkerConfig = {
     name,
     queues: positiveInteger(options.queues, 'queues', 1, 64),
@@ -95,7 +103,7 @@ function workerConfig(options: VduseBlockOptions): BlkWorkerConfig {
     packed: options.packed ?? false,
     serial: options.serial ?? name,
     blkSize,
-    faults: [],
+    faults,
     vendorId: options.vendorId ?? 0,
     replaceStale: options.replaceStale ?? false,
   };

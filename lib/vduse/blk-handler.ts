@@ -25,22 +25,8 @@ import {
 import { BLK_MAX_DISCARD_SECTORS, encodeCapacity } from './blk-config';
 import type { BlockStore } from './blk-store';
 import type { VduseDevice, VduseQueueHandler } from './device';
+import { badUsedId, badUsedLength, type FaultAction, type FaultPlan } from './faults';
 import type { DeviceChain, DeviceQueue } from './device-queue';
-
-/**
- * What to do wrong with one request (the shape of lib/vduse/faults.ts's FaultAction): complete it with an id
- * the driver never made available, twice, with more bytes than it has, with VIRTIO_BLK_S_IOERR, never, after
- * `ms`, or complete it and then resize the disk to `bytes`.
- */
-export type BlkFault =
-  | { kind: 'none' | 'bad-id' | 'dup' | 'bad-len' | 'ioerr' | 'stall' }
-  | { kind: 'resize'; bytes: number }
-  | { kind: 'delay'; ms: number };
-
-/** A fault plan: asked once per request, numbered from 1 across all queues. */
-export interface BlkFaultSource {
-  next(requestNo: number): BlkFault;
-}
 
 /** Options of {@link BlkRequestHandler}. */
 export interface BlkHandlerOptions {
@@ -48,7 +34,7 @@ export interface BlkHandlerOptions {
   readOnly: boolean;
   /** The GET_ID answer (up to 20 bytes). */
   serial: string;
-  faults?: BlkFaultSource;
+  faults?: FaultPlan;
   log?: (line: string) => void;
 }
 
@@ -93,6 +79,7 @@ interface Outcome {
 }
 
 const SECTOR = 512;
+const NO_FAULTS: readonly FaultAction[] = [];
 
 /** Serves virtio-blk requests; one instance per device (all queues). */
 export class BlkRequestHandler implements VduseQueueHandler {
@@ -141,8 +128,8 @@ export class BlkRequestHandler implements VduseQueueHandler {
 
   private serve(queue: DeviceQueue, chain: DeviceChain): void {
     const requestNo = ++this.stats.requests;
-    const fault: BlkFault = this.options.faults?.next(requestNo) ?? { kind: 'none' };
-    if (fault.kind !== 'none') this.stats.faults++;
+    const faults = this.options.faults?.next(requestNo) ?? NO_FAULTS;
+    if (faults.length > 0) this.stats.faults++;
     if (
       chain.error !== undefined ||
       chain.writableBytes < 1 ||
@@ -153,21 +140,29 @@ export class BlkRequestHandler implements VduseQueueHandler {
       this.scheduleNotify(queue);
       return;
     }
+    if (faults.some((f) => f.kind === 'stall')) {
+      this.options.log?.(`fault: request ${requestNo} stalls (never completed)`);
+      return;
+    }
     const generation = this.generation;
+    const delayMs = faults.reduce((ms, f) => (f.kind === 'delay' ? ms + f.ms : ms), 0);
     const finish = (outcome: Outcome): void => {
-      if (generation !== this.generation) return;
-      this.complete(queue, chain, outcome, fault);
+      if (generation !== this.generation) return; // the queue was dropped by a reset meanwhile
+      this.complete(queue, chain, outcome, faults);
+    };
+    const settle = (outcome: Outcome): void => {
+      if (delayMs > 0) setTimeout(() => finish(outcome), delayMs);
+      else finish(outcome);
     };
     let result: Outcome | Promise<Outcome>;
     try {
-      result = this.execute(chain);
+      // ioerr: fail without doing the I/O, as faulty-blk does.
+      result = faults.some((f) => f.kind === 'ioerr')
+        ? { status: VIRTIO_BLK_S_IOERR, dataWritten: 0 }
+        : this.execute(chain);
     } catch {
       result = { status: VIRTIO_BLK_S_IOERR, dataWritten: 0 };
     }
-    const settle = (outcome: Outcome): void => {
-      if (fault.kind === 'delay') setTimeout(() => finish(outcome), fault.ms);
-      else finish(outcome);
-    };
     if (result instanceof Promise) {
       result.then(settle, (error: unknown) => {
         this.options.log?.(`I/O error: ${(error as Error).message}`);
@@ -178,37 +173,35 @@ export class BlkRequestHandler implements VduseQueueHandler {
     }
   }
 
-  private complete(queue: DeviceQueue, chain: DeviceChain, outcome: Outcome, fault: BlkFault): void {
-    let status = outcome.status;
-    if (fault.kind === 'ioerr') status = VIRTIO_BLK_S_IOERR;
-    if (status !== VIRTIO_BLK_S_OK) this.stats.errors++;
+  private complete(
+    queue: DeviceQueue,
+    chain: DeviceChain,
+    outcome: Outcome,
+    faults: readonly FaultAction[],
+  ): void {
+    if (outcome.status !== VIRTIO_BLK_S_OK) this.stats.errors++;
     const statusView = sliceViews(chain.writable, chain.writableBytes - 1, 1)[0] as Buffer;
-    statusView[0] = status;
+    statusView[0] = outcome.status;
     const written = outcome.dataWritten + 1;
-    switch (fault.kind) {
-      case 'stall':
-        this.options.log?.(`fault: request ${chain.id} stalls (never completed)`);
-        return;
-      case 'bad-id':
-        queue.pushRaw(queue.size + 7, written);
-        break;
-      case 'dup':
-        queue.push(chain, written);
-        queue.pushRaw(chain.id, written);
-        break;
-      case 'bad-len':
-        // pushRaw: push() refuses an impossible length. The chain record stays "in flight" for good (the queue
-        // allocates another); the driver is expected to reset the device anyway.
-        queue.pushRaw(chain.id, chain.writableBytes + 4096);
-        break;
-      case 'resize':
-        queue.push(chain, written);
-        this.resize(fault.bytes);
-        break;
-      default:
-        queue.push(chain, written);
+    const has = (kind: FaultAction['kind']): boolean => faults.some((f) => f.kind === kind);
+    if (!has('bad-id') && !has('bad-len') && !has('dup')) {
+      queue.push(chain, written);
+    } else {
+      // pushRaw writes what push() refuses. The chain record then stays "in flight" for good (the queue takes
+      // another from its pool); the driver is expected to reset the device anyway.
+      const id = has('bad-id') ? badUsedId(queue.size) : chain.id;
+      const length = has('bad-len') ? badUsedLength(chain.writableBytes) : written;
+      queue.pushRaw(id, length);
+      if (has('dup')) queue.pushRaw(id, length);
+      this.options.log?.(
+        `fault: request ${chain.id} completed as id ${id}, ${length} bytes${has('dup') ? ', twice' : ''}`,
+      );
     }
     this.scheduleNotify(queue);
+    for (const f of faults) {
+      // After the completion is published (the notify microtask queued above runs first).
+      if (f.kind === 'resize') queueMicrotask(() => this.resize(f.bytes));
+    }
   }
 
   /** Changes the capacity in the config space and raises the config interrupt. */

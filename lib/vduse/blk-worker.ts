@@ -16,6 +16,7 @@ import { BlkRequestHandler } from './blk-handler';
 import { FileStore, RamStore, type BlockStore } from './blk-store';
 import { VduseControl } from './control';
 import { VduseDevice } from './device';
+import { FaultPlan } from './faults';
 import * as uapi from './uapi';
 import { errorData, type BlkWorkerConfig, type FromWorker, type ToWorker } from './worker-messages';
 
@@ -102,6 +103,7 @@ async function main(): Promise<void> {
     store,
     readOnly: config.readOnly,
     serial: config.serial,
+    ...(config.faults.length > 0 ? { faults: new FaultPlan(config.faults) } : {}),
     log,
   });
   const features = blkFeatures({ readOnly: config.readOnly, packed: config.packed });

@@ -171,6 +171,15 @@ describe('VduseBlockDevice served by this process, driven by BlockDevice over vh
     assert.ok((await disk.read((96 << 20) - 4096, 4096)).equals(data), 'I/O beyond the old end works');
   });
 
+  it("the resize@N fault resizes after the Nth request: BlockDevice emits 'config-change'", async () => {
+    device = await startAttached({ faults: ['resize@3:33554432'] });
+    disk = BlockDevice.open(device.chardev as string);
+    const changed = new Promise<BlkConfig>((ok) => disk!.once('config-change', ok));
+    for (let i = 0; i < 4; i++) await disk.read(i * 4096, 4096);
+    assert.equal((await changed).capacity, BigInt(33554432 / 512));
+    assert.equal(disk.capacity, 33554432);
+  });
+
   it('stop() deletes the vdpa device it added and destroys /dev/vduse/NAME', async () => {
     const d = await startAttached({});
     await d.stop();

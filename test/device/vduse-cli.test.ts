@@ -35,9 +35,13 @@ function startCli(args: string[]): Promise<Daemon> {
   return new Promise((ok, fail) => {
     child.stdout!.on('data', (d: Buffer) => {
       out += d.toString();
-      const line = out.split('\n')[0] as string;
-      if (out.includes('\n'))
-        ok({ child, summary: JSON.parse(line) as Daemon['summary'], stderr: () => err, exited });
+      let summary: Daemon['summary'];
+      try {
+        summary = JSON.parse(out) as Daemon['summary']; // one (pretty-printed) JSON object
+      } catch {
+        return; // not all of it yet
+      }
+      ok({ child, summary, stderr: () => err, exited });
     });
     void exited.then((code) =>
       fail(new Error(`the CLI exited (${String(code)}) before printing: ${err}${out}`)),

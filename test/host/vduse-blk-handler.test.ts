@@ -12,10 +12,11 @@ import {
   VIRTIO_BLK_T_WRITE_ZEROES,
 } from '../../lib/blk/protocol';
 import { ErrorCodes, VdpaError } from '../../lib/errors';
-import { BlkRequestHandler, sliceViews, type BlkFault } from '../../lib/vduse/blk-handler';
+import { BlkRequestHandler, sliceViews } from '../../lib/vduse/blk-handler';
 import { RamStore } from '../../lib/vduse/blk-store';
 import type { VduseDevice } from '../../lib/vduse/device';
 import type { DeviceChain, DeviceQueue, DeviceQueueState } from '../../lib/vduse/device-queue';
+import { FaultPlan } from '../../lib/vduse/faults';
 
 /** A chain as pop() hands it out: views of plain Buffers. */
 function chain(id: number, readable: Buffer[], writable: Buffer[], error?: VdpaError): DeviceChain {
@@ -84,7 +85,7 @@ const tick = (): Promise<void> => new Promise((r) => setImmediate(r));
 
 async function serve(
   chains: DeviceChain[],
-  options: { readOnly?: boolean; faults?: BlkFault[]; store?: RamStore } = {},
+  options: { readOnly?: boolean; faults?: string[]; store?: RamStore } = {},
 ): Promise<{
   queue: FakeQueue;
   store: RamStore;
@@ -97,7 +98,7 @@ async function serve(
     store,
     readOnly: options.readOnly ?? false,
     serial: 'serial-123',
-    ...(faults === undefined ? {} : { faults: { next: (n: number) => faults[n - 1] ?? { kind: 'none' } } }),
+    ...(faults === undefined ? {} : { faults: new FaultPlan(faults) }),
   });
   const queue = new FakeQueue([...chains]);
   const device = fakeDevice();
@@ -207,35 +208,33 @@ describe('VDUSE virtio-blk request handler (host, fake queue)', () => {
     ]);
   });
 
-  it('applies faults: bad id, duplicate, bad length, I/O error, stall, delay and resize', async () => {
+  it('applies the fault plan: bad id, duplicate, bad length, I/O error, stall and resize (faulty-blk semantics)', async () => {
     const flush = (id: number): DeviceChain => chain(id, [header(VIRTIO_BLK_T_FLUSH, 0)], [Buffer.alloc(1)]);
     const chains = [1, 2, 3, 4, 5, 6, 7].map(flush);
     const { queue, device, handler } = await serve(chains, {
-      faults: [
-        { kind: 'bad-id' },
-        { kind: 'dup' },
-        { kind: 'bad-len' },
-        { kind: 'ioerr' },
-        { kind: 'stall' },
-        { kind: 'delay', ms: 30 },
-        { kind: 'resize', bytes: 2 << 20 },
-      ],
+      faults: ['bad-id@1', 'dup@2', 'bad-len@3', 'ioerr-every:4', 'stall@5', 'resize@7:2097152'],
     });
-    assert.deepEqual(queue.used.slice(0, 6), [
+    assert.deepEqual(queue.used, [
       { id: 16 + 7, written: 1, raw: true },
-      { id: 2, written: 1 },
+      { id: 2, written: 1, raw: true },
       { id: 2, written: 1, raw: true },
       { id: 3, written: 1 + 4096, raw: true },
       { id: 4, written: 1 },
+      { id: 6, written: 1 },
       { id: 7, written: 1 },
     ]);
     assert.equal(chains[3]!.writable[0]![0], VIRTIO_BLK_S_IOERR);
     assert.equal(device.configWrites[0]!.readBigUInt64LE(0), BigInt((2 << 20) / 512), 'capacity in sectors');
     assert.equal(handler.capacity, 2 << 20);
-    assert.equal(queue.used.length, 6, 'the stalled and delayed requests are not complete yet');
-    await new Promise((r) => setTimeout(r, 60));
-    assert.deepEqual(queue.used[6], { id: 6, written: 1 });
-    assert.ok(!queue.used.some((u) => u.id === 5), 'the stalled request never completes');
+    assert.equal(handler.stats.faults, 6);
+  });
+
+  it('slow:MS completes every request MS milliseconds late', async () => {
+    const c = chain(1, [header(VIRTIO_BLK_T_FLUSH, 0)], [Buffer.alloc(1)]);
+    const { queue } = await serve([c], { faults: ['slow:40'] });
+    assert.equal(queue.used.length, 0);
+    await new Promise((r) => setTimeout(r, 80));
+    assert.deepEqual(queue.used, [{ id: 1, written: 1 }]);
   });
 
   it('sliceViews covers exactly the asked bytes across buffer boundaries', () => {
