@@ -56,3 +56,13 @@ export {
   type VduseCreateOptions,
   type VdusePaths,
 } from './vduse/control';
+export {
+  createDeviceQueue,
+  DEFAULT_MAX_SEGMENTS,
+  type DeviceChain,
+  type DeviceQueue,
+  type DeviceQueueOptions,
+  type DeviceQueueState,
+} from './vduse/device-queue';
+export { DriverMemory, type DriverMemoryRegion } from './vduse/driver-memory';
+export { FaultPlan, parseFaults, type FaultAction, type FaultSpec } from './vduse/faults';

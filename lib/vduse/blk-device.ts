@@ -50,7 +50,7 @@ export interface VduseBlockOptions {
   vendorId?: number;
   /** Destroy a device of this name left by a daemon that died, instead of failing with EEXIST. */
   replaceStale?: boolean;
-  /** Also add the vdpa device (`vdpa dev add name NAME mgmtdev vduse`); {@link stop} deletes it. */
+  /** Also add the vdpa device (`vdpa dev add name NAME mgmtdev vduse`); {@link VduseBlockDevice.stop} deletes it. */
   attach?: boolean;
 }
 
