@@ -226,7 +226,16 @@ export class VduseDevice {
       this.stopQueues();
       return;
     }
-    if ((status & STATUS_DRIVER_OK) !== 0 && (was & STATUS_DRIVER_OK) === 0) this.startQueues();
+    if ((status & STATUS_DRIVER_OK) !== 0 && (was & STATUS_DRIVER_OK) === 0) {
+      try {
+        this.startQueues();
+      } catch (error) {
+        // Answered FAILED: the kernel keeps the old status, and so do we (no half-started queues).
+        this.stopQueues();
+        this.status = was;
+        throw error;
+      }
+    }
   }
 
   private startQueues(): void {
