@@ -116,7 +116,7 @@ export interface DeviceQueue {
    * Writes a used entry naming any `id` with any `written` (fault injection:
    * a wrong or duplicate id, an impossible length). Checks nothing and
    * releases no chain: a chain answered only this way stays counted in
-   * {@link inFlight} (and out of the record pool) until the queue is
+   * {@link DeviceQueue.inFlight} (and out of the record pool) until the queue is
    * recreated. Packed rings move the used slot by one descriptor.
    */
   pushRaw(id: number, written: number): void;
