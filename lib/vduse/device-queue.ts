@@ -64,7 +64,9 @@ export interface DeviceChain {
 
 /**
  * Where a queue stands, as VDUSE's GET_VQ_STATE answer and VDUSE_VQ_GET_INFO
- * carry it (struct vduse_vq_state_split / _packed).
+ * carry it: `split.availIndex` is vduse_vq_state_split.avail_index; the
+ * packed fields are vduse_vq_state_packed's last_avail_counter,
+ * last_avail_idx, last_used_counter and last_used_idx.
  */
 export type DeviceQueueState =
   | {
@@ -113,7 +115,9 @@ export interface DeviceQueue {
   /**
    * Writes a used entry naming any `id` with any `written` (fault injection:
    * a wrong or duplicate id, an impossible length). Checks nothing and
-   * releases no chain; packed rings move the used slot by one descriptor.
+   * releases no chain: a chain answered only this way stays counted in
+   * {@link DeviceQueue.inFlight} (and out of the record pool) until the queue is
+   * recreated. Packed rings move the used slot by one descriptor.
    */
   pushRaw(id: number, written: number): void;
   /**

@@ -197,6 +197,7 @@ export async function validateWithKernelDriver(
           '--verify=crc32c',
           '--do_verify=1',
           '--verify_fatal=1',
+          '--verify_state_save=0', // no local-*-verify.state file in the working directory
           '--output-format=json',
         ]);
         const job = (

@@ -37,6 +37,8 @@ function randomRun(
   let kickArmed = true; // the device consumed everything and enabled kicks: the next publish must kick
   let anyPushedSinceFlush = false;
   let completions = 0;
+  let restartWanted = false;
+  let restarts = 0;
 
   const where = (): string =>
     `${o.format} size ${o.size} indirect ${o.indirectEntries ?? 0} eventIdx ${String(o.eventIdx)} seed ${o.seed}`;
@@ -211,11 +213,15 @@ function randomRun(
       polling = !polling;
       driver.setInterrupts(!polling);
       collect();
-    } else if (r < 0.76 && o.restartEvery !== undefined && held.length === 0 && step % o.restartEvery < 50) {
-      // GET_VQ_STATE, then a new device queue from that state (VQ_GET_INFO after a restart).
-      device.flush();
-      device = pair.device(device.state());
     } else if (polling || irqPending) collect();
+    if (o.restartEvery !== undefined && step % o.restartEvery === o.restartEvery - 1) restartWanted = true;
+    if (restartWanted && held.length === 0) {
+      // GET_VQ_STATE, then a new device queue from that state (VQ_GET_INFO after a restart).
+      flush();
+      device = pair.device(device.state());
+      restarts++;
+      restartWanted = false;
+    }
   }
   // Drain, moved by notifications only: a lost kick or interrupt leaves nothing to do.
   if (polling) {
@@ -235,6 +241,12 @@ function randomRun(
       assert.fail(`${where()}: stalled with ${driver.inFlight} chains in flight: a lost kick or interrupt`);
   }
   assert.equal(device.inFlight, 0);
+  if (o.restartEvery !== undefined) {
+    assert.ok(
+      restarts >= Math.floor(o.steps / o.restartEvery) - 1,
+      `${where()}: ${restarts} restarts from state()`,
+    );
+  }
   pair.ring.free();
   pair.data.free();
   return completions;
