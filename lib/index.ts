@@ -48,3 +48,21 @@ export {
 } from './service';
 export type { NetlinkErrorPayload } from './mgmt/netlink';
 export * from './check';
+export { VduseBlockDevice, type VduseBlockOptions } from './vduse/blk-device';
+export { VduseDevice, type VduseDeviceOptions, type VduseQueueHandler } from './vduse/device';
+export {
+  VduseControl,
+  validateCreateOptions,
+  type VduseCreateOptions,
+  type VdusePaths,
+} from './vduse/control';
+export {
+  createDeviceQueue,
+  DEFAULT_MAX_SEGMENTS,
+  type DeviceChain,
+  type DeviceQueue,
+  type DeviceQueueOptions,
+  type DeviceQueueState,
+} from './vduse/device-queue';
+export { DriverMemory, type DriverMemoryRegion } from './vduse/driver-memory';
+export { FaultPlan, parseFaults, type FaultAction, type FaultSpec } from './vduse/faults';

@@ -54,12 +54,40 @@ export interface NativeEventFd {
   close(): void;
 }
 
+/** A /dev/vduse file: the control device or a device's message queue (native/vduse.cc). */
+export interface NativeVduseFile {
+  /** -1 once closed. */
+  readonly fd: number;
+  readonly path: string;
+  ioctl(request: number, name: string, arg?: Uint8Array | null): number;
+  /** Bytes read (one request), or 0 when none is queued (the file is nonblocking). */
+  readMessage(buffer: Uint8Array): number;
+  writeMessage(buffer: Uint8Array): void;
+  /** callback(status) on the loop whenever the fd is readable or in error (status < 0). */
+  watch(callback: (status: number) => void): void;
+  unwatch(): void;
+  setRef(referenced: boolean): void;
+  close(): void;
+}
+
+/** A MAP_SHARED mapping of a file range, e.g. an IOTLB fd (native/vduse.cc). */
+export interface NativeFileMapping {
+  readonly buffer: ArrayBuffer;
+  readonly mapped: boolean;
+  /** Detaches `buffer` and unmaps now (otherwise: when both are collected). */
+  unmap(): void;
+}
+
 /** The addon's exports. */
 export interface NativeBinding {
   DeviceHandle: new (path: string) => NativeDeviceHandle;
   Doorbell: new () => NativeDoorbell;
   DmaMemory: new (size: number, hugetlb: boolean, name: string) => NativeDmaMemory;
   EventFd: new () => NativeEventFd;
+  VduseFile: new (path: string, nonblocking: boolean) => NativeVduseFile;
+  FileMapping: new (fd: number, offset: number, length: number, access: number) => NativeFileMapping;
+  /** close(2) of a descriptor the kernel handed over (VDUSE_IOTLB_GET_FD). */
+  closeFd(fd: number): void;
   pageSize(): number;
   addressOf(view: ArrayBufferView): bigint;
   errnoName(errno: number): string;

@@ -29,6 +29,8 @@ export interface OptionDef {
   default?: string;
   /** A one-letter alias, e.g. `j` for `--json`. */
   short?: string;
+  /** A string option that may be given several times (`--fault A --fault B`); read it with {@link listOption}. */
+  multiple?: boolean;
 }
 
 /** The options a command declares, by long name (without `--`). */
@@ -36,7 +38,7 @@ export type OptionSpec = Record<string, OptionDef>;
 
 /** The parsed command line. */
 export interface ParsedArgs {
-  options: Record<string, string | boolean>;
+  options: Record<string, string | boolean | string[]>;
   positionals: string[];
 }
 
@@ -81,7 +83,11 @@ export function parseArgs(argv: readonly string[], spec: OptionSpec): ParsedArgs
   const config = Object.fromEntries(
     Object.entries(all).map(([name, def]) => [
       name,
-      { type: def.type, ...(def.short === undefined ? {} : { short: def.short }) },
+      {
+        type: def.type,
+        ...(def.short === undefined ? {} : { short: def.short }),
+        ...(def.multiple === true ? { multiple: true } : {}),
+      },
     ]),
   );
   let parsed: ReturnType<typeof nodeParseArgs>;
@@ -90,10 +96,12 @@ export function parseArgs(argv: readonly string[], spec: OptionSpec): ParsedArgs
   } catch (error) {
     throw usageErrorFrom(error);
   }
-  const options: Record<string, string | boolean> = {};
+  const options: Record<string, string | boolean | string[]> = {};
   for (const [name, value] of Object.entries(parsed.values)) {
-    if (value === '') throw new UsageError(`--${name} needs a value`);
+    if (value === '' || (Array.isArray(value) && value.includes('')))
+      throw new UsageError(`--${name} needs a value`);
     if (typeof value === 'string' || typeof value === 'boolean') options[name] = value;
+    else if (Array.isArray(value)) options[name] = value.filter((v): v is string => typeof v === 'string');
   }
   return { options, positionals: parsed.positionals };
 }
@@ -126,6 +134,12 @@ export function takeKeywordPairs(parsed: ParsedArgs, keywords: Record<string, st
 export function stringOption(parsed: ParsedArgs, name: string): string | undefined {
   const v = parsed.options[name];
   return typeof v === 'string' ? v : undefined;
+}
+
+/** Every value of a repeatable option (`multiple`), in order; [] when absent. */
+export function listOption(parsed: ParsedArgs, name: string): string[] {
+  const v = parsed.options[name];
+  return Array.isArray(v) ? v : typeof v === 'string' ? [v] : [];
 }
 
 /** Exactly `count` positionals (named in `what` for the error). */

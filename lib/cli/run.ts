@@ -16,6 +16,7 @@ import { checkCommand } from './check';
 import { netCapture, netLoopbackTest, netSend } from './net';
 import { exitCodeFor, ExitCode, toJson } from './output';
 import { serve } from './serve';
+import { vduseBlk } from './vduse';
 
 /** Every command, in help order. */
 export const COMMANDS: readonly Command[] = [
@@ -35,6 +36,7 @@ export const COMMANDS: readonly Command[] = [
   netCapture,
   netLoopbackTest,
   checkCommand,
+  vduseBlk,
   completionCommand(() => COMMANDS),
 ];
 
@@ -88,7 +90,7 @@ function commandHelp(command: Command): string {
   );
 }
 
-const GROUPS = ['mgmtdev', 'dev', 'net'];
+const GROUPS = ['mgmtdev', 'dev', 'net', 'vduse'];
 const ALIASES: Record<string, string> = {
   'dev vstats': 'dev stats',
   'mgmtdev ls': 'mgmtdev list',

@@ -6,7 +6,8 @@
  * the bounce pool. In-flight operations never overlap, so the model is exact;
  * a discarded block may read back as its old data or as zeros.
  *
- * VDPA_BLK_INTEGRITY_OPS overrides the operation count (default 100,000).
+ * VDPA_BLK_INTEGRITY_OPS overrides the operation count (default 100,000); VDPA_BLK_INTEGRITY_QUEUES the request
+ * queues used (default 1).
  */
 import { strict as assert } from 'node:assert';
 import { randomBytes } from 'node:crypto';
@@ -14,6 +15,7 @@ import { BlockDevice } from '../../lib';
 import { forEachDevice } from './helpers';
 
 const OPS = Number(process.env.VDPA_BLK_INTEGRITY_OPS ?? 100_000);
+const QUEUES = Number(process.env.VDPA_BLK_INTEGRITY_QUEUES ?? 1);
 const WINDOW = 16 << 20;
 const BLOCK = 512;
 
@@ -33,7 +35,7 @@ forEachDevice('block', 'BlockDevice randomized integrity', (device) => {
     this.timeout(600_000);
     const seed = Number(process.env.VDPA_BLK_INTEGRITY_SEED ?? Date.now() % 0x7fffffff);
     const random = rng(seed);
-    const dev = BlockDevice.open(device.chardev);
+    const dev = BlockDevice.open(device.chardev, { queues: QUEUES });
     try {
       const base = dev.capacity - WINDOW; // the end of the disk: high sectors and the last block
       const blocks = WINDOW / BLOCK;

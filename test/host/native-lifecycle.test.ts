@@ -78,7 +78,8 @@ describe('Worker threads that end with live native objects', function () {
   this.timeout(120_000);
 
   // Each Worker opens an eventfd and a netlink socket, both watched, plus a
-  // DeviceHandle on a plain file and DMA memory, then exits (process.exit)
+  // DeviceHandle on a plain file, DMA memory, a watched VduseFile (on a FIFO)
+  // and a FileMapping of the DMA memory's fd, then exits (process.exit)
   // or is terminated. The main thread checks that it survives and that no
   // descriptor leaked.
   const workerSource = `
@@ -95,6 +96,10 @@ describe('Worker threads that end with live native objects', function () {
     new native.DeviceHandle(workerData.file);
     const region = lib.DmaRegion.allocate(8192);
     region.bytes[0] = 1;
+    // VDUSE: a watched device file (a FIFO stands in for /dev/vduse/NAME) and a mapping of an fd.
+    const vduseFile = new native.VduseFile(workerData.fifo, true);
+    vduseFile.watch(() => {});
+    new Uint8Array(new native.FileMapping(region.fd, 0, 8192, 3).buffer)[1] = 2;
     parentPort.postMessage('ready');
     if (workerData.how === 'exit') setTimeout(() => process.exit(0), 1);
   `;
@@ -108,6 +113,8 @@ describe('Worker threads that end with live native objects', function () {
         const { Worker } = require('node:worker_threads');
         const file = path.join(fs.mkdtempSync(path.join(os.tmpdir(), 'vdpa-worker-')), 'device');
         fs.writeFileSync(file, '');
+        const fifo = path.join(path.dirname(file), 'fifo');
+        require('node:child_process').execFileSync('mkfifo', [fifo]);
         // The first Worker opens descriptors Node keeps for later ones; count from its end.
         let before;
         let remaining = 26;
@@ -121,7 +128,7 @@ describe('Worker threads that end with live native objects', function () {
           }
           const worker = new Worker(${JSON.stringify(workerSource)}, {
             eval: true,
-            workerData: { lib: process.env.VDPA_LIB, file, how: ${JSON.stringify(how)} },
+            workerData: { lib: process.env.VDPA_LIB, file, fifo, how: ${JSON.stringify(how)} },
           });
           worker.on('message', () => { if (${JSON.stringify(how)} === 'terminate') worker.terminate(); });
           worker.on('error', (error) => { console.log('worker error: ' + error.message); process.exitCode = 2; });

@@ -1,0 +1,286 @@
+/**
+ * virtio-blk requests on the device side: decodes each chain popped from a
+ * queue, runs it against the {@link BlockStore}, writes the status byte and
+ * completes it — or, when a {@link FaultPlan} says so, completes it wrongly
+ * (bad id, twice, a bad length, an I/O error, never, late) or resizes the disk.
+ * Driver memory is untrusted: a malformed request completes with 0 bytes or an
+ * error status, never an exception out of the queue.
+ * @module
+ */
+import {
+  VIRTIO_BLK_DWZ_SIZE,
+  VIRTIO_BLK_ID_BYTES,
+  VIRTIO_BLK_OUTHDR_SIZE,
+  VIRTIO_BLK_S_IOERR,
+  VIRTIO_BLK_S_OK,
+  VIRTIO_BLK_S_UNSUPP,
+  VIRTIO_BLK_T_DISCARD,
+  VIRTIO_BLK_T_FLUSH,
+  VIRTIO_BLK_T_GET_ID,
+  VIRTIO_BLK_T_IN,
+  VIRTIO_BLK_T_OUT,
+  VIRTIO_BLK_T_WRITE_ZEROES,
+  VIRTIO_BLK_WRITE_ZEROES_FLAG_UNMAP,
+} from '../blk/protocol';
+import { BLK_MAX_DISCARD_SECTORS, encodeCapacity } from './blk-config';
+import type { BlockStore } from './blk-store';
+import type { VduseDevice, VduseQueueHandler } from './device';
+import { badUsedId, badUsedLength, type FaultAction, type FaultPlan } from './faults';
+import type { DeviceChain, DeviceQueue } from './device-queue';
+
+/** Options of {@link BlkRequestHandler}. */
+export interface BlkHandlerOptions {
+  store: BlockStore;
+  readOnly: boolean;
+  /** The GET_ID answer (up to 20 bytes). */
+  serial: string;
+  faults?: FaultPlan;
+  log?: (line: string) => void;
+}
+
+/** Counters a running device reports. */
+export interface BlkStats {
+  requests: number;
+  reads: number;
+  writes: number;
+  errors: number;
+  faults: number;
+}
+
+/** The views of `buffers` covering bytes [offset, offset + length) of their concatenation. */
+export function sliceViews(buffers: readonly Buffer[], offset: number, length: number): Buffer[] {
+  const out: Buffer[] = [];
+  let skip = offset;
+  let want = length;
+  for (const b of buffers) {
+    if (want === 0) break;
+    if (skip >= b.length) {
+      skip -= b.length;
+      continue;
+    }
+    const n = Math.min(b.length - skip, want);
+    out.push(b.subarray(skip, skip + n));
+    want -= n;
+    skip = 0;
+  }
+  return out;
+}
+
+/** Copies `length` bytes at `offset` of the concatenation of `buffers` into one Buffer. */
+function gather(buffers: readonly Buffer[], offset: number, length: number): Buffer {
+  const views = sliceViews(buffers, offset, length);
+  return views.length === 1 ? (views[0] as Buffer) : Buffer.concat(views, length);
+}
+
+interface Outcome {
+  status: number;
+  /** Bytes written into the chain's writable part before the status byte. */
+  dataWritten: number;
+}
+
+const SECTOR = 512;
+const NO_FAULTS: readonly FaultAction[] = [];
+
+/** Serves virtio-blk requests; one instance per device (all queues). */
+export class BlkRequestHandler implements VduseQueueHandler {
+  /** Counters since start. */
+  readonly stats: BlkStats = { requests: 0, reads: 0, writes: 0, errors: 0, faults: 0 };
+  /** Current capacity in bytes (a resize fault changes it). */
+  capacity: number;
+  private generation = 0;
+  private readonly toNotify = new Set<DeviceQueue>();
+  private notifyScheduled = false;
+  private device: VduseDevice | undefined;
+  private readonly serial: Buffer;
+
+  constructor(private readonly options: BlkHandlerOptions) {
+    this.capacity = options.store.size;
+    this.serial = Buffer.alloc(VIRTIO_BLK_ID_BYTES);
+    this.serial.write(options.serial, 0, VIRTIO_BLK_ID_BYTES, 'utf8');
+  }
+
+  onKick(queue: DeviceQueue, device: VduseDevice): void {
+    this.device = device;
+    for (;;) {
+      queue.disableKicks();
+      for (let chain = queue.pop(); chain !== undefined; chain = queue.pop()) this.serve(queue, chain);
+      if (!queue.enableKicks()) break;
+    }
+    this.scheduleNotify(queue);
+  }
+
+  onReset(): void {
+    this.generation++; // completions of requests in flight now belong to dropped queues
+    this.toNotify.clear();
+  }
+
+  private scheduleNotify(queue: DeviceQueue): void {
+    this.toNotify.add(queue);
+    if (this.notifyScheduled) return;
+    this.notifyScheduled = true;
+    queueMicrotask(() => {
+      this.notifyScheduled = false;
+      const queues = [...this.toNotify];
+      this.toNotify.clear();
+      for (const q of queues) this.device?.notify(q);
+    });
+  }
+
+  private serve(queue: DeviceQueue, chain: DeviceChain): void {
+    const requestNo = ++this.stats.requests;
+    const faults = this.options.faults?.next(requestNo) ?? NO_FAULTS;
+    if (faults.length > 0) this.stats.faults++;
+    if (
+      chain.error !== undefined ||
+      chain.writableBytes < 1 ||
+      chain.readableBytes < VIRTIO_BLK_OUTHDR_SIZE
+    ) {
+      this.stats.errors++;
+      queue.push(chain, 0);
+      this.scheduleNotify(queue);
+      return;
+    }
+    if (faults.some((f) => f.kind === 'stall')) {
+      this.options.log?.(`fault: request ${requestNo} stalls (never completed)`);
+      return;
+    }
+    const generation = this.generation;
+    const delayMs = faults.reduce((ms, f) => (f.kind === 'delay' ? ms + f.ms : ms), 0);
+    const finish = (outcome: Outcome): void => {
+      if (generation !== this.generation) return; // the queue was dropped by a reset meanwhile
+      this.complete(queue, chain, outcome, faults);
+    };
+    const settle = (outcome: Outcome): void => {
+      if (delayMs > 0) setTimeout(() => finish(outcome), delayMs);
+      else finish(outcome);
+    };
+    let result: Outcome | Promise<Outcome>;
+    try {
+      // ioerr: fail without doing the I/O, as faulty-blk does.
+      result = faults.some((f) => f.kind === 'ioerr')
+        ? { status: VIRTIO_BLK_S_IOERR, dataWritten: 0 }
+        : this.execute(chain);
+    } catch {
+      result = { status: VIRTIO_BLK_S_IOERR, dataWritten: 0 };
+    }
+    if (result instanceof Promise) {
+      result.then(settle, (error: unknown) => {
+        this.options.log?.(`I/O error: ${(error as Error).message}`);
+        settle({ status: VIRTIO_BLK_S_IOERR, dataWritten: 0 });
+      });
+    } else {
+      settle(result);
+    }
+  }
+
+  private complete(
+    queue: DeviceQueue,
+    chain: DeviceChain,
+    outcome: Outcome,
+    faults: readonly FaultAction[],
+  ): void {
+    if (outcome.status !== VIRTIO_BLK_S_OK) this.stats.errors++;
+    const statusView = sliceViews(chain.writable, chain.writableBytes - 1, 1)[0] as Buffer;
+    statusView[0] = outcome.status;
+    const written = outcome.dataWritten + 1;
+    const has = (kind: FaultAction['kind']): boolean => faults.some((f) => f.kind === kind);
+    if (!has('bad-id') && !has('bad-len') && !has('dup')) {
+      queue.push(chain, written);
+    } else {
+      // pushRaw writes what push() refuses. The chain record then stays "in flight" for good (the queue takes
+      // another from its pool); the driver is expected to reset the device anyway.
+      const id = has('bad-id') ? badUsedId(queue.size) : chain.id;
+      const length = has('bad-len') ? badUsedLength(chain.writableBytes) : written;
+      queue.pushRaw(id, length);
+      if (has('dup')) queue.pushRaw(id, length);
+      this.options.log?.(
+        `fault: request ${chain.id} completed as id ${id}, ${length} bytes${has('dup') ? ', twice' : ''}`,
+      );
+    }
+    this.scheduleNotify(queue);
+    for (const f of faults) {
+      // After the completion is published (the notify microtask queued above runs first).
+      if (f.kind === 'resize') queueMicrotask(() => this.resize(f.bytes));
+    }
+  }
+
+  /** Changes the capacity in the config space and raises the config interrupt. */
+  resize(bytes: number): void {
+    this.options.store.resize(bytes);
+    this.capacity = this.options.store.size;
+    this.options.log?.(`resize: capacity now ${this.capacity} bytes`);
+    this.device?.updateConfig(0, encodeCapacity(this.capacity));
+  }
+
+  private inRange(offset: number, length: number): boolean {
+    return (
+      Number.isSafeInteger(offset) &&
+      offset + length <= this.capacity &&
+      offset + length <= this.options.store.size
+    );
+  }
+
+  private execute(chain: DeviceChain): Outcome | Promise<Outcome> {
+    const header = gather(chain.readable, 0, VIRTIO_BLK_OUTHDR_SIZE);
+    const type = header.readUInt32LE(0);
+    const offset = Number(header.readBigUInt64LE(8)) * SECTOR;
+    const store = this.options.store;
+    const ok = (dataWritten: number): Outcome => ({ status: VIRTIO_BLK_S_OK, dataWritten });
+    const fail = (status: number): Outcome => ({ status, dataWritten: 0 });
+    const after = (pending: Promise<void> | undefined, dataWritten: number): Outcome | Promise<Outcome> =>
+      pending === undefined ? ok(dataWritten) : pending.then(() => ok(dataWritten));
+    switch (type) {
+      case VIRTIO_BLK_T_IN: {
+        const length = chain.writableBytes - 1;
+        if (length % SECTOR !== 0 || !this.inRange(offset, length)) return fail(VIRTIO_BLK_S_IOERR);
+        this.stats.reads++;
+        return after(store.read(offset, sliceViews(chain.writable, 0, length)), length);
+      }
+      case VIRTIO_BLK_T_OUT: {
+        const length = chain.readableBytes - VIRTIO_BLK_OUTHDR_SIZE;
+        if (this.options.readOnly || length % SECTOR !== 0 || !this.inRange(offset, length))
+          return fail(VIRTIO_BLK_S_IOERR);
+        this.stats.writes++;
+        return after(store.write(offset, sliceViews(chain.readable, VIRTIO_BLK_OUTHDR_SIZE, length)), 0);
+      }
+      case VIRTIO_BLK_T_FLUSH:
+        return after(store.flush(), 0);
+      case VIRTIO_BLK_T_GET_ID: {
+        const n = Math.min(VIRTIO_BLK_ID_BYTES, chain.writableBytes - 1);
+        let at = 0;
+        for (const view of sliceViews(chain.writable, 0, n)) {
+          this.serial.copy(view, 0, at, at + view.length);
+          at += view.length;
+        }
+        return ok(n);
+      }
+      case VIRTIO_BLK_T_DISCARD:
+      case VIRTIO_BLK_T_WRITE_ZEROES:
+        return this.discardOrZero(chain, type);
+      default:
+        return fail(VIRTIO_BLK_S_UNSUPP);
+    }
+  }
+
+  private discardOrZero(chain: DeviceChain, type: number): Outcome | Promise<Outcome> {
+    const fail = (status: number): Outcome => ({ status, dataWritten: 0 });
+    if (this.options.readOnly) return fail(VIRTIO_BLK_S_IOERR);
+    const bytes = chain.readableBytes - VIRTIO_BLK_OUTHDR_SIZE;
+    if (bytes !== VIRTIO_BLK_DWZ_SIZE) return fail(VIRTIO_BLK_S_UNSUPP); // max_discard_seg = max_write_zeroes_seg = 1
+    const segment = gather(chain.readable, VIRTIO_BLK_OUTHDR_SIZE, VIRTIO_BLK_DWZ_SIZE);
+    const offset = Number(segment.readBigUInt64LE(0)) * SECTOR;
+    const sectors = segment.readUInt32LE(8);
+    const flags = segment.readUInt32LE(12);
+    const allowedFlags = type === VIRTIO_BLK_T_WRITE_ZEROES ? VIRTIO_BLK_WRITE_ZEROES_FLAG_UNMAP : 0;
+    if ((flags & ~allowedFlags) !== 0) return fail(VIRTIO_BLK_S_UNSUPP);
+    if (sectors > BLK_MAX_DISCARD_SECTORS || !this.inRange(offset, sectors * SECTOR))
+      return fail(VIRTIO_BLK_S_IOERR);
+    const store = this.options.store;
+    const pending =
+      type === VIRTIO_BLK_T_DISCARD
+        ? store.discard(offset, sectors * SECTOR)
+        : store.writeZeroes(offset, sectors * SECTOR);
+    const ok: Outcome = { status: VIRTIO_BLK_S_OK, dataWritten: 0 };
+    return pending === undefined ? ok : pending.then(() => ok);
+  }
+}

@@ -1,0 +1,207 @@
+/**
+ * The storage behind a VDUSE block device: a RAM disk or a file. Reads and
+ * writes go straight between the store and the driver's buffers (the chain's
+ * views into mapped driver memory), without a copy in between: a RAM disk
+ * copies synchronously, a file uses fs.readv/writev on the thread pool so the
+ * device's event loop keeps answering VDUSE messages meanwhile.
+ * @module
+ */
+import * as fs from 'node:fs';
+
+import { ErrorCodes, VdpaError } from '../errors';
+
+/** A block store: byte offsets, always inside [0, size). */
+export interface BlockStore {
+  /** Size in bytes. */
+  readonly size: number;
+  /** Human-readable origin, for logs. */
+  readonly description: string;
+  /** Fills `buffers` (in order) from `offset`. Synchronous stores return undefined. */
+  read(offset: number, buffers: Buffer[]): Promise<void> | undefined;
+  write(offset: number, buffers: Buffer[]): Promise<void> | undefined;
+  flush(): Promise<void> | undefined;
+  /** Deallocate: data afterwards is unspecified (old or zeros). */
+  discard(offset: number, length: number): Promise<void> | undefined;
+  writeZeroes(offset: number, length: number): Promise<void> | undefined;
+  /** Grows (or shrinks) the store to `bytes` (a resize of the device). */
+  resize(bytes: number): void;
+  close(): void;
+}
+
+/** A RAM disk; contents start zeroed. */
+export class RamStore implements BlockStore {
+  private data: Buffer;
+  readonly description: string;
+
+  constructor(size: number) {
+    this.data = Buffer.alloc(size);
+    this.description = `RAM disk of ${size} bytes`;
+  }
+
+  get size(): number {
+    return this.data.length;
+  }
+
+  resize(bytes: number): void {
+    const data = Buffer.alloc(bytes);
+    this.data.copy(data, 0, 0, Math.min(bytes, this.data.length));
+    this.data = data;
+  }
+
+  read(offset: number, buffers: Buffer[]): undefined {
+    let at = offset;
+    for (const b of buffers) {
+      this.data.copy(b, 0, at, at + b.length);
+      at += b.length;
+    }
+    return undefined;
+  }
+
+  write(offset: number, buffers: Buffer[]): undefined {
+    let at = offset;
+    for (const b of buffers) {
+      b.copy(this.data, at);
+      at += b.length;
+    }
+    return undefined;
+  }
+
+  flush(): undefined {
+    return undefined;
+  }
+
+  discard(offset: number, length: number): undefined {
+    this.data.fill(0, offset, offset + length);
+    return undefined;
+  }
+
+  writeZeroes(offset: number, length: number): undefined {
+    this.data.fill(0, offset, offset + length);
+    return undefined;
+  }
+
+  close(): void {}
+}
+
+const ZEROES = Buffer.alloc(1 << 20);
+
+/** Calls fs.readv/writev until every byte moved (they may return short counts). */
+async function transferAll(
+  op: typeof fs.readv | typeof fs.writev,
+  fd: number,
+  buffers: Buffer[],
+  position: number,
+  what: string,
+): Promise<void> {
+  let rest = buffers.filter((b) => b.length > 0);
+  let at = position;
+  while (rest.length > 0) {
+    const n = await new Promise<number>((resolve, reject) =>
+      op(fd, rest, at, (error: Error | null, bytes: number) =>
+        error === null ? resolve(bytes) : reject(error),
+      ),
+    );
+    if (n === 0) throw new VdpaError(`${what} at ${at}: end of file`, { code: 'EIO' });
+    at += n;
+    let skip = n;
+    while (skip > 0 && rest.length > 0) {
+      const first = rest[0] as Buffer;
+      if (first.length <= skip) {
+        skip -= first.length;
+        rest = rest.slice(1);
+      } else {
+        rest = [first.subarray(skip), ...rest.slice(1)];
+        skip = 0;
+      }
+    }
+  }
+}
+
+/** A file (regular file or block device) opened once; its size is the device's capacity. */
+export class FileStore implements BlockStore {
+  readonly description: string;
+
+  private constructor(
+    private readonly fd: number,
+    public size: number,
+    private readonly path: string,
+    private readonly readOnly: boolean,
+  ) {
+    this.description = `${path} (${size} bytes)`;
+  }
+
+  /** Grows the file (ftruncate); a read-only file keeps its size and the device reads beyond it as errors. */
+  resize(bytes: number): void {
+    if (!this.readOnly && bytes > this.size) fs.ftruncateSync(this.fd, bytes);
+    this.size = this.readOnly ? Math.min(bytes, this.size) : bytes;
+  }
+
+  /**
+   * Opens `path` (read-write unless `readOnly`), creating it with `createSize` bytes when it does not exist and a
+   * size is given, or growing a smaller file to `createSize`.
+   */
+  static open(path: string, readOnly: boolean, createSize?: number): FileStore {
+    const exists = fs.existsSync(path);
+    if (!exists && createSize === undefined) {
+      throw new VdpaError(`${path} does not exist; give a size to create it (--size 1G)`, { code: 'ENOENT' });
+    }
+    if (!exists && readOnly) {
+      throw new VdpaError(`${path} does not exist, and a read-only device cannot create it`, {
+        code: 'ENOENT',
+      });
+    }
+    const fd = fs.openSync(path, readOnly ? 'r' : exists ? 'r+' : 'w+');
+    try {
+      let size = fs.fstatSync(fd).size;
+      if (createSize !== undefined && size < createSize) {
+        if (readOnly)
+          throw new VdpaError(
+            `${path} has ${size} bytes, fewer than --size ${createSize}, and is opened read-only`,
+            {
+              code: ErrorCodes.INVALID_ARG,
+            },
+          );
+        fs.ftruncateSync(fd, createSize);
+        size = createSize;
+      }
+      if (size < 512)
+        throw new VdpaError(`${path} is smaller than one sector (512 bytes)`, {
+          code: ErrorCodes.INVALID_ARG,
+        });
+      return new FileStore(fd, size - (size % 512), path, readOnly);
+    } catch (error) {
+      fs.closeSync(fd);
+      throw error;
+    }
+  }
+
+  read(offset: number, buffers: Buffer[]): Promise<void> {
+    return transferAll(fs.readv, this.fd, buffers, offset, `reading ${this.path}`);
+  }
+
+  write(offset: number, buffers: Buffer[]): Promise<void> {
+    return transferAll(fs.writev, this.fd, buffers, offset, `writing ${this.path}`);
+  }
+
+  flush(): Promise<void> {
+    return new Promise((resolve, reject) =>
+      fs.fdatasync(this.fd, (e) => (e === null ? resolve() : reject(e))),
+    );
+  }
+
+  /** A hint only: the file keeps its data (reads after a discard may return old data; the spec allows it). */
+  discard(): undefined {
+    return undefined;
+  }
+
+  async writeZeroes(offset: number, length: number): Promise<void> {
+    for (let at = offset; at < offset + length; at += ZEROES.length) {
+      const n = Math.min(ZEROES.length, offset + length - at);
+      await transferAll(fs.writev, this.fd, [ZEROES.subarray(0, n)], at, `zeroing ${this.path}`);
+    }
+  }
+
+  close(): void {
+    fs.closeSync(this.fd);
+  }
+}
