@@ -48,3 +48,4 @@ export {
 } from './service';
 export type { NetlinkErrorPayload } from './mgmt/netlink';
 export * from './check';
+export * from './vmm';

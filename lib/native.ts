@@ -59,6 +59,8 @@ export interface NativeBinding {
   DeviceHandle: new (path: string) => NativeDeviceHandle;
   Doorbell: new () => NativeDoorbell;
   DmaMemory: new (size: number, hugetlb: boolean, name: string) => NativeDmaMemory;
+  /** Maps an existing memfd/hugetlbfs file by path (native/shared_memory.cc). */
+  SharedMemory: new (path: string) => NativeDmaMemory;
   EventFd: new () => NativeEventFd;
   pageSize(): number;
   addressOf(view: ArrayBufferView): bigint;
