@@ -38,6 +38,8 @@ const DEPTH = 16;
 const BLOCK = 4096;
 const BLOCKS = 256; // the workload's working set: 1 MiB …
 const FIRST_SECTOR = 8192n; // … 4 MiB into the disk
+const quiet = process.argv.includes('--quiet');
+const progress = (message) => quiet || process.stderr.write(`[vmm-move ${process.argv.includes('--vmm-b') ? 'B' : 'A'}] ${message}\n`);
 const HEADERS = 0x10000; // offset of the request headers in region 0
 const STATUS = HEADERS + QUEUE_SIZE * 16;
 
@@ -51,6 +53,7 @@ async function vmmB(devicePath, regionsJson) {
   const callFd = kickFd + 1;
   const memory = GuestMemory.attach(shared);
   const backend = VdpaBackend.open({ path: devicePath, numQueues: 1, id: 'disk0' });
+  progress(`guest RAM attached (${shared.regions.length} regions), ${devicePath} open`);
   const send = (line) => process.stdout.write(line + '\n');
   send('ready');
   for await (const line of readline.createInterface({ input: process.stdin })) {
@@ -59,11 +62,13 @@ async function vmmB(devicePath, regionsJson) {
       const t0 = performance.now();
       const state = parseDeviceState(fs.readFileSync(arg, 'utf8'));
       backend.restore(state, { memory, queues: [{ kickFd, callFd }] });
+      progress(`restored ${state.id} from ${state.source} (${state.method}, base ${state.queues[0].base.raw})`);
       send(`resumed ${(performance.now() - t0).toFixed(2)}`);
     } else if (command === 'stop') {
       await backend.close();
       memory.free();
       send('stopped');
+      process.stdin.destroy();
       return;
     }
   }
@@ -225,11 +230,15 @@ function lines(stream) {
   return () => (queue.length > 0 ? Promise.resolve(queue.shift()) : new Promise((r) => waiters.push(r)));
 }
 
-async function expectLine(next, prefix, child) {
+async function expectLine(next, prefix, child, timeoutMs = 60000) {
+  let timer;
   const line = await Promise.race([
     next(),
     new Promise((_, reject) => child.once('exit', (code) => reject(new Error(`VMM B exited (${code})`)))),
-  ]);
+    new Promise((_, reject) => {
+      timer = setTimeout(() => reject(new Error(`VMM B did not say "${prefix}" within ${timeoutMs} ms`)), timeoutMs);
+    }),
+  ]).finally(() => clearTimeout(timer));
   if (!line.startsWith(prefix)) throw new Error(`VMM B said "${line}", expected "${prefix}…"`);
   return line.slice(prefix.length).trim();
 }
@@ -252,7 +261,9 @@ async function move({ pathA, pathB, requests, label }) {
   const backendA = VdpaBackend.open({ path: pathA, numQueues: 1, id: 'disk0' });
   let timer;
   try {
+    progress(`${label}: A=${pathA} B=${pathB}, waiting for VMM B`);
     await expectLine(next, 'ready', child);
+    progress('VMM B ready; guest starts');
     const wanted = bit(VirtioF.VERSION_1) | bit(VirtioF.ACCESS_PLATFORM);
     const features = backendA.deviceFeatures & wanted;
     const guest = new Guest(memory, kick, requests);
@@ -270,13 +281,18 @@ async function move({ pathA, pathB, requests, label }) {
     const result = { label, deviceA: pathA, deviceB: pathB, method: backendA.canSuspend ? 'suspend' : 'reset-and-rewind' };
     const done = guest.start((completed) => {
       if (moved !== undefined || completed < Math.floor(requests * 0.4)) return;
+      // Not from inside the completion callback: let the guest refill its queue first (fill() publishes right
+      // after collect), so the pause finds requests in flight, some of them not yet taken by the device.
       moved = (async () => {
+        await Promise.resolve();
         const t0 = performance.now();
         result.inFlightAtPause = vq.inFlight; // guest's view: submitted, not yet seen completed
+        progress(`pausing A at ${completed} completions, ${vq.inFlight} in flight`);
         const state = await backendA.pause({ allowReset: true });
         const tPaused = performance.now();
         result.availNotUsedAtPause = state.inFlightAtPause[0]; // in the rings: made available, not used
         result.base = state.queues[0].base.raw;
+        result.requeuedAtReset = state.requeued?.[0];
         const fd = fs.openSync(stateFile, 'w');
         fs.writeSync(fd, serializeDeviceState(state));
         fs.fsyncSync(fd);
@@ -290,6 +306,7 @@ async function move({ pathA, pathB, requests, label }) {
         result.saveMs = +(tSaved - tPaused).toFixed(2);
         result.pauseToResumeMs = +(t1 - t0).toFixed(2);
         result.completedAtPause = completed;
+        progress(`resumed on B: pause-to-resume ${result.pauseToResumeMs} ms`);
       })();
       moved.catch((error) => guest.errors.push(`move: ${error.stack}`));
     });
@@ -300,6 +317,7 @@ async function move({ pathA, pathB, requests, label }) {
     }, 120000);
     await done;
     clearTimeout(deadline);
+    progress(`guest done: ${guest.completed}/${guest.submitted}`);
     if (moved !== undefined) await moved.catch(() => undefined);
     Object.assign(result, guest.tally(), {
       verifiedBlocks: guest.phase2 ?? 0,
@@ -311,7 +329,7 @@ async function move({ pathA, pathB, requests, label }) {
   } finally {
     clearInterval(timer);
     call.close();
-    child.stdin.write('stop\n');
+    child.stdin.end('stop\n'); // and EOF: VMM B's stdin must not keep it alive
     await new Promise((resolve) => (child.exitCode !== null ? resolve() : child.once('exit', resolve)));
     await backendA.close();
     kick.close();
@@ -329,6 +347,7 @@ function labDevices() {
 async function withSimDeviceB(manager, body) {
   const name = 'vmm-move-b';
   if (fs.existsSync(`/sys/bus/vdpa/devices/${name}`)) await manager.deleteDevice(name);
+  progress(`creating ${name} (vdpasim_blk)`);
   await manager.addDevice({ name, mgmtdev: 'vdpasim_blk' });
   try {
     return await body(await resolveCharDev(name));
@@ -369,6 +388,7 @@ function print(r) {
   console.log(`${r.label}: ${r.deviceA} -> ${r.deviceB} (${r.method})`);
   console.log(`  requests: ${r.submitted} submitted, ${r.completed} completed, lost ${r.lost}, duplicated ${r.duplicated}`);
   console.log(`  at the pause: ${r.inFlightAtPause} in flight (guest), ${r.availNotUsedAtPause} available-not-used in the ring, base ${r.base}`);
+  if (r.requeuedAtReset !== undefined) console.log(`  reset-and-rewind: ${r.requeuedAtReset} request(s) between used and avail at the reset, executed by B`);
   console.log(`  pause ${r.pauseMs} ms, save + release A ${r.saveMs} ms, restore on B ${r.restoreMs} ms: pause-to-resume ${r.pauseToResumeMs} ms`);
   console.log(`  data: ${r.dataOk ? 'verified against the model' : 'ERRORS'} (${r.verifiedBlocks} blocks re-read on B)`);
   for (const e of r.errors.slice(0, 10)) console.log(`  error: ${e}`);

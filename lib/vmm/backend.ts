@@ -344,6 +344,7 @@ export class VdpaBackend {
     const packed = hasBit(this.#features, VirtioF.RING_PACKED);
     const inFlightAtPause = this.#queues.map((q) => (packed ? -1 : this.#pendingInGuest(q)));
     let bases: number[];
+    let requeued: number[] | undefined;
     let method: PauseMethod;
     if (this.canSuspend) {
       this.#device.suspend();
@@ -365,6 +366,7 @@ export class VdpaBackend {
         });
       }
       bases = await this.#resetAndRewind(options);
+      requeued = this.#queues.map((q) => this.#pendingInGuest(q));
       method = 'reset-and-rewind';
       this.#phase = 'idle';
     }
@@ -379,6 +381,7 @@ export class VdpaBackend {
       config: this.#device.getConfig(0, this.#device.getConfigSize()).toString('hex'),
       method,
       inFlightAtPause,
+      ...(requeued === undefined ? {} : { requeued }),
       queues: this.#queues.map(
         (q, i): QueueState => ({
           index: i,

@@ -58,6 +58,11 @@ export interface DeviceState {
   method: PauseMethod;
   /** Per queue: chains the guest had made available but not seen used at the pause (avail idx − used idx). */
   inFlightAtPause: number[];
+  /**
+   * `reset-and-rewind` only: per queue, avail idx − used idx at the reset. These requests were not taken by the
+   * old device, or were taken and dropped by its reset; the next device executes them.
+   */
+  requeued?: number[];
   queues: QueueState[];
 }
 
