@@ -39,7 +39,8 @@ const BLOCK = 4096;
 const BLOCKS = 256; // the workload's working set: 1 MiB …
 const FIRST_SECTOR = 8192n; // … 4 MiB into the disk
 const quiet = process.argv.includes('--quiet');
-const progress = (message) => quiet || process.stderr.write(`[vmm-move ${process.argv.includes('--vmm-b') ? 'B' : 'A'}] ${message}\n`);
+const progress = (message) =>
+  quiet || process.stderr.write(`[vmm-move ${process.argv.includes('--vmm-b') ? 'B' : 'A'}] ${message}\n`);
 const HEADERS = 0x10000; // offset of the request headers in region 0
 const STATUS = HEADERS + QUEUE_SIZE * 16;
 
@@ -62,7 +63,9 @@ async function vmmB(devicePath, regionsJson) {
       const t0 = performance.now();
       const state = parseDeviceState(fs.readFileSync(arg, 'utf8'));
       backend.restore(state, { memory, queues: [{ kickFd, callFd }] });
-      progress(`restored ${state.id} from ${state.source} (${state.method}, base ${state.queues[0].base.raw})`);
+      progress(
+        `restored ${state.id} from ${state.source} (${state.method}, base ${state.queues[0].base.raw})`,
+      );
       send(`resumed ${(performance.now() - t0).toFixed(2)}`);
     } else if (command === 'stop') {
       await backend.close();
@@ -134,7 +137,11 @@ class Guest {
       }
     }
     this.vq.publish();
-    if (this.verifyQueue !== undefined && this.verifyQueue.length === 0 && this.completed === this.submitted) {
+    if (
+      this.verifyQueue !== undefined &&
+      this.verifyQueue.length === 0 &&
+      this.completed === this.submitted
+    ) {
       this.done = true;
       this.finished();
     }
@@ -236,7 +243,10 @@ async function expectLine(next, prefix, child, timeoutMs = 60000) {
     next(),
     new Promise((_, reject) => child.once('exit', (code) => reject(new Error(`VMM B exited (${code})`)))),
     new Promise((_, reject) => {
-      timer = setTimeout(() => reject(new Error(`VMM B did not say "${prefix}" within ${timeoutMs} ms`)), timeoutMs);
+      timer = setTimeout(
+        () => reject(new Error(`VMM B did not say "${prefix}" within ${timeoutMs} ms`)),
+        timeoutMs,
+      );
     }),
   ]).finally(() => clearTimeout(timer));
   if (!line.startsWith(prefix)) throw new Error(`VMM B said "${line}", expected "${prefix}…"`);
@@ -253,8 +263,10 @@ async function move({ pathA, pathB, requests, label }) {
   const stateFile = path.join(os.tmpdir(), `vmm-move-${process.pid}.json`);
   const child = spawn(
     process.execPath,
-    [__filename, '--vmm-b', pathB, JSON.stringify(memory.share())],
-    { stdio: ['pipe', 'pipe', 'inherit', ...memory.fds, kick.fd, call.fd] },
+    [require.resolve('./vmm-move.js'), '--vmm-b', pathB, JSON.stringify(memory.share())],
+    {
+      stdio: ['pipe', 'pipe', 'inherit', ...memory.fds, kick.fd, call.fd],
+    },
   );
   child.stdin.on('error', () => undefined); // VMM B gone: its exit status says why
   const next = lines(child.stdout);
@@ -272,13 +284,25 @@ async function move({ pathA, pathB, requests, label }) {
       memory,
       features,
       queues: [
-        { size: QUEUE_SIZE, descGpa: BigInt(vq.addresses.desc), availGpa: vq.addresses.avail, usedGpa: vq.addresses.used, kickFd: kick.fd, callFd: call.fd },
+        {
+          size: QUEUE_SIZE,
+          descGpa: BigInt(vq.addresses.desc),
+          availGpa: vq.addresses.avail,
+          usedGpa: vq.addresses.used,
+          kickFd: kick.fd,
+          callFd: call.fd,
+        },
       ],
     });
     call.watch(() => guest.collect());
     timer = setInterval(() => guest.collect(), 5); // a missed interrupt must not stall the run
     let moved;
-    const result = { label, deviceA: pathA, deviceB: pathB, method: backendA.canSuspend ? 'suspend' : 'reset-and-rewind' };
+    const result = {
+      label,
+      deviceA: pathA,
+      deviceB: pathB,
+      method: backendA.canSuspend ? 'suspend' : 'reset-and-rewind',
+    };
     const done = guest.start((completed) => {
       if (moved !== undefined || completed < Math.floor(requests * 0.4)) return;
       // Not from inside the completion callback: let the guest refill its queue first (fill() publishes right
@@ -362,14 +386,17 @@ async function withVduseDeviceB(manager, image, body) {
   const qsd = spawn(
     'qemu-storage-daemon',
     [
-      '--blockdev', `driver=file,node-name=f,filename=${image},locking=off`,
-      '--export', `type=vduse-blk,id=e,node-name=f,name=${name},writable=on,num-queues=1,queue-size=256`,
+      '--blockdev',
+      `driver=file,node-name=f,filename=${image},locking=off`,
+      '--export',
+      `type=vduse-blk,id=e,node-name=f,name=${name},writable=on,num-queues=1,queue-size=256`,
     ],
     { stdio: ['ignore', 'inherit', 'inherit'] },
   );
   try {
     for (let i = 0; !fs.existsSync(`/dev/vduse/${name}`); i++) {
-      if (i > 300 || qsd.exitCode !== null) throw new Error(`qemu-storage-daemon did not create /dev/vduse/${name}`);
+      if (i > 300 || qsd.exitCode !== null)
+        throw new Error(`qemu-storage-daemon did not create /dev/vduse/${name}`);
       await new Promise((r) => setTimeout(r, 100));
     }
     await manager.addDevice({ name, mgmtdev: 'vduse' });
@@ -386,11 +413,22 @@ async function withVduseDeviceB(manager, image, body) {
 
 function print(r) {
   console.log(`${r.label}: ${r.deviceA} -> ${r.deviceB} (${r.method})`);
-  console.log(`  requests: ${r.submitted} submitted, ${r.completed} completed, lost ${r.lost}, duplicated ${r.duplicated}`);
-  console.log(`  at the pause: ${r.inFlightAtPause} in flight (guest), ${r.availNotUsedAtPause} available-not-used in the ring, base ${r.base}`);
-  if (r.requeuedAtReset !== undefined) console.log(`  reset-and-rewind: ${r.requeuedAtReset} request(s) between used and avail at the reset, executed by B`);
-  console.log(`  pause ${r.pauseMs} ms, save + release A ${r.saveMs} ms, restore on B ${r.restoreMs} ms: pause-to-resume ${r.pauseToResumeMs} ms`);
-  console.log(`  data: ${r.dataOk ? 'verified against the model' : 'ERRORS'} (${r.verifiedBlocks} blocks re-read on B)`);
+  console.log(
+    `  requests: ${r.submitted} submitted, ${r.completed} completed, lost ${r.lost}, duplicated ${r.duplicated}`,
+  );
+  console.log(
+    `  at the pause: ${r.inFlightAtPause} in flight (guest), ${r.availNotUsedAtPause} available-not-used in the ring, base ${r.base}`,
+  );
+  if (r.requeuedAtReset !== undefined)
+    console.log(
+      `  reset-and-rewind: ${r.requeuedAtReset} request(s) between used and avail at the reset, executed by B`,
+    );
+  console.log(
+    `  pause ${r.pauseMs} ms, save + release A ${r.saveMs} ms, restore on B ${r.restoreMs} ms: pause-to-resume ${r.pauseToResumeMs} ms`,
+  );
+  console.log(
+    `  data: ${r.dataOk ? 'verified against the model' : 'ERRORS'} (${r.verifiedBlocks} blocks re-read on B)`,
+  );
   for (const e of r.errors.slice(0, 10)) console.log(`  error: ${e}`);
 }
 
@@ -407,12 +445,18 @@ async function main() {
   try {
     if (which === 'sim' || which === 'both') {
       const a = devices.find((d) => d.mgmtdev === 'vdpasim_blk');
-      results.push(await withSimDeviceB(manager, (pathB) => move({ pathA: a.chardev, pathB, requests, label: 'vdpa_sim_blk' })));
+      results.push(
+        await withSimDeviceB(manager, (pathB) =>
+          move({ pathA: a.chardev, pathB, requests, label: 'vdpa_sim_blk' }),
+        ),
+      );
     }
     if (which === 'vduse' || which === 'both') {
       const a = devices.find((d) => d.name === 'vduse0');
       results.push(
-        await withVduseDeviceB(manager, a.backingFile, (pathB) => move({ pathA: a.chardev, pathB, requests, label: 'VDUSE' })),
+        await withVduseDeviceB(manager, a.backingFile, (pathB) =>
+          move({ pathA: a.chardev, pathB, requests, label: 'VDUSE' }),
+        ),
       );
     }
   } finally {

@@ -42,6 +42,27 @@ function random(seed: number): () => number {
 
 export const blkChecks: Check<CheckContext>[] = [
   {
+    // First, so a device that breaks the ring protocol fails here, where the report says what it wrote,
+    // and not in whichever data check happened to be running.
+    id: 'blk.ring',
+    group: 'blk',
+    title: '32 reads at queue depth 8 complete once each, with valid used ring entries and status',
+    run: (context) =>
+      withDisk(context, async (disk) => {
+        const block = disk.logicalBlockSize;
+        const blocks = Math.max(1, Math.floor(Math.min(disk.capacity, 1 << 20) / block));
+        let next = 0;
+        const worker = async (): Promise<void> => {
+          while (next < 32) {
+            const offset = (next++ % blocks) * block;
+            await disk.read(offset, block);
+          }
+        };
+        await Promise.all(Array.from({ length: 8 }, () => worker()));
+        return { numbers: { reads: 32 } };
+      }),
+  },
+  {
     id: 'blk.read',
     group: 'blk',
     title: 'reads the first and the last block',

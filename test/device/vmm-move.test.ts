@@ -27,10 +27,14 @@ const EXAMPLE = path.join(__dirname, '..', '..', '..', 'examples', 'vmm-move.js'
 
 /** Runs the example (a second process plays VMM B); returns its JSON report. */
 function runMove(backend: 'sim' | 'vduse', requests: number): MoveResult {
-  const r = spawnSync(process.execPath, [EXAMPLE, '--backend', backend, '--requests', String(requests), '--json'], {
-    encoding: 'utf8',
-    timeout: 240_000,
-  });
+  const r = spawnSync(
+    process.execPath,
+    [EXAMPLE, '--backend', backend, '--requests', String(requests), '--json'],
+    {
+      encoding: 'utf8',
+      timeout: 240_000,
+    },
+  );
   assert.equal(r.status, 0, `vmm-move exited ${String(r.status)}:\n${r.stdout}\n${r.stderr}`);
   const last = r.stdout.trim().split('\n').pop() ?? '';
   const [result] = JSON.parse(last) as MoveResult[];
