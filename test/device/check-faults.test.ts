@@ -17,14 +17,13 @@ const EXPECTED: [string[], string[]][] = [
   [['bad-len@1'], ['blk.ring']],
   [
     ['ioerr-every:1'],
+    // Every data check; faulty-blk offers neither write-zeroes nor discard, so those two skip.
     [
       'blk.ring',
       'blk.read',
       'blk.get-id',
       'blk.flush',
       'blk.integrity',
-      'blk.write-zeroes',
-      'blk.discard',
       'perf.blk-randread-qd1',
       'perf.blk-randread-qd32',
     ],
