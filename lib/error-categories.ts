@@ -110,6 +110,9 @@ export const ERROR_CODE_CATEGORIES: Readonly<Record<string, ErrorCategory>> = {
   [ErrorCodes.NETLINK_PROTOCOL]: 'failure',
   [ErrorCodes.NETLINK]: 'failure',
   [ErrorCodes.UNEXPECTED]: 'internal',
+  // VMM building blocks (lib/vmm)
+  [ErrorCodes.INVALID_STATE]: 'usage',
+  [ErrorCodes.STATE_MISMATCH]: 'usage',
   // errno codes (from the kernel, or named after one)
   ENODEV: 'not-found',
   ENOENT: 'not-found',

@@ -80,6 +80,10 @@ export const ErrorCodes = {
   ABORTED: 'ABORT_ERR',
   /** An exception that is not a VdpaError reached the CLI (a bug); `--json` output reports it with this code. */
   UNEXPECTED: 'ERR_UNEXPECTED',
+  /** An object was used in the wrong state (a VMM backend activated twice, paused when not active …). */
+  INVALID_STATE: 'ERR_INVALID_STATE',
+  /** A saved device state does not fit the device it is restored on (device type, features, queues, config). */
+  STATE_MISMATCH: 'ERR_STATE_MISMATCH',
 } as const;
 
 /** True when `error` is a VdpaError (or error-like object) with this `code`. */

@@ -66,3 +66,4 @@ export {
 } from './vduse/device-queue';
 export { DriverMemory, type DriverMemoryRegion } from './vduse/driver-memory';
 export { FaultPlan, parseFaults, type FaultAction, type FaultSpec } from './vduse/faults';
+export * from './vmm';

@@ -81,6 +81,21 @@ export class DmaRegion {
     return new DmaRegion(new native.DmaMemory(rounded, hugetlb, name));
   }
 
+  /**
+   * Maps memory another process created (its memfd or hugetlbfs file), by path: `/proc/<pid>/fd/<n>`
+   * of the creating process (same user; reopening a memfd through /proc works), or `/proc/self/fd/<n>` of
+   * an inherited descriptor. The whole file is mapped MAP_SHARED, so both processes see the same bytes.
+   * @throws VdpaError `ENOENT`, `EACCES`… from open(2); `EINVAL` for an empty file.
+   */
+  static attach(path: string): DmaRegion {
+    if (typeof path !== 'string' || path.length === 0) {
+      throw new VdpaError('shared memory path must be a non-empty string such as /proc/1234/fd/21', {
+        code: ErrorCodes.INVALID_ARG,
+      });
+    }
+    return new DmaRegion(new native.SharedMemory(path));
+  }
+
   /** The whole region as bytes. Empty (length 0) once freed. */
   get bytes(): Uint8Array {
     return this.#bytes;

@@ -83,6 +83,8 @@ export interface NativeBinding {
   DeviceHandle: new (path: string) => NativeDeviceHandle;
   Doorbell: new () => NativeDoorbell;
   DmaMemory: new (size: number, hugetlb: boolean, name: string) => NativeDmaMemory;
+  /** Maps an existing memfd/hugetlbfs file by path (native/shared_memory.cc). */
+  SharedMemory: new (path: string) => NativeDmaMemory;
   EventFd: new () => NativeEventFd;
   VduseFile: new (path: string, nonblocking: boolean) => NativeVduseFile;
   FileMapping: new (fd: number, offset: number, length: number, access: number) => NativeFileMapping;

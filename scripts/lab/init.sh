@@ -27,8 +27,15 @@ die() {
   sleep 10
 }
 
+# vdpa_sim_blk with shared_backend=1: every vdpa_sim_blk device reads and writes one disk, so a workload can be
+# moved from blk0 to a second device and its data checked (test/device/vmm-move.test.ts, examples/vmm-move.js).
 while read -r m; do
-  insmod "/lib/modules/$m.ko" || echo "LAB-WARN insmod $m failed"
+  case $m in
+    vdpa_sim_blk) params=shared_backend=1 ;;
+    *) params= ;;
+  esac
+  # shellcheck disable=SC2086 # $params is empty or one word
+  insmod "/lib/modules/$m.ko" $params || echo "LAB-WARN insmod $m $params failed"
 done </etc/lab-modules
 
 P9='trans=virtio,version=9p2000.L,msize=512000'
