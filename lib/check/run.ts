@@ -11,10 +11,10 @@
 import { existsSync, readdirSync } from 'node:fs';
 import { performance } from 'node:perf_hooks';
 import { VhostVdpaDevice } from '../device';
-import { ErrorCodes, hasCode, VdpaError } from '../errors';
 import { VIRTIO_ID_BLOCK, VIRTIO_ID_NET } from '../uapi';
 import { blkChecks } from './checks-blk';
 import { deviceChecks } from './checks-device';
+import { runOne } from './run-one';
 import type { CheckOptions, CheckReport, CheckResult } from './types';
 
 /** What a check returns: nothing (pass), numbers (pass, with measurements), or a skip with its reason. */
@@ -109,61 +109,6 @@ export async function runChecks(path: string, options: CheckOptions = {}): Promi
   }
   report.durationMs = performance.now() - started;
   return report;
-}
-
-/** Runs one check within `timeoutMs`. */
-async function runOne<C>(check: Check<C>, context: C, timeoutMs: number): Promise<CheckResult> {
-  const base = { id: check.id, group: check.group, title: check.title };
-  const start = performance.now();
-  let timer: NodeJS.Timeout | undefined;
-  let running: Promise<CheckOutcome> | undefined;
-  try {
-    const deadline = new Promise<never>((_, reject) => {
-      timer = setTimeout(
-        () =>
-          reject(
-            new VdpaError(`did not finish within ${timeoutMs} ms`, { code: ErrorCodes.TIMEOUT, errno: 110 }),
-          ),
-        timeoutMs,
-      );
-    });
-    running = Promise.resolve().then(() => check.run(context));
-    const outcome = await Promise.race([running, deadline]);
-    const durationMs = performance.now() - start;
-    if (outcome !== undefined && 'skip' in outcome)
-      return { ...base, status: 'skip', reason: outcome.skip, durationMs };
-    return {
-      ...base,
-      status: 'pass',
-      ...(outcome === undefined ? {} : { numbers: outcome.numbers }),
-      durationMs,
-    };
-  } catch (error) {
-    const e = error as VdpaError;
-    if (
-      running !== undefined &&
-      hasCode(error, ErrorCodes.TIMEOUT) &&
-      performance.now() - start >= timeoutMs
-    ) {
-      // The check overran its deadline but still holds the device (vhost-vdpa allows one open): let it
-      // settle — its own requests time out and it closes the device — or the next checks would all fail
-      // with EBUSY instead of testing anything. Bounded by another deadline.
-      let grace: NodeJS.Timeout | undefined;
-      await Promise.race([
-        running.catch(() => undefined),
-        new Promise<void>((resolve) => (grace = setTimeout(resolve, timeoutMs))),
-      ]);
-      clearTimeout(grace);
-    }
-    return {
-      ...base,
-      status: 'fail',
-      reason: e.code !== undefined && !e.message.includes(e.code) ? `${e.code}: ${e.message}` : e.message,
-      durationMs: performance.now() - start,
-    };
-  } finally {
-    clearTimeout(timer);
-  }
 }
 
 /** The vdpa device whose char device is `path`, from sysfs (`/sys/bus/vdpa/devices/NAME/vhost-vdpa-N`). */

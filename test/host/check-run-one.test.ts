@@ -1,0 +1,51 @@
+import { strict as assert } from 'node:assert';
+import { setTimeout as sleep } from 'node:timers/promises';
+import { runOne } from '../../lib/check/run-one';
+import type { Check } from '../../lib/check/run';
+
+const check = (run: () => Promise<void>): Check<undefined> => ({
+  id: 'test.check',
+  group: 'test',
+  title: 'a test check',
+  run,
+});
+
+describe('check: one check under a deadline', () => {
+  it('passes a check that finishes in time', async () => {
+    const result = await runOne(
+      check(() => sleep(5)),
+      undefined,
+      1000,
+    );
+    assert.equal(result.status, 'pass');
+  });
+
+  it('fails an overrunning check with ETIMEDOUT, but returns only once it has let go of the device', async () => {
+    // The check stands in for one that still holds /dev/vhost-vdpa-N after its deadline: the next
+    // check must not start before it closes, or it fails with EBUSY instead of testing anything.
+    let settled = false;
+    const result = await runOne(
+      check(async () => {
+        await sleep(80);
+        settled = true;
+      }),
+      undefined,
+      50,
+    );
+    assert.equal(result.status, 'fail');
+    assert.match(result.reason ?? '', /ETIMEDOUT/);
+    assert.equal(settled, true, 'runOne returned while the overrunning check was still running');
+  });
+
+  it('waits at most a second deadline for a check that never settles', async () => {
+    const started = performance.now();
+    const result = await runOne(
+      check(() => new Promise<void>(() => undefined)),
+      undefined,
+      40,
+    );
+    const elapsed = performance.now() - started;
+    assert.equal(result.status, 'fail');
+    assert.ok(elapsed >= 70 && elapsed < 1000, `returned after ${elapsed.toFixed(0)} ms`);
+  });
+});
