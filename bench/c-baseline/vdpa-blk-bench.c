@@ -611,11 +611,16 @@ int main(int argc, char** argv) {
       "{\"engine\":\"c\",\"mode\":\"%s\",\"rw\":\"%s\",\"qd\":%u,\"bs\":%u,\"queue_size\":%u,"
       "\"seconds\":%.3f,\"ios\":%" PRIu64
       ",\"iops\":%.1f,\"p50_us\":%.1f,\"p99_us\":%.1f,\"mean_us\":%.1f,"
-      "\"max_us\":%.1f,\"cpu_us_per_io\":%.2f,\"errors\":%" PRIu64 "}\n",
+      "\"max_us\":%.1f,\"cpu_us_per_io\":%.2f,\"errors\":%" PRIu64 ",\"percentiles_us\":{",
       o.poll_mode ? "poll" : "event", o.write ? "randwrite" : "randread", o.qd, o.bs, dev.qsize, secs, ios,
       (double)ios / secs, hist_quantile_us(&h, 0.50), hist_quantile_us(&h, 0.99),
       h.total ? (double)h.sum_ns / (double)h.total / 1000.0 : 0.0, (double)h.max_ns / 1000.0,
       ios ? (double)(cpu1 - cpu0) / (double)ios : 0.0, r.errors);
+  // The percentiles every engine reports (fio's default list), for the latency plots in docs/bench.md.
+  static const double percentiles[] = {1, 5, 10, 20, 30, 40, 50, 60, 70, 80, 90, 95, 99, 99.5, 99.9};
+  for (size_t i = 0; i < sizeof percentiles / sizeof percentiles[0]; i++)
+    printf("%s\"%g\":%.1f", i ? "," : "", percentiles[i], hist_quantile_us(&h, percentiles[i] / 100));
+  printf("}}\n");
   free(h.counts);
   free(r.submit_ns);
   if (r.errors) {
