@@ -15,7 +15,8 @@
  * preallocated histogram, offsets come from an integer xorshift, buffers are
  * reused. What remains per I/O is the driver's own work (its promise).
  */
-import { performance } from 'node:perf_hooks';
+import fs from 'node:fs';
+import { performance, PerformanceObserver } from 'node:perf_hooks';
 import { BlockDevice, CompletionMode } from '../lib';
 
 interface Options {
@@ -29,10 +30,13 @@ interface Options {
   bs: number;
   heapIos: number;
   seed: number;
+  pollThread: boolean;
+  /** `zero-copy`: readInto()/write() on allocBuffer() buffers; `bounce`: read() (a new Buffer) / write() of an ordinary Buffer. */
+  api: 'zero-copy' | 'bounce';
 }
 
 const USAGE = `Usage: node --expose-gc dist-test/bench/blk-bench.js --device /dev/vhost-vdpa-N --rw randread|randwrite
-  [--qd N] [--seconds S] [--ramp S] [--mode interrupt|poll] [--spin-us US] [--bs BYTES] [--heap-ios N] [--seed N]`;
+  [--qd N] [--seconds S] [--ramp S] [--mode interrupt|poll] [--spin-us US] [--bs BYTES] [--heap-ios N] [--seed N] [--poll-thread] [--api zero-copy|bounce]`;
 
 class UsageError extends Error {}
 
@@ -48,6 +52,8 @@ function parseArgs(argv: string[]): Options {
     bs: 4096,
     heapIos: 0,
     seed: 1,
+    pollThread: false,
+    api: 'zero-copy',
   };
   let rw: string | undefined;
   for (let i = 0; i < argv.length; i++) {
@@ -76,7 +82,13 @@ function parseArgs(argv: string[]): Options {
     else if (a === '--bs') o.bs = Math.floor(number(512, 1 << 20));
     else if (a === '--heap-ios') o.heapIos = Math.floor(number(1, 1e12));
     else if (a === '--seed') o.seed = Math.floor(number(1, 0x7fffffff));
-    else throw new UsageError(`unknown option ${a}`);
+    else if (a === '--poll-thread') o.pollThread = true;
+    else if (a === '--api') {
+      const v = value();
+      if (v !== 'zero-copy' && v !== 'bounce')
+        throw new UsageError(`--api: expected zero-copy or bounce, got ${v}`);
+      o.api = v;
+    } else throw new UsageError(`unknown option ${a}`);
   }
   if (o.device === '') throw new UsageError('--device is required');
   if (rw === 'randwrite') o.write = true;
@@ -115,6 +127,34 @@ class Histogram {
   }
 }
 
+/** The percentiles every engine reports (fio's default list), for the latency plots in docs/bench.md. */
+const PERCENTILES = [1, 5, 10, 20, 30, 40, 50, 60, 70, 80, 90, 95, 99, 99.5, 99.9];
+
+/** CPU time (ms) of each thread of this process, by name: which threads besides the main one burn CPU. */
+function threadCpuMs(): Record<string, number> {
+  const out: Record<string, number> = {};
+  const tick = 10; // USER_HZ is 100 on Linux
+  try {
+    for (const tid of fs.readdirSync('/proc/self/task')) {
+      const stat = fs.readFileSync(`/proc/self/task/${tid}/stat`, 'utf8');
+      const close = stat.lastIndexOf(')');
+      const comm = stat.slice(stat.indexOf('(') + 1, close);
+      const f = stat.slice(close + 2).split(' ');
+      const ms = (Number(f[11]) + Number(f[12])) * tick;
+      out[comm] = (out[comm] ?? 0) + ms;
+    }
+  } catch {
+    // not Linux: no per-thread numbers
+  }
+  return out;
+}
+
+function diffMs(a: Record<string, number>, b: Record<string, number>): Record<string, number> {
+  const out: Record<string, number> = {};
+  for (const k of Object.keys(b)) if (b[k] - (a[k] ?? 0) > 0) out[k] = b[k] - (a[k] ?? 0);
+  return out;
+}
+
 const round1 = (v: number): number => Math.round(v * 10) / 10;
 const round2 = (v: number): number => Math.round(v * 100) / 100;
 
@@ -137,6 +177,8 @@ class LoadGenerator {
   cpuAtStart: NodeJS.CpuUsage | undefined;
   startedAt = 0;
   cpuAtStop: NodeJS.CpuUsage | undefined;
+  threadsAtStart: Record<string, number> | undefined;
+  threadsAtStop: Record<string, number> | undefined;
 
   constructor(device: BlockDevice, o: Options) {
     this.#device = device;
@@ -145,7 +187,7 @@ class LoadGenerator {
     this.#rng = o.seed | 0 || 1;
     this.#buffers = [];
     for (let i = 0; i < o.qd; i++) {
-      const b = device.allocBuffer(o.bs);
+      const b = o.api === 'zero-copy' ? device.allocBuffer(o.bs) : Buffer.alloc(o.bs);
       b.fill(0xa5 ^ i);
       this.#buffers.push(b);
     }
@@ -171,15 +213,20 @@ class LoadGenerator {
   async #loop(buffer: Buffer): Promise<void> {
     const device = this.#device;
     const write = this.#o.write;
+    const bounce = this.#o.api === 'bounce';
     while (this.firstError === undefined && this.issued < this.issueLimit) {
       const t0 = performance.now();
       if (t0 >= this.stopAt) {
-        this.cpuAtStop ??= process.cpuUsage();
+        if (this.cpuAtStop === undefined) {
+          this.cpuAtStop = process.cpuUsage();
+          this.threadsAtStop = threadCpuMs();
+        }
         return;
       }
       this.issued++;
       try {
         if (write) await device.write(this.#nextOffset(), buffer);
+        else if (bounce) await device.read(this.#nextOffset(), buffer.length);
         else await device.readInto(this.#nextOffset(), buffer);
       } catch (error) {
         this.firstError ??= error as Error;
@@ -189,6 +236,7 @@ class LoadGenerator {
       if (t1 >= this.measureFrom && t1 < this.stopAt) {
         if (this.cpuAtStart === undefined) {
           this.cpuAtStart = process.cpuUsage();
+          this.threadsAtStart = threadCpuMs();
           this.startedAt = t1;
         }
         this.histogram.add((t1 - t0) * 1000);
@@ -204,10 +252,22 @@ function cpuMicros(a: NodeJS.CpuUsage, b: NodeJS.CpuUsage): number {
 
 async function timed(device: BlockDevice, o: Options): Promise<Record<string, unknown>> {
   const gen = new LoadGenerator(device, o);
+  let gcs = 0;
+  let gcMs = 0;
+  const gcObserver = new PerformanceObserver((list) => {
+    for (const e of list.getEntries()) {
+      if (e.startTime >= gen.measureFrom && e.startTime < gen.stopAt) {
+        gcs++;
+        gcMs += e.duration;
+      }
+    }
+  });
+  gcObserver.observe({ entryTypes: ['gc'] });
   const t = performance.now();
   gen.measureFrom = t + o.ramp * 1000;
   gen.stopAt = gen.measureFrom + o.seconds * 1000;
   await gen.run();
+  gcObserver.disconnect();
   if (gen.firstError !== undefined) throw gen.firstError;
   if (gen.cpuAtStart === undefined || gen.cpuAtStop === undefined || gen.ios === 0) {
     throw new Error('no request completed inside the measured interval');
@@ -220,6 +280,7 @@ async function timed(device: BlockDevice, o: Options): Promise<Record<string, un
     engine: 'ours',
     mode: o.mode,
     rw: o.write ? 'randwrite' : 'randread',
+    api: o.api,
     qd: o.qd,
     bs: o.bs,
     queue_size: device.queueSize,
@@ -232,6 +293,10 @@ async function timed(device: BlockDevice, o: Options): Promise<Record<string, un
     max_us: round1(h.maxUs),
     cpu_us_per_io: round2(cpuMicros(gen.cpuAtStart, gen.cpuAtStop) / gen.ios),
     errors: 0,
+    percentiles_us: Object.fromEntries(PERCENTILES.map((p) => [String(p), round1(h.quantile(p / 100))])),
+    // Diagnostics: CPU ms per thread inside the window, and V8 garbage collections (count, ms on the main thread).
+    thread_cpu_ms: diffMs(gen.threadsAtStart ?? {}, gen.threadsAtStop ?? {}),
+    gc: { count: gcs, ms: round1(gcMs) },
     // Whole-run driver counters (ramp included), per device request: how often it kicked, woke, polled.
     per_io: {
       kicks: round2(s.kicks / s.deviceRequests),
@@ -274,6 +339,7 @@ async function heap(device: BlockDevice, o: Options): Promise<Record<string, unk
     engine: 'ours',
     mode: o.mode,
     rw: o.write ? 'randwrite' : 'randread',
+    api: o.api,
     qd: o.qd,
     bs: o.bs,
     ios,
@@ -302,6 +368,7 @@ async function main(): Promise<number> {
   const device = BlockDevice.open(o.device, {
     completion: o.mode,
     pollSpinMicros: o.spinMicros,
+    pollThread: o.pollThread,
   });
   let result: Record<string, unknown>;
   try {
