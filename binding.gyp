@@ -8,8 +8,7 @@
         "native/device.cc",
         "native/dma_memory.cc",
         "native/eventfd.cc",
-        "native/netlink.cc",
-        "native/used_poller.cc"
+        "native/netlink.cc"
       ],
       "include_dirs": ["<!(node -p \"require('node-addon-api').include_dir\")"],
       "defines": ["NAPI_VERSION=8", "NAPI_CPP_EXCEPTIONS", "NODE_ADDON_API_DISABLE_DEPRECATED"],

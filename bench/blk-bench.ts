@@ -30,13 +30,12 @@ interface Options {
   bs: number;
   heapIos: number;
   seed: number;
-  pollThread: boolean;
   /** `zero-copy`: readInto()/write() on allocBuffer() buffers; `bounce`: read() (a new Buffer) / write() of an ordinary Buffer. */
   api: 'zero-copy' | 'bounce';
 }
 
 const USAGE = `Usage: node --expose-gc dist-test/bench/blk-bench.js --device /dev/vhost-vdpa-N --rw randread|randwrite
-  [--qd N] [--seconds S] [--ramp S] [--mode interrupt|poll] [--spin-us US] [--bs BYTES] [--heap-ios N] [--seed N] [--poll-thread] [--api zero-copy|bounce]`;
+  [--qd N] [--seconds S] [--ramp S] [--mode interrupt|poll] [--spin-us US] [--bs BYTES] [--heap-ios N] [--seed N] [--api zero-copy|bounce]`;
 
 class UsageError extends Error {}
 
@@ -52,7 +51,6 @@ function parseArgs(argv: string[]): Options {
     bs: 4096,
     heapIos: 0,
     seed: 1,
-    pollThread: false,
     api: 'zero-copy',
   };
   let rw: string | undefined;
@@ -82,7 +80,6 @@ function parseArgs(argv: string[]): Options {
     else if (a === '--bs') o.bs = Math.floor(number(512, 1 << 20));
     else if (a === '--heap-ios') o.heapIos = Math.floor(number(1, 1e12));
     else if (a === '--seed') o.seed = Math.floor(number(1, 0x7fffffff));
-    else if (a === '--poll-thread') o.pollThread = true;
     else if (a === '--api') {
       const v = value();
       if (v !== 'zero-copy' && v !== 'bounce')
@@ -368,7 +365,6 @@ async function main(): Promise<number> {
   const device = BlockDevice.open(o.device, {
     completion: o.mode,
     pollSpinMicros: o.spinMicros,
-    pollThread: o.pollThread,
   });
   let result: Record<string, unknown>;
   try {

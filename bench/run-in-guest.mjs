@@ -25,16 +25,7 @@ const ROOT = path.dirname(BENCH_DIR);
 const C_BIN = path.join(BENCH_DIR, 'c-baseline', 'vdpa-blk-bench');
 const JS_BENCH = path.join(ROOT, 'dist-test', 'bench', 'blk-bench.js');
 const KERNEL_FIO = path.join(BENCH_DIR, 'kernel-fio.sh');
-const ALL_ENGINES = [
-  'ours-irq',
-  'ours-poll',
-  'ours-pthread',
-  'c-poll',
-  'c-event',
-  'kernel',
-  'ref-irq',
-  'ref-poll',
-];
+const ALL_ENGINES = ['ours-irq', 'ours-poll', 'c-poll', 'c-event', 'kernel', 'ref-irq', 'ref-poll'];
 
 function parseArgs(argv) {
   const o = {
@@ -212,8 +203,7 @@ async function runEngine(engine, o, rw, qd, round) {
     const r = lastJson(res.stdout);
     return res.code === 0 && r ? r : failure('vdpa-blk-bench', res);
   }
-  const mode =
-    engine === 'ours-poll' || engine === 'ref-poll' || engine === 'ours-pthread' ? 'poll' : 'interrupt';
+  const mode = engine === 'ours-poll' || engine === 'ref-poll' ? 'poll' : 'interrupt';
   const node = ['--expose-gc', ...(engine.startsWith('ref-') ? o.refNodeFlags : [])];
   if (o.cpuProf)
     node.push(
@@ -224,7 +214,6 @@ async function runEngine(engine, o, rw, qd, round) {
   const args = ['--device', device, '--rw', rw, '--qd', String(qd), '--seconds', secs, '--ramp', ramp];
   args.push('--mode', mode);
   if (mode === 'poll') args.push('--spin-us', String(o.spinUs));
-  if (engine === 'ours-pthread') args.push('--poll-thread');
   const res = await run(
     process.execPath,
     [...node, engine.startsWith('ref-') ? o.refJs : JS_BENCH, ...args],

@@ -54,21 +54,12 @@ export interface NativeEventFd {
   close(): void;
 }
 
-/** A thread spinning on split-ring used indices that wakes the loop once per batch (native/used_poller.cc). */
-export interface NativeUsedPoller {
-  watch(memory: ArrayBuffer, byteOffset: number): void;
-  arm(lastUsed: readonly number[], spinMicros: number): void;
-  setRef(referenced: boolean): void;
-  close(): void;
-}
-
 /** The addon's exports. */
 export interface NativeBinding {
   DeviceHandle: new (path: string) => NativeDeviceHandle;
   Doorbell: new () => NativeDoorbell;
   DmaMemory: new (size: number, hugetlb: boolean, name: string) => NativeDmaMemory;
   EventFd: new () => NativeEventFd;
-  UsedPoller: new (callback: (found: number) => void) => NativeUsedPoller;
   pageSize(): number;
   addressOf(view: ArrayBufferView): bigint;
   errnoName(errno: number): string;

@@ -9,7 +9,6 @@ void InitDevice(Napi::Env env, Napi::Object exports);
 void InitDmaMemory(Napi::Env env, Napi::Object exports);
 void InitEventFd(Napi::Env env, Napi::Object exports);
 void InitNetlink(Napi::Env env, Napi::Object exports);
-void InitUsedPoller(Napi::Env env, Napi::Object exports);
 }  // namespace vdpa
 
 static Napi::Object Init(Napi::Env env, Napi::Object exports) {
@@ -19,7 +18,6 @@ static Napi::Object Init(Napi::Env env, Napi::Object exports) {
   vdpa::InitDmaMemory(env, exports);
   vdpa::InitEventFd(env, exports);
   vdpa::InitNetlink(env, exports);
-  vdpa::InitUsedPoller(env, exports);
   return exports;
 }
 

@@ -185,7 +185,6 @@ export class BlockDevice extends EventEmitter {
       completion: mode,
       pollSpinMicros: options.pollSpinMicros ?? 0,
       pollSliceMicros: options.pollSliceMicros ?? 1000,
-      pollThread: options.pollThread ?? false,
       requestTimeoutMs,
       ownsTransport,
       emit: (event, ...args) => this.emit(event, ...args),

@@ -23,12 +23,6 @@ export interface BlockDeviceOptions {
    * and I/O run (see lib/virtqueue/completions.ts).
    */
   pollSliceMicros?: number;
-  /**
-   * Poll mode: spin on a native thread that wakes the event loop once per
-   * batch of completions, instead of spinning on the loop thread (split rings
-   * only; default false). Experimental: see docs/bench.md for when it pays.
-   */
-  pollThread?: boolean;
   /** Bytes of DMA memory for copying ordinary Buffers (default 4 MiB, at least two maximal requests). */
   bounceBytes?: number;
   /** Largest single device request in bytes (default 1 MiB); larger requests are split. */

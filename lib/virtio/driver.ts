@@ -39,9 +39,7 @@ import {
   VIRTIO_CONFIG_S_FEATURES_OK,
   VIRTIO_CONFIG_S_NEEDS_RESET,
 } from '../uapi';
-import { CompletionDriver, type CompletionMode, type PollThread } from '../virtqueue/completions';
-import { SplitVirtqueue } from '../virtqueue/split';
-import { native } from '../native';
+import { CompletionDriver, type CompletionMode } from '../virtqueue/completions';
 import type {
   CloseOptions,
   DriverCoreOptions,
@@ -71,26 +69,6 @@ const MAX_RESETS_WITHOUT_PROGRESS = 3;
 
 /** A settled promise: `RESOLVED.then(f)` queues a microtask without the AsyncResource `queueMicrotask` creates. */
 const RESOLVED = Promise.resolve();
-
-/** A native poll thread over the queues' used indices, when every queue is a split ring. */
-function pollThreadOf(queues: readonly DriverQueue[]): PollThread | undefined {
-  const rings = queues.map((q) => q.vq);
-  if (!rings.every((vq) => vq instanceof SplitVirtqueue)) return undefined;
-  const split = rings as SplitVirtqueue<DeviceOp>[];
-  return {
-    create: (onWake) => {
-      const poller = new native.UsedPoller(onWake);
-      for (const vq of split) {
-        const at = vq.usedIndexLocation;
-        poller.watch(at.memory, at.byteOffset);
-      }
-      return poller;
-    },
-    lastUsed: (out) => {
-      for (let i = 0; i < split.length; i++) out[i] = split[i].lastUsedIndex;
-    },
-  };
-}
 
 /** The driver core of one device; see the module comment. */
 export class VirtioDriver<O extends DeviceOp> {
@@ -193,7 +171,6 @@ export class VirtioDriver<O extends DeviceOp> {
           setInterrupts: (enabled) => {
             for (const q of queues) q.vq.setInterrupts(enabled);
           },
-          thread: options.pollThread === true ? pollThreadOf(queues) : undefined,
         },
       );
       this.#configCall.watch(this.#onConfigInterrupt);

@@ -75,8 +75,6 @@ export interface DriverCoreOptions {
   completion: CompletionMode;
   pollSpinMicros: number;
   pollSliceMicros: number;
-  /** Poll mode: spin on a native thread (split rings only) instead of the loop thread. */
-  pollThread?: boolean;
   /** Deadline of an op after dispatch, in ms; 0 = none. */
   requestTimeoutMs: number;
   /** Close the transport on close() (it was opened by path). */

@@ -43,7 +43,6 @@
  */
 import { performance } from 'node:perf_hooks';
 import type { EventFd } from '../eventfd';
-import type { NativeUsedPoller } from '../native';
 
 /**
  * `'interrupt'`: sleep until the device signals the call eventfd.
@@ -82,22 +81,6 @@ export interface CompletionDriverOptions {
   parkAfterMicros?: number;
   /** Poll mode: turns the queues' interrupts on (parking) or off (polling). Needed for parking. */
   setInterrupts?: (enabled: boolean) => void;
-  /**
-   * Poll mode: spin on a native thread instead of the loop thread (see
-   * {@link PollThread}); the loop sleeps until the thread sees a used index move.
-   */
-  thread?: PollThread;
-}
-
-/**
- * A native poll thread (native/used_poller.cc) watching the queues' used
- * indices, and how to read the indices the driver consumed last.
- */
-export interface PollThread {
-  /** Creates the poller (its used indices watched) with the wake-up callback. */
-  create(onWake: (found: number) => void): NativeUsedPoller;
-  /** Fills `out` with each queue's last consumed used index, in the order the poller watches them. */
-  lastUsed(out: number[]): void;
 }
 
 /** Any atomic read-modify-write is a full barrier (a locked instruction on x86, dmb on arm64). */
@@ -143,11 +126,6 @@ export class CompletionDriver {
   polls = 0;
   /** Poll-mode rounds that went through `setImmediate` (a full event-loop turn). */
   pollYields = 0;
-  readonly #thread: PollThread | undefined;
-  readonly #poller: NativeUsedPoller | undefined;
-  /** The poll thread is armed (spinning for us); it calls back once. */
-  #armed = false;
-  readonly #last: number[] = [];
 
   constructor(
     calls: readonly EventFd[],
@@ -174,35 +152,7 @@ export class CompletionDriver {
       if (this.mode === 'poll') this.submitted();
     };
     for (const call of calls) call.watch(onCall);
-    this.#thread = this.mode === 'poll' ? options.thread : undefined;
-    this.#poller = this.#thread?.create(this.#onThreadWake);
   }
-
-  /** Arms the poll thread: it spins until a used index moves or the park time passes, then wakes us once. */
-  #arm(): void {
-    const thread = this.#thread as PollThread;
-    this.#armed = true;
-    thread.lastUsed(this.#last);
-    (this.#poller as NativeUsedPoller).arm(
-      this.#last,
-      this.#parkAfterMs > 0 ? this.#parkAfterMs * 1000 : 1e9,
-    );
-  }
-
-  /** The poll thread's wake-up: `found` 1 when a used index moved, 0 when it spun the whole park time. */
-  readonly #onThreadWake = (found: number): void => {
-    this.#armed = false;
-    if (this.#closed) return;
-    this.polls++;
-    if (this.#service() > 0 || found > 0) {
-      if (this.#busy()) this.#arm();
-      return;
-    }
-    if (this.#busy()) {
-      if (this.#parkAfterMs > 0) this.#park();
-      else this.#arm();
-    }
-  };
 
   /**
    * True while a poll round is queued to run after the current microtask
@@ -219,12 +169,6 @@ export class CompletionDriver {
    * polling loop (its first round runs after the current microtask checkpoint).
    */
   submitted(): void {
-    if (this.#thread !== undefined) {
-      if (this.#armed || this.#closed) return;
-      if (this.#parked) this.#unpark();
-      this.#arm();
-      return;
-    }
     if (this.mode === 'poll' && !this.#polling && !this.#closed) {
       if (this.#parked) this.#unpark();
       this.#polling = true;
@@ -273,16 +217,10 @@ export class CompletionDriver {
     for (const call of this.#calls) call.setRef(referenced);
   }
 
-  /** True when a native poll thread spins instead of the loop thread. */
-  get threaded(): boolean {
-    return this.#thread !== undefined;
-  }
-
   /** Stops watching and polling; the eventfds themselves belong to the caller. */
   close(): void {
     this.#closed = true;
     for (const call of this.#calls) call.unwatch();
-    this.#poller?.close();
   }
 
   /** Queues a round after the current microtask checkpoint: microtask → nextTick (see the module comment). */

@@ -280,16 +280,6 @@ export class SplitVirtqueue<T> extends VirtqueueBase<T> implements Virtqueue<T> 
     }
   }
 
-  /** Where the device writes the used index (a u16), for a native poll thread. */
-  get usedIndexLocation(): { memory: ArrayBuffer; byteOffset: number } {
-    return { memory: this.#used16.buffer as ArrayBuffer, byteOffset: this.#used16.byteOffset + 2 };
-  }
-
-  /** The used index up to which entries were consumed. */
-  get lastUsedIndex(): number {
-    return this.#lastUsed;
-  }
-
   /** True when the device has completed chains not yet collected (one atomic load). */
   hasCompletions(): boolean {
     return this.brokenBy === undefined && Atomics.load(this.#used16, 1) !== this.#lastUsed;
