@@ -127,18 +127,15 @@ class Histogram {
 /** The percentiles every engine reports (fio's default list), for the latency plots in docs/bench.md. */
 const PERCENTILES = [1, 5, 10, 20, 30, 40, 50, 60, 70, 80, 90, 95, 99, 99.5, 99.9];
 
-/** CPU time (ms) of each thread of this process, by name: which threads besides the main one burn CPU. */
+/** CPU time (ms) of the main thread (`main`) and of all other threads together (`others`: V8 and libuv helpers). */
 function threadCpuMs(): Record<string, number> {
-  const out: Record<string, number> = {};
+  const out: Record<string, number> = { main: 0, others: 0 };
   const tick = 10; // USER_HZ is 100 on Linux
   try {
     for (const tid of fs.readdirSync('/proc/self/task')) {
       const stat = fs.readFileSync(`/proc/self/task/${tid}/stat`, 'utf8');
-      const close = stat.lastIndexOf(')');
-      const comm = stat.slice(stat.indexOf('(') + 1, close);
-      const f = stat.slice(close + 2).split(' ');
-      const ms = (Number(f[11]) + Number(f[12])) * tick;
-      out[comm] = (out[comm] ?? 0) + ms;
+      const f = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
+      out[Number(tid) === process.pid ? 'main' : 'others'] += (Number(f[11]) + Number(f[12])) * tick;
     }
   } catch {
     // not Linux: no per-thread numbers
