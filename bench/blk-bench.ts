@@ -32,10 +32,13 @@ interface Options {
   seed: number;
   /** `zero-copy`: readInto()/write() on allocBuffer() buffers; `bounce`: read() (a new Buffer) / write() of an ordinary Buffer. */
   api: 'zero-copy' | 'bounce';
+  /** Request queues per device (scale runs). */
+  queues: number;
 }
 
 const USAGE = `Usage: node --expose-gc dist-test/bench/blk-bench.js --device /dev/vhost-vdpa-N --rw randread|randwrite
-  [--qd N] [--seconds S] [--ramp S] [--mode interrupt|poll] [--spin-us US] [--bs BYTES] [--heap-ios N] [--seed N] [--api zero-copy|bounce]`;
+  [--qd N] [--seconds S] [--ramp S] [--mode interrupt|poll] [--spin-us US] [--bs BYTES] [--heap-ios N] [--seed N] [--api zero-copy|bounce] [--queues N]
+  --device A,B,…: one process drives every device (scale), --qd loops per queue`;
 
 class UsageError extends Error {}
 
@@ -52,6 +55,7 @@ function parseArgs(argv: string[]): Options {
     heapIos: 0,
     seed: 1,
     api: 'zero-copy',
+    queues: 1,
   };
   let rw: string | undefined;
   for (let i = 0; i < argv.length; i++) {
@@ -80,6 +84,7 @@ function parseArgs(argv: string[]): Options {
     else if (a === '--bs') o.bs = Math.floor(number(512, 1 << 20));
     else if (a === '--heap-ios') o.heapIos = Math.floor(number(1, 1e12));
     else if (a === '--seed') o.seed = Math.floor(number(1, 0x7fffffff));
+    else if (a === '--queues') o.queues = Math.floor(number(1, 64));
     else if (a === '--api') {
       const v = value();
       if (v !== 'zero-copy' && v !== 'bounce')
@@ -350,6 +355,53 @@ async function heap(device: BlockDevice, o: Options): Promise<Record<string, unk
   };
 }
 
+/**
+ * Scale: one process drives every device in `paths` (each with `o.queues` queues), `o.qd` loops per queue, all
+ * in the same window; reports the aggregate and each device's IOPS.
+ */
+async function scaled(paths: string[], o: Options): Promise<Record<string, unknown>> {
+  const devices = paths.map((p) =>
+    BlockDevice.open(p, { completion: o.mode, pollSpinMicros: o.spinMicros, queues: o.queues }),
+  );
+  try {
+    const gens = devices.map((d) => new LoadGenerator(d, { ...o, qd: o.qd * o.queues }));
+    const t = performance.now();
+    for (const g of gens) {
+      g.measureFrom = t + o.ramp * 1000;
+      g.stopAt = g.measureFrom + o.seconds * 1000;
+    }
+    const cpu0 = process.cpuUsage();
+    await Promise.all(gens.map((g) => g.run()));
+    const cpu1 = process.cpuUsage();
+    for (const g of gens) if (g.firstError !== undefined) throw g.firstError;
+    const perDevice = gens.map((g) => round1(g.ios / ((g.stopAt - g.startedAt) / 1000)));
+    const ios = gens.reduce((a, g) => a + g.ios, 0);
+    return {
+      engine: 'ours',
+      mode: o.mode,
+      rw: o.write ? 'randwrite' : 'randread',
+      devices: paths,
+      queues: o.queues,
+      qd_per_queue: o.qd,
+      iops: round1(perDevice.reduce((a, b) => a + b, 0)),
+      iops_per_device: perDevice,
+      // Whole process, ramp included (the generators start their windows at slightly different times).
+      cpu_us_per_io: round2(
+        cpuMicros(cpu0, cpu1) /
+          Math.max(
+            1,
+            gens.reduce((a, g) => a + g.issued, 0),
+          ),
+      ),
+      ios,
+      p50_us: round1(gens[0].histogram.quantile(0.5)),
+      p99_us: round1(gens[0].histogram.quantile(0.99)),
+    };
+  } finally {
+    await Promise.all(devices.map((d) => d.close()));
+  }
+}
+
 async function main(): Promise<number> {
   let o: Options;
   try {
@@ -358,6 +410,10 @@ async function main(): Promise<number> {
     if (!(e instanceof UsageError)) throw e;
     process.stderr.write(`blk-bench: ${e.message}\n\n${USAGE}\n`);
     return 2;
+  }
+  if (o.device.includes(',') || o.queues > 1) {
+    process.stdout.write(`${JSON.stringify(await scaled(o.device.split(','), o))}\n`);
+    return 0;
   }
   const device = BlockDevice.open(o.device, {
     completion: o.mode,

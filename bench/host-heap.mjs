@@ -41,14 +41,14 @@ async function run(mode, api, rw) {
   left = 20_000;
   await Promise.all(Array.from({ length: 32 }, loop));
   left = ios;
-  gc();
-  gc();
+  globalThis.gc();
+  globalThis.gc();
   const before = process.memoryUsage().heapUsed;
   const t0 = performance.now();
   await Promise.all(Array.from({ length: 32 }, loop));
   const seconds = (performance.now() - t0) / 1000;
-  gc();
-  gc();
+  globalThis.gc();
+  globalThis.gc();
   const growth = process.memoryUsage().heapUsed - before;
   await disk.close();
   return { mode, api, rw, qd: 32, ios, heap_growth_bytes: growth, heap_bytes_per_io: growth / ios, seconds };
