@@ -107,12 +107,28 @@ const save = () => fs.writeFileSync(o.out, `${JSON.stringify(doc, null, 2)}\n`);
 try {
   for (let i = 1; i < o.devices; i++) {
     const name = `bench-blk${i}`;
+    // A starved guest may answer the netlink request late (the CLI gives up after 5 s): then look whether the
+    // device exists anyway, and try iproute2's vdpa once more, as the lab's own device set-up does.
     const r = spawnSync(
       process.execPath,
-      [CLI, 'dev', 'add', name, '--mgmtdev', 'vdpasim_blk', '--driver', 'vhost'],
+      [CLI, 'dev', 'add', name, '--mgmtdev', 'vdpasim_blk', '--driver', 'vhost', '--timeout', '30000'],
       { encoding: 'utf8' },
     );
-    if (r.status !== 0) throw new Error(`dev add ${name}: ${r.stderr.trim()}`);
+    if (r.status !== 0 && !fs.existsSync(`/sys/bus/vdpa/devices/${name}`)) {
+      const v = spawnSync('vdpa', ['dev', 'add', 'name', name, 'mgmtdev', 'vdpasim_blk'], {
+        encoding: 'utf8',
+      });
+      if (v.status !== 0 && !fs.existsSync(`/sys/bus/vdpa/devices/${name}`))
+        throw new Error(`dev add ${name}: ${r.stderr.trim()} / vdpa: ${v.stderr?.trim()}`);
+    }
+    for (let t = Date.now(); Date.now() - t < 60000; ) {
+      try {
+        chardev(name);
+        break;
+      } catch {
+        spawnSync('sleep', ['0.5']);
+      }
+    }
     added.push(name);
   }
   const devs = ['blk0', ...added].map(chardev);

@@ -379,6 +379,7 @@ async function main() {
     o.timeoutSec ?? Math.ceil(2 * (runs * (o.seconds + o.ramp + 15) + (8 * o.heapIos) / 500 + 120));
 
   const hostLoadBefore = os.loadavg().map((v) => v.toFixed(2));
+  const commitAtStart = firstLine('git', ['-C', PROJECT_ROOT, 'rev-parse', 'HEAD']);
   const res = await runInLab({
     command: ['node', ...guestArgs],
     kernelArgs: o.idlePoll ? ['idle=poll'] : [],
@@ -398,7 +399,8 @@ async function main() {
     hostLoadBefore,
     hostLoadAfter,
     gcc: firstLine('gcc', ['--version']),
-    commit: firstLine('git', ['-C', PROJECT_ROOT, 'rev-parse', '--short', 'HEAD']),
+    // The guest records the commit at the start of the run (with +dirty); the host's HEAD may have moved since.
+    commit: doc.environment.commit ?? commitAtStart,
     labTimings: res.timings,
     options: {
       seconds: o.seconds,
@@ -427,7 +429,6 @@ async function main() {
     if (fs.existsSync(extraOut)) {
       doc.extra = JSON.parse(fs.readFileSync(extraOut, 'utf8'));
       doc.extra.environment.accel = extraRes.accel;
-      doc.extra.environment.commit = doc.environment.commit;
       fs.rmSync(extraOut, { force: true });
       for (const f of doc.extra.failures) doc.failures.push(`idle=poll pinned: ${f}`);
     } else {
