@@ -5,10 +5,15 @@
  *
  *   node --expose-gc dist-test/bench/blk-bench.js --device /dev/vhost-vdpa-0 --rw randread
  *        [--qd 1] [--seconds 10] [--ramp 0] [--mode interrupt|poll] [--spin-us 0] [--bs 4096]
- *        [--heap-ios N]
+ *        [--warmup-ios 20000] [--heap-ios N]
  *
  * Prints one JSON object (the same fields as bench/c-baseline/vdpa-blk-bench):
- * iops, p50_us, p99_us, cpu_us_per_io, ios, seconds. With `--heap-ios N` it
+ * iops, p50_us, p99_us, cpu_us_per_io, ios, seconds. Before the ramp it completes
+ * `--warmup-ios` I/Os, unmeasured, so that V8 has compiled and optimised the
+ * hot path whatever the machine's speed (a time-based ramp under TCG can end
+ * before TurboFan has done so, and then the window measures the compiler);
+ * `thread_cpu_ms.others` (V8's and libuv's helper threads inside the window)
+ * shows whether that held. With `--heap-ios N` it
  * instead runs N I/Os between two full GCs and reports the heap growth per I/O.
  *
  * The harness itself allocates nothing per I/O: latencies go into a
@@ -29,6 +34,8 @@ interface Options {
   spinMicros: number;
   bs: number;
   heapIos: number;
+  /** I/Os completed, unmeasured, before the ramp (JIT warm-up by count, not time). */
+  warmupIos: number;
   seed: number;
   /** `zero-copy`: readInto()/write() on allocBuffer() buffers; `bounce`: read() (a new Buffer) / write() of an ordinary Buffer. */
   api: 'zero-copy' | 'bounce';
@@ -37,7 +44,7 @@ interface Options {
 }
 
 const USAGE = `Usage: node --expose-gc dist-test/bench/blk-bench.js --device /dev/vhost-vdpa-N --rw randread|randwrite
-  [--qd N] [--seconds S] [--ramp S] [--mode interrupt|poll] [--spin-us US] [--bs BYTES] [--heap-ios N] [--seed N] [--api zero-copy|bounce] [--queues N]
+  [--qd N] [--seconds S] [--ramp S] [--mode interrupt|poll] [--spin-us US] [--bs BYTES] [--warmup-ios N] [--heap-ios N] [--seed N] [--api zero-copy|bounce] [--queues N]
   --device A,B,…: one process drives every device (scale), --qd loops per queue`;
 
 class UsageError extends Error {}
@@ -53,6 +60,7 @@ function parseArgs(argv: string[]): Options {
     spinMicros: 0,
     bs: 4096,
     heapIos: 0,
+    warmupIos: 20_000,
     seed: 1,
     api: 'zero-copy',
     queues: 1,
@@ -83,6 +91,7 @@ function parseArgs(argv: string[]): Options {
     } else if (a === '--spin-us') o.spinMicros = number(0, 1e6);
     else if (a === '--bs') o.bs = Math.floor(number(512, 1 << 20));
     else if (a === '--heap-ios') o.heapIos = Math.floor(number(1, 1e12));
+    else if (a === '--warmup-ios') o.warmupIos = Math.floor(number(0, 1e9));
     else if (a === '--seed') o.seed = Math.floor(number(1, 0x7fffffff));
     else if (a === '--queues') o.queues = Math.floor(number(1, 64));
     else if (a === '--api') {
@@ -249,7 +258,33 @@ function cpuMicros(a: NodeJS.CpuUsage, b: NodeJS.CpuUsage): number {
   return b.user - a.user + (b.system - a.system);
 }
 
+/** Longest warm-up: on a starved machine the count may take long; the window then reports what it got. */
+const WARMUP_MAX_SECONDS = 120;
+
+/**
+ * Completes `o.warmupIos` I/Os (or stops after WARMUP_MAX_SECONDS), unmeasured: V8 optimises a function after
+ * enough calls, so warming up by count reaches the steady state a long-running user sees on any machine.
+ */
+async function warmUp(device: BlockDevice, o: Options): Promise<Record<string, unknown>> {
+  if (o.warmupIos === 0) return { warmup_ios: 0 };
+  const warm = new LoadGenerator(device, o);
+  warm.issueLimit = o.warmupIos;
+  warm.measureFrom = Infinity;
+  const t0 = performance.now();
+  warm.stopAt = t0 + WARMUP_MAX_SECONDS * 1000;
+  const threads0 = threadCpuMs();
+  await warm.run();
+  if (warm.firstError !== undefined) throw warm.firstError;
+  const seconds = (performance.now() - t0) / 1000;
+  return {
+    warmup_ios: warm.issued,
+    warmup_seconds: round1(seconds),
+    warmup_thread_cpu_ms: diffMs(threads0, threadCpuMs()),
+  };
+}
+
 async function timed(device: BlockDevice, o: Options): Promise<Record<string, unknown>> {
+  const warmup = await warmUp(device, o);
   const gen = new LoadGenerator(device, o);
   let gcs = 0;
   let gcMs = 0;
@@ -292,6 +327,7 @@ async function timed(device: BlockDevice, o: Options): Promise<Record<string, un
     max_us: round1(h.maxUs),
     cpu_us_per_io: round2(cpuMicros(gen.cpuAtStart, gen.cpuAtStop) / gen.ios),
     errors: 0,
+    ...warmup,
     percentiles_us: Object.fromEntries(PERCENTILES.map((p) => [String(p), round1(h.quantile(p / 100))])),
     // Diagnostics: CPU ms per thread inside the window, and V8 garbage collections (count, ms on the main thread).
     thread_cpu_ms: diffMs(gen.threadsAtStart ?? {}, gen.threadsAtStop ?? {}),

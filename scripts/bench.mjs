@@ -24,9 +24,11 @@ bench/results/latest.json and prints IOPS, p50/p99 latency, CPU per I/O and the 
 Options:
   --seconds N        measured seconds per run (default 10)
   --ramp N           unmeasured warm-up seconds before each run (default 1)
+  --warmup-ios N     unmeasured I/Os our engines and the C driver complete before the ramp (default 20000:
+                     V8 has optimised the hot path by then; a time-based ramp under TCG is too short for it)
   --heap-ios N       I/Os in each heap-growth run (default 1000000; 0 skips them): interrupt and poll ×
                      zero-copy and bounce × read and write, QD32
-  --quick            smoke test: --seconds 1 --ramp 0.2 --heap-ios 2000 --rounds 1
+  --quick            smoke test: --seconds 1 --ramp 0.2 --heap-ios 2000 --rounds 1 --warmup-ios 2000
   --idle-poll        boot the guest with idle=poll (recorded in the results)
   --engines LIST     comma-separated subset of ${ENGINES.join(',')}
   --qds LIST         queue depths (default 1,32)
@@ -46,6 +48,7 @@ function parseArgs(argv) {
     seconds: 10,
     ramp: 1,
     heapIos: 1_000_000,
+    warmupIos: 20_000,
     idlePoll: false,
     pin: false,
     rounds: 2,
@@ -70,8 +73,9 @@ function parseArgs(argv) {
     else if (a === '--seconds') o.seconds = number(0.1);
     else if (a === '--ramp') o.ramp = number(0);
     else if (a === '--heap-ios') o.heapIos = Math.floor(number(0));
+    else if (a === '--warmup-ios') o.warmupIos = Math.floor(number(0));
     else if (a === '--quick')
-      Object.assign(o, { seconds: 1, ramp: 0.2, heapIos: 2000, rounds: 1, quick: true });
+      Object.assign(o, { seconds: 1, ramp: 0.2, heapIos: 2000, rounds: 1, warmupIos: 2000, quick: true });
     else if (a === '--idle-poll') o.idlePoll = true;
     else if (a === '--engines') o.engines = value().split(',');
     else if (a === '--qds') o.qds = value().split(',').map(Number);
@@ -193,7 +197,8 @@ function renderTables(doc) {
   const out = [];
   out.push(
     `vdpa_sim_blk ${env.device}, kernel ${env.kernel}, ${env.accel ?? '?'} guest, ${env.cpus} vCPUs, idle=${env.idle}, ${env.pinning ? `pinned (simulator CPU ${env.pinning.simulatorCpu}, drivers CPU ${env.pinning.driverCpu})` : 'unpinned'}, ` +
-      `node ${env.node}, ours-poll spins ${env.pollSpinMicros ?? 0} µs, ${env.seconds}s per run (+${env.ramp}s ramp), ` +
+      `node ${env.node}, ours-poll spins ${env.pollSpinMicros ?? 0} µs, ${env.seconds}s per run (+${env.ramp}s ramp` +
+      `${env.warmupIos ? `, after ${env.warmupIos} warm-up I/Os (ours, C)` : ''}), ` +
       `${env.rounds ?? 1} round(s), medians, commit ${env.commit ?? '?'}, ${env.date}` +
       (env.hostLoadBefore
         ? `\nhost: ${env.hostCpus} CPUs, load average ${env.hostLoadBefore.join(' ')} before, ${env.hostLoadAfter?.join(' ') ?? '?'} after`
@@ -243,6 +248,26 @@ function renderTables(doc) {
       'CPU time per I/O (µs, user+sys of the driver process; the simulator worker is not included)',
       header,
       lat('cpu_us_per_io'),
+    ),
+  );
+
+  // Whether the window measured a warmed driver: CPU of V8's and libuv's helper threads (TurboFan, GC) during
+  // the warm-up and inside the window, per round; near zero in the window = steady state.
+  const helper = (engines, e, k) =>
+    (engines.get(e)?.runs ?? []).map((r) => (r[k] ? fmt(r[k].others ?? 0) : '–')).join(', ') || '–';
+  const helperRows = [...configs].map(([config, engines]) => [
+    config,
+    helper(engines, 'ours-irq', 'warmup_thread_cpu_ms'),
+    helper(engines, 'ours-irq', 'thread_cpu_ms'),
+    helper(engines, 'ours-poll', 'warmup_thread_cpu_ms'),
+    helper(engines, 'ours-poll', 'thread_cpu_ms'),
+  ]);
+  out.push(
+    '',
+    table(
+      'V8/libuv helper-thread CPU (ms, thread_cpu_ms.others; per round): during the warm-up, then in the window',
+      ['config', 'ours-irq warm-up', 'ours-irq window', 'ours-poll warm-up', 'ours-poll window'],
+      helperRows,
     ),
   );
 
@@ -363,7 +388,7 @@ async function main() {
     String(o.ramp),
   ];
   guestArgs.push('--heap-ios', String(o.heapIos), '--engines', o.engines.join(','), '--qds', o.qds.join(','));
-  guestArgs.push('--rounds', String(o.rounds));
+  guestArgs.push('--rounds', String(o.rounds), '--warmup-ios', String(o.warmupIos));
   if (o.pin) guestArgs.push('--pin');
   guestArgs.push('--spin-us', String(o.spinUs));
   let profDir;
@@ -375,8 +400,10 @@ async function main() {
   // Runs × (measured + ramp + process start / rebind overhead) + heap run (a few thousand I/Os per second
   // under TCG) + boot, doubled for a slow host.
   const runs = 2 * o.qds.length * o.engines.length * o.rounds;
+  // The warm-up: a few thousand I/Os per second for our engines under TCG (bounded at 120 s per run).
   const timeoutSec =
-    o.timeoutSec ?? Math.ceil(2 * (runs * (o.seconds + o.ramp + 15) + (8 * o.heapIos) / 500 + 120));
+    o.timeoutSec ??
+    Math.ceil(2 * (runs * (o.seconds + o.ramp + 15 + o.warmupIos / 2000) + (8 * o.heapIos) / 500 + 120));
 
   const hostLoadBefore = os.loadavg().map((v) => v.toFixed(2));
   const commitAtStart = firstLine('git', ['-C', PROJECT_ROOT, 'rev-parse', 'HEAD']);
@@ -411,6 +438,7 @@ async function main() {
       rounds: o.rounds,
       extra: o.extra,
       spinUs: o.spinUs,
+      warmupIos: o.warmupIos,
       quick: !!o.quick,
     },
   });
