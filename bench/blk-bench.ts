@@ -5,17 +5,23 @@
  *
  *   node --expose-gc dist-test/bench/blk-bench.js --device /dev/vhost-vdpa-0 --rw randread
  *        [--qd 1] [--seconds 10] [--ramp 0] [--mode interrupt|poll] [--spin-us 0] [--bs 4096]
- *        [--heap-ios N]
+ *        [--warmup-ios 20000] [--heap-ios N]
  *
  * Prints one JSON object (the same fields as bench/c-baseline/vdpa-blk-bench):
- * iops, p50_us, p99_us, cpu_us_per_io, ios, seconds. With `--heap-ios N` it
+ * iops, p50_us, p99_us, cpu_us_per_io, ios, seconds. Before the ramp it completes
+ * `--warmup-ios` I/Os, unmeasured, so that V8 has compiled and optimised the
+ * hot path whatever the machine's speed (a time-based ramp under TCG can end
+ * before TurboFan has done so, and then the window measures the compiler);
+ * `thread_cpu_ms.others` (V8's and libuv's helper threads inside the window)
+ * shows whether that held. With `--heap-ios N` it
  * instead runs N I/Os between two full GCs and reports the heap growth per I/O.
  *
  * The harness itself allocates nothing per I/O: latencies go into a
  * preallocated histogram, offsets come from an integer xorshift, buffers are
  * reused. What remains per I/O is the driver's own work (its promise).
  */
-import { performance } from 'node:perf_hooks';
+import fs from 'node:fs';
+import { performance, PerformanceObserver } from 'node:perf_hooks';
 import { BlockDevice, CompletionMode } from '../lib';
 
 interface Options {
@@ -28,11 +34,18 @@ interface Options {
   spinMicros: number;
   bs: number;
   heapIos: number;
+  /** I/Os completed, unmeasured, before the ramp (JIT warm-up by count, not time). */
+  warmupIos: number;
   seed: number;
+  /** `zero-copy`: readInto()/write() on allocBuffer() buffers; `bounce`: read() (a new Buffer) / write() of an ordinary Buffer. */
+  api: 'zero-copy' | 'bounce';
+  /** Request queues per device (scale runs). */
+  queues: number;
 }
 
 const USAGE = `Usage: node --expose-gc dist-test/bench/blk-bench.js --device /dev/vhost-vdpa-N --rw randread|randwrite
-  [--qd N] [--seconds S] [--ramp S] [--mode interrupt|poll] [--spin-us US] [--bs BYTES] [--heap-ios N] [--seed N]`;
+  [--qd N] [--seconds S] [--ramp S] [--mode interrupt|poll] [--spin-us US] [--bs BYTES] [--warmup-ios N] [--heap-ios N] [--seed N] [--api zero-copy|bounce] [--queues N]
+  --device A,B,…: one process drives every device (scale), --qd loops per queue`;
 
 class UsageError extends Error {}
 
@@ -47,7 +60,10 @@ function parseArgs(argv: string[]): Options {
     spinMicros: 0,
     bs: 4096,
     heapIos: 0,
+    warmupIos: 20_000,
     seed: 1,
+    api: 'zero-copy',
+    queues: 1,
   };
   let rw: string | undefined;
   for (let i = 0; i < argv.length; i++) {
@@ -75,8 +91,15 @@ function parseArgs(argv: string[]): Options {
     } else if (a === '--spin-us') o.spinMicros = number(0, 1e6);
     else if (a === '--bs') o.bs = Math.floor(number(512, 1 << 20));
     else if (a === '--heap-ios') o.heapIos = Math.floor(number(1, 1e12));
+    else if (a === '--warmup-ios') o.warmupIos = Math.floor(number(0, 1e9));
     else if (a === '--seed') o.seed = Math.floor(number(1, 0x7fffffff));
-    else throw new UsageError(`unknown option ${a}`);
+    else if (a === '--queues') o.queues = Math.floor(number(1, 64));
+    else if (a === '--api') {
+      const v = value();
+      if (v !== 'zero-copy' && v !== 'bounce')
+        throw new UsageError(`--api: expected zero-copy or bounce, got ${v}`);
+      o.api = v;
+    } else throw new UsageError(`unknown option ${a}`);
   }
   if (o.device === '') throw new UsageError('--device is required');
   if (rw === 'randwrite') o.write = true;
@@ -115,6 +138,31 @@ class Histogram {
   }
 }
 
+/** The percentiles every engine reports (fio's default list), for the latency plots in docs/bench.md. */
+const PERCENTILES = [1, 5, 10, 20, 30, 40, 50, 60, 70, 80, 90, 95, 99, 99.5, 99.9];
+
+/** CPU time (ms) of the main thread (`main`) and of all other threads together (`others`: V8 and libuv helpers). */
+function threadCpuMs(): Record<string, number> {
+  const out: Record<string, number> = { main: 0, others: 0 };
+  const tick = 10; // USER_HZ is 100 on Linux
+  try {
+    for (const tid of fs.readdirSync('/proc/self/task')) {
+      const stat = fs.readFileSync(`/proc/self/task/${tid}/stat`, 'utf8');
+      const f = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
+      out[Number(tid) === process.pid ? 'main' : 'others'] += (Number(f[11]) + Number(f[12])) * tick;
+    }
+  } catch {
+    // not Linux: no per-thread numbers
+  }
+  return out;
+}
+
+function diffMs(a: Record<string, number>, b: Record<string, number>): Record<string, number> {
+  const out: Record<string, number> = {};
+  for (const k of Object.keys(b)) if (b[k] - (a[k] ?? 0) > 0) out[k] = b[k] - (a[k] ?? 0);
+  return out;
+}
+
 const round1 = (v: number): number => Math.round(v * 10) / 10;
 const round2 = (v: number): number => Math.round(v * 100) / 100;
 
@@ -137,6 +185,8 @@ class LoadGenerator {
   cpuAtStart: NodeJS.CpuUsage | undefined;
   startedAt = 0;
   cpuAtStop: NodeJS.CpuUsage | undefined;
+  threadsAtStart: Record<string, number> | undefined;
+  threadsAtStop: Record<string, number> | undefined;
 
   constructor(device: BlockDevice, o: Options) {
     this.#device = device;
@@ -145,7 +195,7 @@ class LoadGenerator {
     this.#rng = o.seed | 0 || 1;
     this.#buffers = [];
     for (let i = 0; i < o.qd; i++) {
-      const b = device.allocBuffer(o.bs);
+      const b = o.api === 'zero-copy' ? device.allocBuffer(o.bs) : Buffer.alloc(o.bs);
       b.fill(0xa5 ^ i);
       this.#buffers.push(b);
     }
@@ -171,15 +221,20 @@ class LoadGenerator {
   async #loop(buffer: Buffer): Promise<void> {
     const device = this.#device;
     const write = this.#o.write;
+    const bounce = this.#o.api === 'bounce';
     while (this.firstError === undefined && this.issued < this.issueLimit) {
       const t0 = performance.now();
       if (t0 >= this.stopAt) {
-        this.cpuAtStop ??= process.cpuUsage();
+        if (this.cpuAtStop === undefined) {
+          this.cpuAtStop = process.cpuUsage();
+          this.threadsAtStop = threadCpuMs();
+        }
         return;
       }
       this.issued++;
       try {
         if (write) await device.write(this.#nextOffset(), buffer);
+        else if (bounce) await device.read(this.#nextOffset(), buffer.length);
         else await device.readInto(this.#nextOffset(), buffer);
       } catch (error) {
         this.firstError ??= error as Error;
@@ -189,6 +244,7 @@ class LoadGenerator {
       if (t1 >= this.measureFrom && t1 < this.stopAt) {
         if (this.cpuAtStart === undefined) {
           this.cpuAtStart = process.cpuUsage();
+          this.threadsAtStart = threadCpuMs();
           this.startedAt = t1;
         }
         this.histogram.add((t1 - t0) * 1000);
@@ -202,12 +258,50 @@ function cpuMicros(a: NodeJS.CpuUsage, b: NodeJS.CpuUsage): number {
   return b.user - a.user + (b.system - a.system);
 }
 
+/** Longest warm-up: on a starved machine the count may take long; the window then reports what it got. */
+const WARMUP_MAX_SECONDS = 120;
+
+/**
+ * Completes `o.warmupIos` I/Os (or stops after WARMUP_MAX_SECONDS), unmeasured: V8 optimises a function after
+ * enough calls, so warming up by count reaches the steady state a long-running user sees on any machine.
+ */
+async function warmUp(device: BlockDevice, o: Options): Promise<Record<string, unknown>> {
+  if (o.warmupIos === 0) return { warmup_ios: 0 };
+  const warm = new LoadGenerator(device, o);
+  warm.issueLimit = o.warmupIos;
+  warm.measureFrom = Infinity;
+  const t0 = performance.now();
+  warm.stopAt = t0 + WARMUP_MAX_SECONDS * 1000;
+  const threads0 = threadCpuMs();
+  await warm.run();
+  if (warm.firstError !== undefined) throw warm.firstError;
+  const seconds = (performance.now() - t0) / 1000;
+  return {
+    warmup_ios: warm.issued,
+    warmup_seconds: round1(seconds),
+    warmup_thread_cpu_ms: diffMs(threads0, threadCpuMs()),
+  };
+}
+
 async function timed(device: BlockDevice, o: Options): Promise<Record<string, unknown>> {
+  const warmup = await warmUp(device, o);
   const gen = new LoadGenerator(device, o);
+  let gcs = 0;
+  let gcMs = 0;
+  const gcObserver = new PerformanceObserver((list) => {
+    for (const e of list.getEntries()) {
+      if (e.startTime >= gen.measureFrom && e.startTime < gen.stopAt) {
+        gcs++;
+        gcMs += e.duration;
+      }
+    }
+  });
+  gcObserver.observe({ entryTypes: ['gc'] });
   const t = performance.now();
   gen.measureFrom = t + o.ramp * 1000;
   gen.stopAt = gen.measureFrom + o.seconds * 1000;
   await gen.run();
+  gcObserver.disconnect();
   if (gen.firstError !== undefined) throw gen.firstError;
   if (gen.cpuAtStart === undefined || gen.cpuAtStop === undefined || gen.ios === 0) {
     throw new Error('no request completed inside the measured interval');
@@ -220,6 +314,7 @@ async function timed(device: BlockDevice, o: Options): Promise<Record<string, un
     engine: 'ours',
     mode: o.mode,
     rw: o.write ? 'randwrite' : 'randread',
+    api: o.api,
     qd: o.qd,
     bs: o.bs,
     queue_size: device.queueSize,
@@ -232,6 +327,11 @@ async function timed(device: BlockDevice, o: Options): Promise<Record<string, un
     max_us: round1(h.maxUs),
     cpu_us_per_io: round2(cpuMicros(gen.cpuAtStart, gen.cpuAtStop) / gen.ios),
     errors: 0,
+    ...warmup,
+    percentiles_us: Object.fromEntries(PERCENTILES.map((p) => [String(p), round1(h.quantile(p / 100))])),
+    // Diagnostics: CPU ms per thread inside the window, and V8 garbage collections (count, ms on the main thread).
+    thread_cpu_ms: diffMs(gen.threadsAtStart ?? {}, gen.threadsAtStop ?? {}),
+    gc: { count: gcs, ms: round1(gcMs) },
     // Whole-run driver counters (ramp included), per device request: how often it kicked, woke, polled.
     per_io: {
       kicks: round2(s.kicks / s.deviceRequests),
@@ -274,6 +374,7 @@ async function heap(device: BlockDevice, o: Options): Promise<Record<string, unk
     engine: 'ours',
     mode: o.mode,
     rw: o.write ? 'randwrite' : 'randread',
+    api: o.api,
     qd: o.qd,
     bs: o.bs,
     ios,
@@ -290,6 +391,53 @@ async function heap(device: BlockDevice, o: Options): Promise<Record<string, unk
   };
 }
 
+/**
+ * Scale: one process drives every device in `paths` (each with `o.queues` queues), `o.qd` loops per queue, all
+ * in the same window; reports the aggregate and each device's IOPS.
+ */
+async function scaled(paths: string[], o: Options): Promise<Record<string, unknown>> {
+  const devices = paths.map((p) =>
+    BlockDevice.open(p, { completion: o.mode, pollSpinMicros: o.spinMicros, queues: o.queues }),
+  );
+  try {
+    const gens = devices.map((d) => new LoadGenerator(d, { ...o, qd: o.qd * o.queues }));
+    const t = performance.now();
+    for (const g of gens) {
+      g.measureFrom = t + o.ramp * 1000;
+      g.stopAt = g.measureFrom + o.seconds * 1000;
+    }
+    const cpu0 = process.cpuUsage();
+    await Promise.all(gens.map((g) => g.run()));
+    const cpu1 = process.cpuUsage();
+    for (const g of gens) if (g.firstError !== undefined) throw g.firstError;
+    const perDevice = gens.map((g) => round1(g.ios / ((g.stopAt - g.startedAt) / 1000)));
+    const ios = gens.reduce((a, g) => a + g.ios, 0);
+    return {
+      engine: 'ours',
+      mode: o.mode,
+      rw: o.write ? 'randwrite' : 'randread',
+      devices: paths,
+      queues: o.queues,
+      qd_per_queue: o.qd,
+      iops: round1(perDevice.reduce((a, b) => a + b, 0)),
+      iops_per_device: perDevice,
+      // Whole process, ramp included (the generators start their windows at slightly different times).
+      cpu_us_per_io: round2(
+        cpuMicros(cpu0, cpu1) /
+          Math.max(
+            1,
+            gens.reduce((a, g) => a + g.issued, 0),
+          ),
+      ),
+      ios,
+      p50_us: round1(gens[0].histogram.quantile(0.5)),
+      p99_us: round1(gens[0].histogram.quantile(0.99)),
+    };
+  } finally {
+    await Promise.all(devices.map((d) => d.close()));
+  }
+}
+
 async function main(): Promise<number> {
   let o: Options;
   try {
@@ -298,6 +446,10 @@ async function main(): Promise<number> {
     if (!(e instanceof UsageError)) throw e;
     process.stderr.write(`blk-bench: ${e.message}\n\n${USAGE}\n`);
     return 2;
+  }
+  if (o.device.includes(',') || o.queues > 1) {
+    process.stdout.write(`${JSON.stringify(await scaled(o.device.split(','), o))}\n`);
+    return 0;
   }
   const device = BlockDevice.open(o.device, {
     completion: o.mode,

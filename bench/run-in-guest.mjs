@@ -7,14 +7,18 @@
 //   node bench/run-in-guest.mjs --out FILE [--device-name blk0] [--seconds 10] [--ramp 1]
 //                               [--heap-ios 1000000] [--qds 1,32] [--rws randread,randwrite]
 //                               [--engines ours-irq,ours-poll,c-poll,c-event,kernel] [--cpu-prof DIR] [--pin] [--spin-us 1000]
-//                               [--ref-js FILE]
+//                               [--ref-js FILE] [--warmup-ios 20000]
 //
 // Engines: ours-irq / ours-poll (dist-test/bench/blk-bench.js: this package's BlockDevice), c-poll / c-event
 // (bench/c-baseline/vdpa-blk-bench), kernel (bench/kernel-fio.sh: virtio_vdpa + virtio-blk + fio). One
 // engine failing is recorded as {error} and the rest still run; the exit status is 1 if anything failed.
 // ref-irq / ref-poll run another build's blk-bench.js (--ref-js, e.g. one built from an older commit) in the
 // same boot, for A/B comparisons of driver changes on this noisy machine; `npm run bench` does not use them.
-import { spawn } from 'node:child_process';
+// Our engines and the C driver first complete --warmup-ios I/Os, unmeasured, then the ramp, then the window: a
+// driver in use is long warmed, and under TCG a 1 s ramp ends before V8 has optimised the hot path (the window
+// then measures the JIT compiler). fio (kernel) keeps its time-based ramp: it has nothing to compile. A --ref-js
+// build must know --warmup-ios (or run with --warmup-ios 0 for both).
+import { spawn, spawnSync } from 'node:child_process';
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
@@ -41,6 +45,9 @@ function parseArgs(argv) {
     pin: false,
     spinUs: 1000,
     refJs: undefined,
+    refNodeFlags: [],
+    rounds: 1,
+    warmupIos: 20_000,
   };
   for (let i = 0; i < argv.length; i++) {
     const a = argv[i];
@@ -65,6 +72,9 @@ function parseArgs(argv) {
     else if (a === '--pin') o.pin = true;
     else if (a === '--spin-us') o.spinUs = number(0);
     else if (a === '--ref-js') o.refJs = path.resolve(value());
+    else if (a === '--ref-node-flags') o.refNodeFlags = value().split(' ').filter(Boolean);
+    else if (a === '--rounds') o.rounds = Math.floor(number(1));
+    else if (a === '--warmup-ios') o.warmupIos = Math.floor(number(0));
     else throw new Error(`unknown option ${a}`);
   }
   if (!o.out) throw new Error('--out FILE is required');
@@ -170,6 +180,9 @@ function fromFio(fio, rw) {
     p50_us: pct(lat, '50.000000'),
     p99_us: pct(lat, '99.000000'),
     mean_us: lat.mean / 1000,
+    percentiles_us: Object.fromEntries(
+      Object.entries(lat.percentile ?? {}).map(([k, v]) => [String(Number(k)), v / 1000]),
+    ),
     clat_p50_us: pct(side.clat_ns, '50.000000'),
     clat_p99_us: pct(side.clat_ns, '99.000000'),
     // usr_cpu/sys_cpu are percentages of the job's runtime.
@@ -178,10 +191,11 @@ function fromFio(fio, rw) {
   };
 }
 
-async function runEngine(engine, o, rw, qd) {
+async function runEngine(engine, o, rw, qd, round) {
   const secs = String(o.seconds);
   const ramp = String(o.ramp);
-  const timeout = o.seconds + o.ramp + 90;
+  // blk-bench.js bounds its warm-up at 120 s; the C driver's takes a few seconds at most.
+  const timeout = o.seconds + o.ramp + 90 + (engine === 'kernel' ? 0 : 150);
   if (engine === 'kernel') {
     const res = await run('sh', [KERNEL_FIO, 'run', o.deviceName, rw, String(qd), secs, ramp], timeout);
     const fio = lastJsonDocument(res.stdout);
@@ -192,20 +206,21 @@ async function runEngine(engine, o, rw, qd) {
   if (engine === 'c-poll' || engine === 'c-event') {
     const mode = engine === 'c-poll' ? 'poll' : 'event';
     const args = ['--device', device, '--rw', rw, '--qd', String(qd), '--seconds', secs, '--ramp', ramp];
+    args.push('--warmup-ios', String(o.warmupIos));
     const res = await run(C_BIN, [...args, '--mode', mode], timeout);
     const r = lastJson(res.stdout);
     return res.code === 0 && r ? r : failure('vdpa-blk-bench', res);
   }
   const mode = engine === 'ours-poll' || engine === 'ref-poll' ? 'poll' : 'interrupt';
-  const node = ['--expose-gc'];
+  const node = ['--expose-gc', ...(engine.startsWith('ref-') ? o.refNodeFlags : [])];
   if (o.cpuProf)
     node.push(
       '--cpu-prof',
       `--cpu-prof-dir=${o.cpuProf}`,
-      `--cpu-prof-name=${engine}-${rw}-qd${qd}.cpuprofile`,
+      `--cpu-prof-name=${engine}-${rw}-qd${qd}-r${round}.cpuprofile`,
     );
   const args = ['--device', device, '--rw', rw, '--qd', String(qd), '--seconds', secs, '--ramp', ramp];
-  args.push('--mode', mode);
+  args.push('--mode', mode, '--warmup-ios', String(o.warmupIos));
   if (mode === 'poll') args.push('--spin-us', String(o.spinUs));
   const res = await run(
     process.execPath,
@@ -257,6 +272,17 @@ async function pinWorker(o) {
   throw new Error(`no kernel thread named "${want}" to pin`);
 }
 
+function gitCommit() {
+  if (process.env.VDPA_BENCH_COMMIT) return process.env.VDPA_BENCH_COMMIT;
+  const head = spawnSync('git', ['rev-parse', 'HEAD'], { cwd: ROOT, encoding: 'utf8' });
+  if (head.status !== 0) return null;
+  const dirty = spawnSync('git', ['status', '--porcelain', '--untracked-files=no'], {
+    cwd: ROOT,
+    encoding: 'utf8',
+  });
+  return `${head.stdout.trim()}${dirty.stdout?.trim() ? '+dirty' : ''}`;
+}
+
 async function environment(o) {
   const fio = await run('fio', ['--version'], 30);
   return {
@@ -276,12 +302,19 @@ async function environment(o) {
     ramp: o.ramp,
     // ours-poll: BlockDevice option pollSpinMicros (µs of re-checking before yielding to the event loop).
     pollSpinMicros: o.spinUs,
+    rounds: o.rounds,
+    // Unmeasured I/Os our engines and the C driver complete before the ramp (JIT warm-up by count).
+    warmupIos: o.warmupIos,
+    // The commit the results belong to (the lab shares the project tree; `+dirty` when it had changes).
+    commit: gitCommit(),
+    refJs: o.refJs,
+    refNodeFlags: o.refNodeFlags,
   };
 }
 
 async function main() {
   const o = parseArgs(process.argv.slice(2));
-  const doc = { environment: await environment(o), results: [], heap: null, failures: [] };
+  const doc = { environment: await environment(o), results: [], heaps: [], failures: [] };
   if (o.pin) {
     if (os.cpus().length < 2) throw new Error('--pin needs at least 2 CPUs');
     doc.environment.pinning = { simulatorWorkerPid: await pinWorker(o), simulatorCpu: 0, driverCpu: 1 };
@@ -293,49 +326,66 @@ async function main() {
   const save = () => fs.writeFileSync(o.out, `${JSON.stringify(doc, null, 2)}\n`);
 
   let k = 0;
-  for (const rw of o.rws) {
-    for (const qd of o.qds) {
-      // Rotate the engine order per configuration so no engine always runs first (or right after a rebind).
-      const order = o.engines.map((_, i) => o.engines[(i + k) % o.engines.length]);
-      k++;
-      for (const engine of order) {
-        log(`${rw} qd${qd} ${engine} …`);
-        let r;
-        try {
-          r = await runEngine(engine, o, rw, qd);
-        } catch (e) {
-          r = { error: e.message };
+  for (let round = 1; round <= o.rounds; round++) {
+    for (const rw of o.rws) {
+      for (const qd of o.qds) {
+        // Rotate the engine order per configuration so no engine always runs first (or right after a rebind).
+        const order = o.engines.map((_, i) => o.engines[(i + k) % o.engines.length]);
+        k++;
+        for (const engine of order) {
+          log(`${rw} qd${qd} ${engine} …`);
+          let r;
+          try {
+            r = await runEngine(engine, o, rw, qd, round);
+          } catch (e) {
+            r = { error: e.message };
+          }
+          // The engine's own `engine`/`mode` fields are kept under `driver`/`mode`; `engine` names the column.
+          const entry = { ...r, driver: r.engine, config: `${rw}-qd${qd}`, engine, rw, qd, round };
+          doc.results.push(entry);
+          if (r.error) {
+            doc.failures.push(`${entry.config} ${engine}: ${r.error}`);
+            log(`${rw} qd${qd} ${engine}: FAILED ${r.error}`);
+          } else {
+            log(
+              `${rw} qd${qd} ${engine}: ${Math.round(r.iops)} IOPS, p50 ${r.p50_us} µs, p99 ${r.p99_us} µs` +
+                (r.thread_cpu_ms
+                  ? `; warm-up ${r.warmup_ios} I/Os in ${r.warmup_seconds} s, helper threads ${r.warmup_thread_cpu_ms?.others ?? 0} ms then ${r.thread_cpu_ms.others ?? 0} ms in the window`
+                  : ''),
+            );
+          }
+          save();
         }
-        // The engine's own `engine`/`mode` fields are kept under `driver`/`mode`; `engine` names the column.
-        const entry = { ...r, driver: r.engine, config: `${rw}-qd${qd}`, engine, rw, qd };
-        doc.results.push(entry);
-        if (r.error) {
-          doc.failures.push(`${entry.config} ${engine}: ${r.error}`);
-          log(`${rw} qd${qd} ${engine}: FAILED ${r.error}`);
-        } else {
-          log(`${rw} qd${qd} ${engine}: ${Math.round(r.iops)} IOPS, p50 ${r.p50_us} µs, p99 ${r.p99_us} µs`);
-        }
-        save();
       }
     }
   }
 
+  // Heap growth in every mode: interrupt and poll, zero-copy (readInto/write on allocBuffer() buffers) and
+  // bounce (read() into a new Buffer / write() of an ordinary Buffer), reads and writes; QD32.
   if (o.heapIos > 0 && o.engines.some((e) => e.startsWith('ours'))) {
-    log(`heap growth: ${o.heapIos} I/Os (randread, qd 32, poll) …`);
-    try {
-      const device = vhostChardev(o.deviceName);
-      const args = ['--device', device, '--rw', 'randread', '--qd', '32', '--mode', 'poll'];
-      args.push('--spin-us', String(o.spinUs), '--heap-ios', String(o.heapIos));
-      // Generous bound: the rate under TCG is a few thousand I/Os per second.
-      const res = await run(process.execPath, ['--expose-gc', JS_BENCH, ...args], 1800);
-      const r = lastJson(res.stdout);
-      doc.heap = res.code === 0 && r ? r : failure('blk-bench.js --heap-ios', res);
-    } catch (e) {
-      doc.heap = { error: e.message };
-    }
-    if (doc.heap.error) doc.failures.push(`heap: ${doc.heap.error}`);
-    else log(`heap growth: ${doc.heap.heap_bytes_per_io.toFixed(4)} bytes/IO over ${doc.heap.ios} I/Os`);
-    save();
+    doc.heaps = [];
+    for (const mode of ['interrupt', 'poll'])
+      for (const api of ['zero-copy', 'bounce'])
+        for (const rw of ['randread', 'randwrite']) {
+          log(`heap growth: ${o.heapIos} I/Os (${rw}, qd 32, ${mode}, ${api}) …`);
+          let r;
+          try {
+            const device = vhostChardev(o.deviceName);
+            const args = ['--device', device, '--rw', rw, '--qd', '32', '--mode', mode, '--api', api];
+            if (mode === 'poll') args.push('--spin-us', String(o.spinUs));
+            args.push('--heap-ios', String(o.heapIos));
+            // Generous bound: the rate under TCG is a few hundred to a few thousand I/Os per second.
+            const res = await run(process.execPath, ['--expose-gc', JS_BENCH, ...args], 3600);
+            const j = lastJson(res.stdout);
+            r = res.code === 0 && j ? j : failure('blk-bench.js --heap-ios', res);
+          } catch (e) {
+            r = { error: e.message };
+          }
+          doc.heaps.push({ ...r, mode, api, rw });
+          if (r.error) doc.failures.push(`heap ${mode} ${api} ${rw}: ${r.error}`);
+          else log(`heap growth: ${r.heap_bytes_per_io.toFixed(4)} bytes/IO over ${r.ios} I/Os`);
+          save();
+        }
   }
 
   save();

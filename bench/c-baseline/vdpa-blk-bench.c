@@ -177,6 +177,7 @@ struct options {
   unsigned bs;
   unsigned queue_size;  // 0 = the device's maximum
   uint64_t seed;
+  uint64_t warmup_ios;  // completions before the ramp starts (symmetry with the JS harness)
 };
 
 static const char USAGE[] =
@@ -184,6 +185,7 @@ static const char USAGE[] =
     "  --qd N           requests in flight (default 1)\n"
     "  --seconds S      measured duration (default 10)\n"
     "  --ramp S         unmeasured warm-up before it (default 0)\n"
+    "  --warmup-ios N   unmeasured completions before the ramp (default 0)\n"
     "  --mode poll|event  spin on used->idx (default) or block on the call eventfd\n"
     "  --bs BYTES       request size, a multiple of 512 up to the device's size_max (default 4096)\n"
     "  --queue-size N   virtqueue size (default: the device's maximum)\n"
@@ -213,17 +215,13 @@ static double parse_number(const char* name, const char* s, double min, double m
 static struct options parse_options(int argc, char** argv) {
   struct options o = {.qd = 1, .seconds = 10, .ramp = 0, .poll_mode = true, .bs = 4096, .seed = 1};
   const char* rw = NULL;
-  static const struct option longopts[] = {{"device", required_argument, 0, 'd'},
-                                           {"rw", required_argument, 0, 'r'},
-                                           {"qd", required_argument, 0, 'q'},
-                                           {"seconds", required_argument, 0, 's'},
-                                           {"ramp", required_argument, 0, 'R'},
-                                           {"mode", required_argument, 0, 'm'},
-                                           {"bs", required_argument, 0, 'b'},
-                                           {"queue-size", required_argument, 0, 'Q'},
-                                           {"seed", required_argument, 0, 'S'},
-                                           {"help", no_argument, 0, 'h'},
-                                           {0, 0, 0, 0}};
+  static const struct option longopts[] = {
+      {"device", required_argument, 0, 'd'}, {"rw", required_argument, 0, 'r'},
+      {"qd", required_argument, 0, 'q'},     {"seconds", required_argument, 0, 's'},
+      {"ramp", required_argument, 0, 'R'},   {"mode", required_argument, 0, 'm'},
+      {"bs", required_argument, 0, 'b'},     {"queue-size", required_argument, 0, 'Q'},
+      {"seed", required_argument, 0, 'S'},   {"warmup-ios", required_argument, 0, 'W'},
+      {"help", no_argument, 0, 'h'},         {0, 0, 0, 0}};
   int c;
   opterr = 0;
   while ((c = getopt_long(argc, argv, "", longopts, NULL)) != -1) {
@@ -256,6 +254,9 @@ static struct options parse_options(int argc, char** argv) {
         break;
       case 'Q':
         o.queue_size = (unsigned)parse_number("--queue-size", optarg, 1, 32768);
+        break;
+      case 'W':
+        o.warmup_ios = (uint64_t)parse_number("--warmup-ios", optarg, 0, 1e12);
         break;
       case 'S':
         o.seed = (uint64_t)parse_number("--seed", optarg, 1, 1e15);
@@ -516,6 +517,8 @@ static bool wait_call(struct run* r) {
 // before is the unmeasured ramp); every slot is resubmitted until `until_ns`, so the queue depth stays
 // constant across the ramp/measure boundary.
 struct window {
+  // While warmup_left > 0, completions only count it down; at zero the ramp (ramp_ns) and the window start.
+  uint64_t warmup_left, ramp_ns, measure_ns, warmup_done_ns;
   uint64_t from_ns, until_ns;
   uint64_t start_ns, cpu_start_us;  // first completion inside the window
   uint64_t ios;
@@ -539,6 +542,17 @@ static void run_load(struct run* r, struct window* w, struct histogram* h) {
     }
     uint64_t t = now_ns();
     last_progress = t;
+    if (w->warmup_left > 0) {
+      uint16_t n = (uint16_t)(used_idx - r->last_used);
+      if (n >= w->warmup_left) {
+        w->warmup_left = 0;
+        w->warmup_done_ns = t;
+        w->from_ns = t + w->ramp_ns + 1;  // this batch belongs to the warm-up
+        w->until_ns = w->from_ns + w->measure_ns;
+      } else {
+        w->warmup_left -= n;
+      }
+    }
     const bool in_window = t >= w->from_ns && t < w->until_ns;
     if (in_window && w->start_ns == 0) {
       w->start_ns = t;
@@ -595,8 +609,13 @@ int main(int argc, char** argv) {
   uint64_t t = now_ns();
   for (unsigned i = 0; i < o.qd; i++) queue_slot(&r, i, t);
   publish_and_kick(&r);
-  struct window w = {.from_ns = t + (uint64_t)(o.ramp * 1e9)};
-  w.until_ns = w.from_ns + (uint64_t)(o.seconds * 1e9);
+  struct window w = {.warmup_left = o.warmup_ios,
+                     .ramp_ns = (uint64_t)(o.ramp * 1e9),
+                     .measure_ns = (uint64_t)(o.seconds * 1e9),
+                     .warmup_done_ns = t};
+  // During a warm-up the window lies beyond any time; it is placed when the count is reached.
+  w.from_ns = o.warmup_ios ? UINT64_MAX - 1 : t + w.ramp_ns;
+  w.until_ns = o.warmup_ios ? UINT64_MAX : w.from_ns + w.measure_ns;
   run_load(&r, &w, &h);
   const uint64_t cpu1 = cpu_us();
   drain(&r);
@@ -611,11 +630,18 @@ int main(int argc, char** argv) {
       "{\"engine\":\"c\",\"mode\":\"%s\",\"rw\":\"%s\",\"qd\":%u,\"bs\":%u,\"queue_size\":%u,"
       "\"seconds\":%.3f,\"ios\":%" PRIu64
       ",\"iops\":%.1f,\"p50_us\":%.1f,\"p99_us\":%.1f,\"mean_us\":%.1f,"
-      "\"max_us\":%.1f,\"cpu_us_per_io\":%.2f,\"errors\":%" PRIu64 "}\n",
+      "\"max_us\":%.1f,\"cpu_us_per_io\":%.2f,\"errors\":%" PRIu64 ",\"warmup_ios\":%" PRIu64
+      ",\"warmup_seconds\":%.1f,\"percentiles_us\":{",
       o.poll_mode ? "poll" : "event", o.write ? "randwrite" : "randread", o.qd, o.bs, dev.qsize, secs, ios,
       (double)ios / secs, hist_quantile_us(&h, 0.50), hist_quantile_us(&h, 0.99),
       h.total ? (double)h.sum_ns / (double)h.total / 1000.0 : 0.0, (double)h.max_ns / 1000.0,
-      ios ? (double)(cpu1 - cpu0) / (double)ios : 0.0, r.errors);
+      ios ? (double)(cpu1 - cpu0) / (double)ios : 0.0, r.errors, o.warmup_ios,
+      (double)(w.warmup_done_ns - t) / 1e9);
+  // The percentiles every engine reports (fio's default list), for the latency plots in docs/bench.md.
+  static const double percentiles[] = {1, 5, 10, 20, 30, 40, 50, 60, 70, 80, 90, 95, 99, 99.5, 99.9};
+  for (size_t i = 0; i < sizeof percentiles / sizeof percentiles[0]; i++)
+    printf("%s\"%g\":%.1f", i ? "," : "", percentiles[i], hist_quantile_us(&h, percentiles[i] / 100));
+  printf("}}\n");
   free(h.counts);
   free(r.submit_ns);
   if (r.errors) {

@@ -125,7 +125,9 @@ export class DmaSpace {
     const key = data.buffer as ArrayBuffer;
     if (key === this.#lastKey) return this.#lastEntry;
     const entry = this.#buffers.get(key);
-    if (entry === undefined || entry.region.freed) return undefined;
+    // Entries leave the map (freeBuffer(), release()) before their regions are freed, so a hit is live: no
+    // native `freed` accessor on the hot path (a crossing per request once several buffers alternate).
+    if (entry === undefined) return undefined;
     // Only hits are cached; freeBuffer() and release() forget the entry before freeing its region.
     this.#lastKey = key;
     this.#lastEntry = entry;

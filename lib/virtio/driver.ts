@@ -499,7 +499,8 @@ export class VirtioDriver<O extends DeviceOp> {
   }
 
   #publish(): void {
-    for (const q of this.queues) if (q.vq.unpublished > 0) q.vq.publish();
+    const queues = this.queues;
+    for (let i = 0; i < queues.length; i++) if (queues[i].vq.unpublished > 0) queues[i].vq.publish();
   }
 
   // ---- completion -----------------------------------------------------------------------------
@@ -531,7 +532,9 @@ export class VirtioDriver<O extends DeviceOp> {
     try {
       if (this.#fifo.size > 0 || this.#targetedWaiting > 0) this.#pump();
       this.#publish();
-      for (const q of this.queues) {
+      const queues = this.queues;
+      for (let i = 0; i < queues.length; i++) {
+        const q = queues[i];
         try {
           found += q.vq.collect(this.#onUsed);
         } catch (error) {

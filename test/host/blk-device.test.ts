@@ -130,6 +130,23 @@ describe('BlockDevice (host, fake device)', () => {
       assert.equal(buffer.length, 0, 'freed memory is detached');
     });
 
+    it('never uses a freed zero-copy buffer: the lookup relies on freeBuffer() removing it first', async () => {
+      const { dev } = start();
+      const a = dev.allocBuffer(4 * KiB);
+      const b = dev.allocBuffer(4 * KiB);
+      await dev.readInto(0, a);
+      await dev.readInto(0, b); // b is now the lookup's cached entry, a only in the map
+      dev.freeBuffer(a);
+      await rejects(dev.readInto(0, a), 'ERR_INVALID_ARG', /length/);
+      await dev.readInto(4 * KiB, b);
+      dev.freeBuffer(b);
+      await rejects(dev.readInto(0, b), 'ERR_INVALID_ARG', /length/);
+      assert.equal(dev.stats.bounced, 0);
+      const c = dev.allocBuffer(4 * KiB);
+      await dev.readInto(0, c);
+      assert.equal(dev.stats.bounced, 0, 'a new buffer is zero-copy again');
+    });
+
     it('splits requests larger than seg_max × size_max into device requests within the limits', async () => {
       const { fake, dev } = start({ segMax: 4, sizeMax: 4096 });
       const data = pattern(100 * KiB, 3);
