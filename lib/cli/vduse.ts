@@ -103,20 +103,9 @@ export const vduseBlk: Command = {
       staleRecovered: device.staleRecovered ?? null,
       pid: process.pid,
     };
-    if (json) {
-      ctx.stdout(toJson(summary) + '\n');
-    } else {
-      ctx.stdout(
-        `created VDUSE device /dev/vduse/${name}: ${device.store}, ${summary.queues} queue(s) of ${summary.queueSize}, ` +
-          `${summary.ring} rings${summary.readOnly ? ', read-only' : ''}, features ${device.features}\n` +
-          (options.attach === true
-            ? `added vdpa device ${name}${device.chardev === undefined ? ' (bound to virtio_vdpa or no driver)' : ` → ${device.chardev}`}\n`
-            : `not attached: vhost-vdpa dev add ${name} mgmtdev vduse\n`) +
-          'running until SIGTERM/SIGINT\n',
-      );
-    }
-
-    const failure = await new Promise<VdpaError | undefined>((resolve) => {
+    // The handlers go in before the summary is printed: whoever reads it may signal at once (the lab test
+    // does), and a SIGTERM that found no handler would kill the process with both devices left behind.
+    const stopped = new Promise<VdpaError | undefined>((resolve) => {
       const stop = (signal: string): void => {
         process.off('SIGTERM', onTerm);
         process.off('SIGINT', onInt);
@@ -134,6 +123,20 @@ export const vduseBlk: Command = {
         resolve(error);
       });
     });
+    if (json) {
+      ctx.stdout(toJson(summary) + '\n');
+    } else {
+      ctx.stdout(
+        `created VDUSE device /dev/vduse/${name}: ${device.store}, ${summary.queues} queue(s) of ${summary.queueSize}, ` +
+          `${summary.ring} rings${summary.readOnly ? ', read-only' : ''}, features ${device.features}\n` +
+          (options.attach === true
+            ? `added vdpa device ${name}${device.chardev === undefined ? ' (bound to virtio_vdpa or no driver)' : ` → ${device.chardev}`}\n`
+            : `not attached: vhost-vdpa dev add ${name} mgmtdev vduse\n`) +
+          'running until SIGTERM/SIGINT\n',
+      );
+    }
+
+    const failure = await stopped;
     await device.stop();
     say(`${options.attach === true ? `deleted vdpa device ${name}, ` : ''}destroyed /dev/vduse/${name}`);
     return failure === undefined ? 0 : exitCodeFor(failure.code);
