@@ -9,8 +9,7 @@
         "native/dma_memory.cc",
         "native/eventfd.cc",
         "native/netlink.cc",
-        "native/vduse.cc",
-        "native/shared_memory.cc"
+        "native/vduse.cc"
       ],
       "include_dirs": ["<!(node -p \"require('node-addon-api').include_dir\")"],
       "defines": ["NAPI_VERSION=8", "NAPI_CPP_EXCEPTIONS", "NODE_ADDON_API_DISABLE_DEPRECATED"],

@@ -93,7 +93,7 @@ export class DmaRegion {
         code: ErrorCodes.INVALID_ARG,
       });
     }
-    return new DmaRegion(new native.SharedMemory(path));
+    return new DmaRegion(new native.DmaMemory(path));
   }
 
   /** The whole region as bytes. Empty (length 0) once freed. */

@@ -82,9 +82,11 @@ export interface NativeFileMapping {
 export interface NativeBinding {
   DeviceHandle: new (path: string) => NativeDeviceHandle;
   Doorbell: new () => NativeDoorbell;
-  DmaMemory: new (size: number, hugetlb: boolean, name: string) => NativeDmaMemory;
-  /** Maps an existing memfd/hugetlbfs file by path (native/shared_memory.cc). */
-  SharedMemory: new (path: string) => NativeDmaMemory;
+  /** A new memfd of `size` bytes, or (one string argument) an existing memfd/hugetlbfs file mapped whole. */
+  DmaMemory: {
+    new (size: number, hugetlb: boolean, name: string): NativeDmaMemory;
+    new (path: string): NativeDmaMemory;
+  };
   EventFd: new () => NativeEventFd;
   VduseFile: new (path: string, nonblocking: boolean) => NativeVduseFile;
   FileMapping: new (fd: number, offset: number, length: number, access: number) => NativeFileMapping;

@@ -10,7 +10,6 @@ void InitDmaMemory(Napi::Env env, Napi::Object exports);
 void InitEventFd(Napi::Env env, Napi::Object exports);
 void InitNetlink(Napi::Env env, Napi::Object exports);
 void InitVduse(Napi::Env env, Napi::Object exports);
-void InitSharedMemory(Napi::Env env, Napi::Object exports);
 }  // namespace vdpa
 
 static Napi::Object Init(Napi::Env env, Napi::Object exports) {
@@ -21,7 +20,6 @@ static Napi::Object Init(Napi::Env env, Napi::Object exports) {
   vdpa::InitEventFd(env, exports);
   vdpa::InitNetlink(env, exports);
   vdpa::InitVduse(env, exports);
-  vdpa::InitSharedMemory(env, exports);
   return exports;
 }
 

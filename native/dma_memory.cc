@@ -7,8 +7,14 @@
 // the ArrayBuffer's finalizer, so it is unmapped exactly once — by free()
 // (which first detaches the ArrayBuffer so no view can touch unmapped memory)
 // or, if free() is never called, when both have been collected.
+//
+// new DmaMemory(path) maps memory another process created instead (its memfd
+// or hugetlbfs file, by /proc/<pid>/fd/<n>, or /proc/self/fd/<n> of an
+// inherited fd): a VMM's second process sees the same guest RAM that way.
+#include <fcntl.h>
 #include <linux/memfd.h>
 #include <sys/mman.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <cerrno>
@@ -53,12 +59,18 @@ class DmaMemory : public Napi::ObjectWrap<DmaMemory> {
     exports.Set("DmaMemory", cls);
   }
 
-  // new DmaMemory(size, hugetlb, name). `size` must already be a multiple of
-  // the page (or huge page) size; lib/memory validates that with a clear error.
+  // new DmaMemory(size, hugetlb, name): a new memfd. `size` must already be a
+  // multiple of the page (or huge page) size; lib/memory validates that with a
+  // clear error. new DmaMemory(path): an existing file, mapped whole.
   explicit DmaMemory(const Napi::CallbackInfo& info) : Napi::ObjectWrap<DmaMemory>(info) {
     Napi::Env env = info.Env();
+    if (info.Length() == 1 && info[0].IsString()) {
+      Attach(env, info[0].As<Napi::String>().Utf8Value());
+      return;
+    }
     if (info.Length() < 3 || !info[0].IsNumber() || !info[1].IsBoolean() || !info[2].IsString()) {
-      throw Napi::TypeError::New(env, "DmaMemory(size: number, hugetlb: boolean, name: string)");
+      throw Napi::TypeError::New(
+          env, "DmaMemory(size: number, hugetlb: boolean, name: string) or DmaMemory(path: string)");
     }
     const double size = info[0].As<Napi::Number>().DoubleValue();
     if (!(size > 0) || size > 9007199254740991.0) throw Napi::RangeError::New(env, "size must be positive");
@@ -71,8 +83,28 @@ class DmaMemory : public Napi::ObjectWrap<DmaMemory> {
     if (fd < 0) ThrowErrno(env, errno, "memfd_create");
     mapping->fd = UniqueFd(fd);
     if (ftruncate(fd, static_cast<off_t>(mapping->length)) < 0) ThrowErrno(env, errno, "ftruncate(memfd)");
-    void* addr = mmap(nullptr, mapping->length, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
-    if (addr == MAP_FAILED) ThrowErrno(env, errno, "mmap(memfd)");
+    Expose(env, mapping, "mmap(memfd)", "");
+  }
+
+ private:
+  // open(path, O_RDWR), fstat for the size, then Expose().
+  void Attach(Napi::Env env, const std::string& path) {
+    auto mapping = std::make_shared<Mapping>();
+    int fd = open(path.c_str(), O_RDWR | O_CLOEXEC);
+    if (fd < 0) ThrowErrno(env, errno, "open", path);
+    mapping->fd = UniqueFd(fd);
+    struct stat st {};
+    if (fstat(fd, &st) < 0) ThrowErrno(env, errno, "fstat", path);
+    if (st.st_size <= 0)
+      throw CodedError(env, "shared memory file " + path + " is empty", EINVAL, "fstat", path);
+    mapping->length = static_cast<size_t>(st.st_size);
+    Expose(env, mapping, "mmap", path);
+  }
+
+  // Maps mapping->fd whole, MAP_SHARED, as the external ArrayBuffer `buffer`.
+  void Expose(Napi::Env env, const SharedMapping& mapping, const char* syscall, const std::string& path) {
+    void* addr = mmap(nullptr, mapping->length, PROT_READ | PROT_WRITE, MAP_SHARED, mapping->fd.Get(), 0);
+    if (addr == MAP_FAILED) ThrowErrno(env, errno, syscall, path);
     mapping->addr = addr;
     mapping_ = mapping;
 
@@ -83,7 +115,6 @@ class DmaMemory : public Napi::ObjectWrap<DmaMemory> {
     buffer_ = Napi::Persistent(buffer);
   }
 
- private:
   bool IsFreed() const { return !mapping_ || mapping_->addr == nullptr; }
 
   Napi::Value Buffer(const Napi::CallbackInfo& info) {
