@@ -77,20 +77,22 @@ class EventFd : public Napi::ObjectWrap<EventFd> {
   // Runs on the loop thread when the watched eventfd is readable: reads (and
   // resets) the counter and hands the count to the JavaScript callback.
   void OnReadable(int status) {
+    if (status < 0 || !fd_.Valid()) return;
     Napi::Env env = Env();
     Napi::HandleScope scope(env);
-    if (status < 0 || !fd_.Valid()) return;
+    napi_value argv[2] = {nullptr, nullptr};
     uint64_t count = 0;
     try {
       count = Drain(env, fd_.Get());
     } catch (const Napi::Error& error) {
-      watch_.Callback().MakeCallback(env.Global(), {env.Undefined(), error.Value()});
+      argv[0] = env.Undefined();
+      argv[1] = error.Value();
+      watch_.Deliver(env, 2, argv);
       return;
     }
     if (count == 0) return;
-    // MakeCallback runs microtasks afterwards, so promise continuations that
-    // a completion resolves run before the next wake-up.
-    watch_.Callback().MakeCallback(env.Global(), {Napi::Number::New(env, static_cast<double>(count))});
+    if (napi_create_double(env, static_cast<double>(count), &argv[0]) != napi_ok) return;
+    watch_.Deliver(env, 1, argv);
   }
 
  private:

@@ -188,7 +188,37 @@ class JsFdWatch {
   // Whether an active watch keeps the event loop alive (like timer.ref()).
   void SetRef(bool referenced) { poller_.SetRef(referenced); }
 
-  Napi::FunctionReference& Callback() { return callback_; }
+  // Calls the callback with `argv` through napi_make_callback (which runs
+  // microtasks afterwards, so promise continuations that a completion resolves
+  // run before the next wake-up). Never throws: a JavaScript exception from
+  // the callback goes to 'uncaughtException', as one from a timer would; when
+  // the environment can no longer run JavaScript (a Worker being terminated,
+  // whose loop may still deliver a readable fd) the event is dropped. Raw
+  // Node-API on purpose: node-addon-api turns the failed call into a C++
+  // Napi::Error, and building that Error in a terminating environment is a
+  // fatal error (abort) rather than an exception.
+  void Deliver(napi_env env, size_t argc, const napi_value* argv) {
+    napi_value callback = nullptr;
+    napi_value global = nullptr;
+    if (callback_.IsEmpty() || napi_get_reference_value(env, callback_, &callback) != napi_ok ||
+        callback == nullptr || napi_get_global(env, &global) != napi_ok) {
+      return;
+    }
+    napi_value result = nullptr;
+    if (napi_make_callback(env, nullptr, global, callback, argc, argv, &result) == napi_ok) return;
+    ReportPendingException(env);
+  }
+
+  // Hands an exception pending on `env` (if any) to 'uncaughtException'.
+  // A failed call with nothing pending means JavaScript cannot run any more.
+  static void ReportPendingException(napi_env env) {
+    bool pending = false;
+    if (napi_is_exception_pending(env, &pending) != napi_ok || !pending) return;
+    napi_value exception = nullptr;
+    if (napi_get_and_clear_last_exception(env, &exception) != napi_ok) return;
+    // Fails quietly (NAPI_PREAMBLE) when the environment is stopping.
+    napi_fatal_exception(env, exception);
+  }
 
  private:
   FdPoller poller_;

@@ -72,7 +72,8 @@ class NetlinkSocket : public Napi::ObjectWrap<NetlinkSocket> {
     Napi::Array pair = ToJs(env, datagrams);
     Napi::Value error = err == 0 ? env.Undefined() : ErrnoError(env, err, "recvfrom(AF_NETLINK)").Value();
     // The callback may close this socket; nothing below touches `this`.
-    watch_.Callback().MakeCallback(env.Global(), {error, pair.Get(0u), pair.Get(1u)});
+    const napi_value argv[3] = {error, pair.Get(0u), pair.Get(1u)};
+    watch_.Deliver(env, 3, argv);
   }
 
  private:

@@ -56,7 +56,9 @@ class VduseFile : public Napi::ObjectWrap<VduseFile> {
     Napi::Env env = Env();
     Napi::HandleScope scope(env);
     if (!fd_.Valid()) return;
-    watch_.Callback().MakeCallback(env.Global(), {Napi::Number::New(env, status)});
+    napi_value argv[1] = {nullptr};
+    if (napi_create_int32(env, status, &argv[0]) != napi_ok) return;
+    watch_.Deliver(env, 1, argv);
   }
 
  private:

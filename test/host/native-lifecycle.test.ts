@@ -141,3 +141,57 @@ describe('Worker threads that end with live native objects', function () {
     });
   }
 });
+
+describe('Worker threads terminated while their fd-watch callbacks are running', function () {
+  this.timeout(120_000);
+
+  // Eight eventfds whose callbacks signal again (a call into the addon), a
+  // watched netlink socket and a watched VduseFile: termination lands inside a
+  // callback or a native method most of the time. Before the addon was built
+  // with NODE_API_SWALLOW_UNTHROWABLE_EXCEPTIONS this aborted the process in
+  // every run of 40 Workers ("FATAL ERROR: Error::Error napi_define_properties"
+  // from FdPoller::OnPoll, or std::terminate from EventFd.signal()).
+  const workerSource = `
+    const { parentPort, workerData } = require('node:worker_threads');
+    const lib = require(workerData.lib);
+    const { openNativeTransport } = require(workerData.lib + '/mgmt/native-netlink');
+    const { native } = require(workerData.lib + '/native');
+    for (let i = 0; i < 8; i++) {
+      const eventfd = new lib.EventFd();
+      eventfd.watch(() => eventfd.signal());
+      eventfd.signal();
+    }
+    openNativeTransport(16).listen(() => {});
+    new native.VduseFile(workerData.fifo, true).watch(() => {});
+    parentPort.postMessage('ready');
+  `;
+
+  it('leave the main thread running, 40 times', () => {
+    const result = runChild(`
+      const fs = require('node:fs');
+      const os = require('node:os');
+      const path = require('node:path');
+      const { Worker } = require('node:worker_threads');
+      const fifo = path.join(fs.mkdtempSync(path.join(os.tmpdir(), 'vdpa-worker-')), 'fifo');
+      require('node:child_process').execFileSync('mkfifo', [fifo]);
+      let remaining = 40;
+      const next = () => {
+        if (remaining-- === 0) {
+          console.log('all terminated');
+          return;
+        }
+        const worker = new Worker(${JSON.stringify(workerSource)}, {
+          eval: true,
+          workerData: { lib: process.env.VDPA_LIB, fifo },
+        });
+        // 0-3 ms after 'ready': the callbacks are firing continuously by then.
+        worker.on('message', () => setTimeout(() => void worker.terminate(), (remaining % 4)));
+        worker.on('error', (error) => { console.log('worker error: ' + error.message); process.exitCode = 2; });
+        worker.on('exit', next);
+      };
+      next();
+    `);
+    assert.equal(result.status, 0, explain(result));
+    assert.equal(result.stdout, 'all terminated\n', explain(result));
+  });
+});
