@@ -39,6 +39,31 @@ describe('check: one check under a deadline', () => {
     assert.equal(settled, true, 'runOne returned while the overrunning check was still running');
   });
 
+  it('gives the overrunning check its grace even when the clock says the deadline has not quite passed', async () => {
+    // A timer may fire a fraction of a millisecond before performance.now() reaches its delay. A frozen
+    // clock makes that deterministic: runOne used to compare clocks and returned while the check still ran.
+    const realNow = performance.now.bind(performance);
+    const frozen = realNow();
+    performance.now = () => frozen;
+    let settled = false;
+    try {
+      const result = await runOne(
+        // Deadline at 200 ms, grace until >= 400 ms: settling at 250 ms is inside the grace.
+        check(async () => {
+          await sleep(250);
+          settled = true;
+        }),
+        undefined,
+        200,
+      );
+      assert.equal(result.status, 'fail');
+      assert.match(result.reason ?? '', /ETIMEDOUT/);
+    } finally {
+      performance.now = realNow;
+    }
+    assert.equal(settled, true, 'runOne returned while the overrunning check was still running');
+  });
+
   it('waits at most a second deadline for a check that never settles', async () => {
     const started = performance.now();
     const result = await runOne(
