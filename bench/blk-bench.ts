@@ -37,14 +37,17 @@ interface Options {
   /** I/Os completed, unmeasured, before the ramp (JIT warm-up by count, not time). */
   warmupIos: number;
   seed: number;
-  /** `zero-copy`: readInto()/write() on allocBuffer() buffers; `bounce`: read() (a new Buffer) / write() of an ordinary Buffer. */
-  api: 'zero-copy' | 'bounce';
+  /**
+   * `zero-copy`: readInto()/write() on allocBuffer() buffers; `bounce`: read() (a new Buffer) / write() of an
+   * ordinary Buffer; `callback`: readIntoCallback()/writeCallback() on allocBuffer() buffers (no Promise).
+   */
+  api: 'zero-copy' | 'bounce' | 'callback';
   /** Request queues per device (scale runs). */
   queues: number;
 }
 
 const USAGE = `Usage: node --expose-gc dist-test/bench/blk-bench.js --device /dev/vhost-vdpa-N --rw randread|randwrite
-  [--qd N] [--seconds S] [--ramp S] [--mode interrupt|poll] [--spin-us US] [--bs BYTES] [--warmup-ios N] [--heap-ios N] [--seed N] [--api zero-copy|bounce] [--queues N]
+  [--qd N] [--seconds S] [--ramp S] [--mode interrupt|poll] [--spin-us US] [--bs BYTES] [--warmup-ios N] [--heap-ios N] [--seed N] [--api zero-copy|bounce|callback] [--queues N]
   --device A,B,…: one process drives every device (scale), --qd loops per queue`;
 
 class UsageError extends Error {}
@@ -96,8 +99,8 @@ function parseArgs(argv: string[]): Options {
     else if (a === '--queues') o.queues = Math.floor(number(1, 64));
     else if (a === '--api') {
       const v = value();
-      if (v !== 'zero-copy' && v !== 'bounce')
-        throw new UsageError(`--api: expected zero-copy or bounce, got ${v}`);
+      if (v !== 'zero-copy' && v !== 'bounce' && v !== 'callback')
+        throw new UsageError(`--api: expected zero-copy, bounce or callback, got ${v}`);
       o.api = v;
     } else throw new UsageError(`unknown option ${a}`);
   }
@@ -195,7 +198,7 @@ class LoadGenerator {
     this.#rng = o.seed | 0 || 1;
     this.#buffers = [];
     for (let i = 0; i < o.qd; i++) {
-      const b = o.api === 'zero-copy' ? device.allocBuffer(o.bs) : Buffer.alloc(o.bs);
+      const b = o.api === 'bounce' ? Buffer.alloc(o.bs) : device.allocBuffer(o.bs);
       b.fill(0xa5 ^ i);
       this.#buffers.push(b);
     }
@@ -214,8 +217,55 @@ class LoadGenerator {
   /** Runs the `qd` loops until the time or count limit; resolves when all have stopped. */
   async run(): Promise<void> {
     const loops: Promise<void>[] = [];
-    for (let i = 0; i < this.#o.qd; i++) loops.push(this.#loop(this.#buffers[i]));
+    const loop = this.#o.api === 'callback' ? this.#callbackLoop.bind(this) : this.#loop.bind(this);
+    for (let i = 0; i < this.#o.qd; i++) loops.push(loop(this.#buffers[i]));
     await Promise.all(loops);
+  }
+
+  /** `--api callback`: the same loop with readIntoCallback()/writeCallback(): one closure per slot, no Promise per I/O. */
+  #callbackLoop(buffer: Buffer): Promise<void> {
+    const device = this.#device;
+    const write = this.#o.write;
+    return new Promise<void>((resolve) => {
+      let t0 = 0;
+      const issue = (): void => {
+        if (this.firstError !== undefined || this.issued >= this.issueLimit) return resolve();
+        t0 = performance.now();
+        if (t0 >= this.stopAt) {
+          if (this.cpuAtStop === undefined) {
+            this.cpuAtStop = process.cpuUsage();
+            this.threadsAtStop = threadCpuMs();
+          }
+          return resolve();
+        }
+        this.issued++;
+        if (write) device.writeCallback(this.#nextOffset(), buffer, done);
+        else device.readIntoCallback(this.#nextOffset(), buffer, done);
+      };
+      const done = (error: Error | null): void => {
+        if (error !== null) {
+          this.firstError ??= error;
+          return resolve();
+        }
+        this.#record(t0);
+        issue();
+      };
+      issue();
+    });
+  }
+
+  /** Counts a completed I/O that started at `t0` if it ended inside the measured window. */
+  #record(t0: number): void {
+    const t1 = performance.now();
+    if (t1 >= this.measureFrom && t1 < this.stopAt) {
+      if (this.cpuAtStart === undefined) {
+        this.cpuAtStart = process.cpuUsage();
+        this.threadsAtStart = threadCpuMs();
+        this.startedAt = t1;
+      }
+      this.histogram.add((t1 - t0) * 1000);
+      this.ios++;
+    }
   }
 
   async #loop(buffer: Buffer): Promise<void> {
@@ -240,16 +290,7 @@ class LoadGenerator {
         this.firstError ??= error as Error;
         return;
       }
-      const t1 = performance.now();
-      if (t1 >= this.measureFrom && t1 < this.stopAt) {
-        if (this.cpuAtStart === undefined) {
-          this.cpuAtStart = process.cpuUsage();
-          this.threadsAtStart = threadCpuMs();
-          this.startedAt = t1;
-        }
-        this.histogram.add((t1 - t0) * 1000);
-        this.ios++;
-      }
+      this.#record(t0);
     }
   }
 }

@@ -29,7 +29,18 @@ const ROOT = path.dirname(BENCH_DIR);
 const C_BIN = path.join(BENCH_DIR, 'c-baseline', 'vdpa-blk-bench');
 const JS_BENCH = path.join(ROOT, 'dist-test', 'bench', 'blk-bench.js');
 const KERNEL_FIO = path.join(BENCH_DIR, 'kernel-fio.sh');
-const ALL_ENGINES = ['ours-irq', 'ours-poll', 'c-poll', 'c-event', 'kernel', 'ref-irq', 'ref-poll'];
+// ours-cb-*: the same loop through readIntoCallback()/writeCallback() (no Promise per I/O), an extra column.
+const ALL_ENGINES = [
+  'ours-irq',
+  'ours-poll',
+  'ours-cb-irq',
+  'ours-cb-poll',
+  'c-poll',
+  'c-event',
+  'kernel',
+  'ref-irq',
+  'ref-poll',
+];
 
 function parseArgs(argv) {
   const o = {
@@ -40,7 +51,7 @@ function parseArgs(argv) {
     heapIos: 1_000_000,
     qds: [1, 32],
     rws: ['randread', 'randwrite'],
-    engines: ALL_ENGINES,
+    engines: ALL_ENGINES.filter((e) => !e.startsWith('ref-') && !e.startsWith('ours-cb-')),
     cpuProf: undefined,
     pin: false,
     spinUs: 1000,
@@ -211,7 +222,7 @@ async function runEngine(engine, o, rw, qd, round) {
     const r = lastJson(res.stdout);
     return res.code === 0 && r ? r : failure('vdpa-blk-bench', res);
   }
-  const mode = engine === 'ours-poll' || engine === 'ref-poll' ? 'poll' : 'interrupt';
+  const mode = engine.endsWith('-poll') ? 'poll' : 'interrupt';
   const node = ['--expose-gc', ...(engine.startsWith('ref-') ? o.refNodeFlags : [])];
   if (o.cpuProf)
     node.push(
@@ -221,6 +232,7 @@ async function runEngine(engine, o, rw, qd, round) {
     );
   const args = ['--device', device, '--rw', rw, '--qd', String(qd), '--seconds', secs, '--ramp', ramp];
   args.push('--mode', mode, '--warmup-ios', String(o.warmupIos));
+  if (engine.startsWith('ours-cb-')) args.push('--api', 'callback');
   if (mode === 'poll') args.push('--spin-us', String(o.spinUs));
   const res = await run(
     process.execPath,

@@ -14,6 +14,8 @@ const RESULTS_DIR = path.join(PROJECT_ROOT, 'bench', 'results');
 const C_SRC = path.join(PROJECT_ROOT, 'bench', 'c-baseline', 'vdpa-blk-bench.c');
 const C_BIN = path.join(PROJECT_ROOT, 'bench', 'c-baseline', 'vdpa-blk-bench');
 const ENGINES = ['ours-irq', 'ours-poll', 'c-poll', 'c-event', 'kernel'];
+// Extra columns, on request (--engines): the same loop through readIntoCallback()/writeCallback().
+const EXTRA_ENGINES = ['ours-cb-irq', 'ours-cb-poll'];
 
 const HELP = `Usage: npm run bench [-- options]
 
@@ -31,7 +33,8 @@ Options:
                      zero-copy and bounce × read and write, QD32
   --quick            smoke test: --seconds 1 --ramp 0.2 --heap-ios 2000 --rounds 1 --warmup-ios 2000
   --idle-poll        boot the guest with idle=poll (recorded in the results)
-  --engines LIST     comma-separated subset of ${ENGINES.join(',')}
+  --engines LIST     comma-separated subset of ${ENGINES.join(',')} (default), plus
+                     ${EXTRA_ENGINES.join(',')}: the callback API (readIntoCallback/writeCallback), no Promise
   --qds LIST         queue depths (default 1,32)
   --rounds N         rounds of every configuration and engine, rotated order (default 2); tables show medians
   --pin              simulator worker on guest CPU 0, every driver on CPU 1 (default: the guest scheduler
@@ -97,7 +100,8 @@ function parseArgs(argv) {
     else throw new Error(`unknown option ${a}`);
   }
   for (const e of o.engines)
-    if (!ENGINES.includes(e)) throw new Error(`unknown engine ${e} (have ${ENGINES.join(', ')})`);
+    if (!ENGINES.includes(e) && !EXTRA_ENGINES.includes(e))
+      throw new Error(`unknown engine ${e} (have ${[...ENGINES, ...EXTRA_ENGINES].join(', ')})`);
   return o;
 }
 
@@ -126,9 +130,11 @@ function firstLine(cmd, args) {
 
 // ---- tables ------------------------------------------------------------------------------------------------
 
-const COLUMNS = [
+const ALL_COLUMNS = [
   ['ours-irq', 'ours-irq'],
   ['ours-poll', 'ours-poll'],
+  ['ours-cb-irq', 'ours-cb-irq'],
+  ['ours-cb-poll', 'ours-cb-poll'],
   ['c-poll', 'C-poll'],
   ['c-event', 'C-event'],
   ['kernel', 'kernel fio'],
@@ -211,6 +217,11 @@ function renderTables(doc) {
         : ''),
   );
   const configs = byConfig(doc);
+  // The callback columns only when that run has them.
+  const COLUMNS = ALL_COLUMNS.filter(
+    ([e]) => !EXTRA_ENGINES.includes(e) || doc.results.some((r) => r.engine === e),
+  );
+  const callbacks = COLUMNS.some(([e]) => EXTRA_ENGINES.includes(e));
   const cell = (r, f, digits) => (r === undefined ? '–' : r.error ? 'FAILED' : fmt(f(r), digits));
   const header = ['config', ...COLUMNS.map(([, h]) => h)];
   const ok = (engines, e) => (engines.get(e)?.error ? undefined : engines.get(e));
@@ -224,11 +235,22 @@ function renderTables(doc) {
       fmtRatio(ratio(ok(engines, 'ours-irq')?.iops, ok(engines, 'c-event')?.iops)),
       fmtRatio(ratio(ok(engines, 'ours-poll')?.iops, ok(engines, 'kernel')?.iops)),
       fmtRatio(ratio(ok(engines, 'ours-irq')?.iops, ok(engines, 'kernel')?.iops)),
+      ...(callbacks
+        ? [
+            fmtRatio(ratio(ok(engines, 'ours-cb-poll')?.iops, ok(engines, 'c-poll')?.iops)),
+            fmtRatio(ratio(ok(engines, 'ours-cb-irq')?.iops, ok(engines, 'c-event')?.iops)),
+          ]
+        : []),
     ]);
   }
+  const callbackRatios = callbacks ? ['cb-poll/C-poll', 'cb-irq/C-event'] : [];
   out.push(
     '',
-    table('IOPS (median)', [...header, 'poll/C-poll', 'irq/C-event', 'poll/kernel', 'irq/kernel'], iopsRows),
+    table(
+      'IOPS (median)',
+      [...header, 'poll/C-poll', 'irq/C-event', 'poll/kernel', 'irq/kernel', ...callbackRatios],
+      iopsRows,
+    ),
   );
   const roundRows = [...configs].map(([config, engines]) => [
     config,

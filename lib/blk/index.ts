@@ -2,6 +2,7 @@
  * virtio-blk over vhost-vdpa: {@link BlockDevice}. See docs/blk.md.
  */
 export {
+  BlockCallback,
   BlockDevice,
   BlockDeviceOptions,
   BlockDeviceStats,

@@ -61,6 +61,8 @@ import {
   OpFifo,
   promiseOf,
   settle,
+  CallbackQueue,
+  type RequestCallback,
 } from './request';
 import { readConfigStable } from './config';
 
@@ -126,6 +128,11 @@ export class VirtioDriver<O extends DeviceOp> {
   #timeoutTicks = 0;
   #deadlineTimer: NodeJS.Timeout | undefined;
   #idleTicks = 0;
+  /** Callback-form requests settled and waiting for their callback (see {@link CallbackQueue}). */
+  readonly #callbacks = new CallbackQueue(() => this.#callbacksWaiting());
+  /** Inside #service, which drains the callbacks itself when it is done. */
+  #inService = false;
+  #callbackDrainQueued = false;
 
   /**
    * Sets the device up: maps memory, attaches the queues and the config
@@ -353,6 +360,48 @@ export class VirtioDriver<O extends DeviceOp> {
     return promise;
   }
 
+  /**
+   * The callback form of {@link promise}: `callback(error, result)` is called
+   * once the request settles — never synchronously, and never from inside
+   * the driver's own bookkeeping (see {@link CallbackQueue}). Callbacks that
+   * a service round settles run at the end of that round, and what they
+   * submit is published with that round's kick: no promise, no microtask.
+   */
+  submitWithCallback(request: DriverRequest, callback: RequestCallback): void {
+    request.callback = callback;
+    request.callbacks = this.#callbacks;
+    this.#schedule();
+  }
+
+  /** The first callback is waiting: drain in a microtask unless a service round will. */
+  #callbacksWaiting(): void {
+    if (this.#inService || this.#callbackDrainQueued) return;
+    this.#callbackDrainQueued = true;
+    void RESOLVED.then(this.#drainCallbacksLater);
+  }
+
+  readonly #drainCallbacksLater = (): void => {
+    this.#callbackDrainQueued = false;
+    this.#drainCallbacks();
+    // What the callbacks submitted: published now, as a batch.
+    if (this.#fifo.size > 0 || this.#targetedWaiting > 0) this.#kick();
+  };
+
+  /** Calls the waiting callbacks; their submissions are queued, not published (the caller publishes). */
+  #drainCallbacks(): void {
+    this.#batching++;
+    try {
+      this.#callbacks.drain(this.#recycleRequest);
+    } finally {
+      this.#batching--;
+    }
+  }
+
+  readonly #recycleRequest = (request: DriverRequest): void => {
+    request.recycle();
+    this.#requestPool.push(request);
+  };
+
   /** Pushes the data buffers of `op` into the open chain: bounce chunks, or its zero-copy range in pieces of `maxSegment`. */
   pushData(op: O, vq: Virtqueue<DeviceOp>, writable: boolean, maxSegment: number): void {
     if (op.chunkCount > 0) {
@@ -529,6 +578,8 @@ export class VirtioDriver<O extends DeviceOp> {
     if (this.#state !== 'open' && this.#state !== 'closing') return 0;
     this.#solo = false;
     let found = 0;
+    const nested = this.#inService;
+    this.#inService = true;
     try {
       if (this.#fifo.size > 0 || this.#targetedWaiting > 0) this.#pump();
       this.#publish();
@@ -545,6 +596,8 @@ export class VirtioDriver<O extends DeviceOp> {
       }
       if (found > 0) {
         this.#resetsWithoutProgress = 0;
+        // Callback-form completions: called now, so what they submit goes out with the refill below.
+        if (this.#callbacks.size > 0) this.#drainCallbacks();
         if (this.#fifo.size > 0 || this.#targetedWaiting > 0) {
           this.#pump();
           this.#publish();
@@ -566,6 +619,10 @@ export class VirtioDriver<O extends DeviceOp> {
           },
         ),
       );
+    } finally {
+      this.#inService = nested;
+      // Settled on a path that did not drain (a recovery started): their callbacks run in a microtask.
+      if (!nested && this.#callbacks.size > 0) this.#callbacksWaiting();
     }
     return found;
   };
@@ -613,9 +670,9 @@ export class VirtioDriver<O extends DeviceOp> {
     this.#opPool.push(op);
     if (--request.remaining === 0) {
       settle(request);
-      // No op refers to it any more and its promise is settled: reuse it.
-      request.recycle();
-      this.#requestPool.push(request);
+      // No op refers to it any more and its promise is settled: reuse it. A callback still waiting
+      // in #callbacks holds it: the drain recycles it after the call.
+      if (request.callback === undefined) this.#recycleRequest(request);
     }
   }
 

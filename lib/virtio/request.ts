@@ -17,6 +17,73 @@ export type BounceDirection = typeof BOUNCE_NONE | typeof BOUNCE_TO_DEVICE | typ
 
 function noop(): void {}
 
+/** The callback of a request made with a callback-form method: Node's `(error, result)` convention. */
+export type RequestCallback = (error: Error | null, result: unknown) => void;
+
+/**
+ * Requests settled with a callback, waiting for it to be called. Callbacks
+ * never run inside the code that settles (the used-ring walk, a deadline
+ * sweep, a reset): the driver drains this list once it is done — at the end
+ * of a service round, or in a microtask — so a callback may submit, close or
+ * poll without finding the driver half-way through something.
+ */
+export class CallbackQueue {
+  #items: DriverRequest[] = [];
+  #head = 0;
+  /** Called when the first request arrives while nobody is going to drain (not during a service). */
+  readonly #wake: () => void;
+
+  constructor(wake: () => void) {
+    this.#wake = wake;
+  }
+
+  get size(): number {
+    return this.#items.length - this.#head;
+  }
+
+  push(request: DriverRequest): void {
+    this.#items.push(request);
+    if (this.#items.length - this.#head === 1) this.#wake();
+  }
+
+  /**
+   * Calls every waiting callback, in settlement order. `recycle` gets each
+   * request whose ops are all finished (nothing refers to it any more). A
+   * throwing callback does not stop the others: its exception is rethrown
+   * on the next tick, where it reaches 'uncaughtException' as one from any
+   * Node callback would. Re-entrant: a callback that makes the driver drain
+   * again (e.g. through `poll()`) continues this same list.
+   */
+  drain(recycle: (request: DriverRequest) => void): number {
+    const items = this.#items;
+    let called = 0;
+    while (this.#head < items.length) {
+      const request = items[this.#head];
+      items[this.#head++] = undefined as unknown as DriverRequest;
+      const callback = request.callback as RequestCallback;
+      const error = request.error ?? null;
+      const result = request.result;
+      request.callback = undefined;
+      if (request.remaining === 0) recycle(request);
+      called++;
+      try {
+        callback(error, result);
+      } catch (thrown) {
+        process.nextTick(rethrow, thrown);
+      }
+    }
+    if (this.#head === items.length) {
+      items.length = 0;
+      this.#head = 0;
+    }
+    return called;
+  }
+}
+
+function rethrow(error: unknown): never {
+  throw error;
+}
+
 /** A request made through a driver's public API; settled once, recycled when its last op is done. */
 export class DriverRequest {
   /** What it is, for messages: `'read'`, `'flush'` … */
@@ -40,6 +107,13 @@ export class DriverRequest {
   /** The caller's AbortSignal and the listener registered on it, removed at settlement. */
   signal: AbortSignal | undefined = undefined;
   onAbort: (() => void) | undefined = undefined;
+  /**
+   * Callback form: called (through `callbacks`) instead of settling a
+   * promise; cleared once called. While set, the request is not recycled.
+   */
+  callback: RequestCallback | undefined = undefined;
+  /** Where a settled callback-form request waits for its callback. */
+  callbacks: CallbackQueue | undefined = undefined;
 
   /** Clears everything that refers to caller objects, for the pool. */
   recycle(): void {
@@ -50,6 +124,8 @@ export class DriverRequest {
     this.reject = noop;
     this.signal = undefined;
     this.onAbort = undefined;
+    this.callback = undefined;
+    this.callbacks = undefined;
   }
 }
 
@@ -127,7 +203,8 @@ export function settle(request: DriverRequest): void {
     (request.signal as AbortSignal).removeEventListener('abort', request.onAbort);
     request.onAbort = undefined;
   }
-  if (request.error !== undefined) request.reject(request.error);
+  if (request.callbacks !== undefined) request.callbacks.push(request);
+  else if (request.error !== undefined) request.reject(request.error);
   else request.resolve(request.result as never);
 }
 
