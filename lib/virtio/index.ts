@@ -15,6 +15,8 @@ export {
 export {
   DeviceOp,
   DriverRequest,
+  CallbackQueue,
+  type RequestCallback,
   BOUNCE_NONE,
   BOUNCE_TO_DEVICE,
   BOUNCE_FROM_DEVICE,
