@@ -246,8 +246,10 @@ async function startDaemon(backend: Backend & { msgTimeoutSec?: number }): Promi
   };
 
   try {
+    // Generous: under the lab's TCG our CLI needs ~8 s to its summary (node alone 1.8 s, loading the CLI's
+    // modules ~5.5 s, the worker ~1 s; lab run 2026-11-30), faulty-blk well under one.
     for (let waited = 0; !backend.ready(stdout); waited += 20) {
-      if (child.exitCode !== null || child.signalCode !== null || waited > 10000)
+      if (child.exitCode !== null || child.signalCode !== null || waited > 60000)
         throw new Error(`${label} did not get ready (exit ${child.exitCode ?? child.signalCode}):\n${log}`);
       await sleep(20);
     }
