@@ -30,20 +30,26 @@ export const vduseBlk: Command = {
   name: 'vduse blk',
   summary: 'serve a file or RAM disk as a virtio-blk device over VDUSE, until SIGTERM',
   usage:
-    'vhost-vdpa vduse blk --name NAME (--file disk.img [--size 1G] | --ram SIZE) [--queues N] [--queue-size N]\n' +
-    '                     [--read-only] [--packed] [--serial ID] [--fault SPEC]... [--no-attach] [--json]',
+    'vhost-vdpa vduse blk --name NAME (--file disk.img [--size 1G] | --ram SIZE [--fill zero|sectors]) [--queues N]\n' +
+    '                     [--queue-size N] [--read-only] [--packed] [--serial ID] [--fault SPEC]... [--no-attach] [--json]',
   details:
     'Creates /dev/vduse/NAME (a worker thread serves it), then adds the vdpa device NAME (mgmtdev vduse), which\n' +
     'binds to vhost_vdpa (/dev/vhost-vdpa-N) or virtio_vdpa (a /dev/vdX), whichever is loaded. Prints what it\n' +
     'created and runs until SIGTERM or SIGINT, which delete the vdpa device and destroy the VDUSE device.\n' +
     'A device of the same name left by a daemon that was killed is destroyed first (and reported).\n' +
-    'Faults (repeat --fault, or separate with commas): bad-id@N, dup@N, bad-len@N, ioerr-every:N, stall@N,\n' +
-    'slow:MS, resize@N:BYTES — N counts requests from 1. See docs/vduse.md.',
+    'Faults (repeat --fault, or separate with commas): bad-id@N, not-head@N, dup@N, bad-len@N, ioerr-every:N,\n' +
+    'stall@N, slow:MS, resize@N:BYTES — N counts requests from 1; each applied fault is logged on stderr\n' +
+    '("request N queue Q: KIND: …"). See docs/vduse.md.',
   options: {
     name: { type: 'string', value: 'NAME', description: 'the VDUSE and vdpa device name (required)' },
     file: { type: 'string', value: 'PATH', description: 'serve this file or block device' },
     size: { type: 'string', value: 'SIZE', description: 'with --file: create (or grow) it to this size' },
     ram: { type: 'string', value: 'SIZE', description: 'serve a RAM disk of this size instead of a file' },
+    fill: {
+      type: 'string',
+      value: 'zero|sectors',
+      description: 'with --ram: initial content, zeros or each sector number in every 8 bytes',
+    },
     queues: { type: 'string', value: 'N', default: '1', description: 'request queues (num_queues)' },
     'queue-size': { type: 'string', value: 'N', default: '256', description: 'largest ring per queue' },
     'read-only': { type: 'boolean', description: 'offer VIRTIO_BLK_F_RO; writes fail' },
@@ -64,6 +70,11 @@ export const vduseBlk: Command = {
     const size = stringOption(args, 'size');
     if (size !== undefined && file === undefined)
       throw new UsageError('--size goes with --file (a RAM disk takes --ram SIZE)');
+    const fill = stringOption(args, 'fill');
+    if (fill !== undefined && ram === undefined)
+      throw new UsageError('--fill goes with --ram (a file keeps its own content)');
+    if (fill !== undefined && fill !== 'zero' && fill !== 'sectors')
+      throw new UsageError(`--fill must be zero or sectors, not "${fill}"`);
     const queues = stringOption(args, 'queues');
     const queueSize = stringOption(args, 'queue-size');
     const options: VduseBlockOptions = {
@@ -77,6 +88,7 @@ export const vduseBlk: Command = {
     if (file !== undefined) options.file = file;
     if (size !== undefined) options.fileSize = parseSize(size, '--size');
     if (ram !== undefined) options.ramBytes = parseSize(ram, '--ram');
+    if (fill !== undefined) options.fill = fill;
     if (queues !== undefined) options.queues = parseInteger(queues, '--queues', 1, 64);
     if (queueSize !== undefined) options.queueSize = parseInteger(queueSize, '--queue-size', 4, 32768);
     const serial = stringOption(args, 'serial');

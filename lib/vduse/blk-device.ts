@@ -25,6 +25,11 @@ export interface VduseBlockOptions {
   name: string;
   /** A RAM disk of this many bytes (a multiple of 512). */
   ramBytes?: number;
+  /**
+   * Initial content of a RAM disk (and of the space a resize adds): `'zero'` (default) or `'sectors'` — every 8
+   * bytes of sector S hold S, little-endian, so data returned for the wrong request is recognised. RAM disks only.
+   */
+  fill?: 'zero' | 'sectors';
   /** A file (or block device) to serve. */
   file?: string;
   /** With `file`: create it with this size, or grow it to this size. */
@@ -42,7 +47,7 @@ export interface VduseBlockOptions {
   /** Logical block size (default 512). */
   blkSize?: number;
   /**
-   * Fault specs, as `--fault` takes them: `bad-id@N`, `dup@N`, `bad-len@N`, `ioerr-every:N`, `stall@N`, `slow:MS`,
+   * Fault specs, as `--fault` takes them: `bad-id@N`, `not-head@N`, `dup@N`, `bad-len@N`, `ioerr-every:N`, `stall@N`, `slow:MS`,
    * `resize@N:BYTES` (N counts requests from 1; see docs/vduse.md).
    */
   faults?: string[];
@@ -71,6 +76,14 @@ function workerConfig(options: VduseBlockOptions): BlkWorkerConfig {
       code: ErrorCodes.INVALID_ARG,
     });
   }
+  if (options.fill !== undefined && options.fill !== 'zero' && options.fill !== 'sectors')
+    throw new VdpaError(`fill must be 'zero' or 'sectors', not ${String(options.fill)}`, {
+      code: ErrorCodes.INVALID_ARG,
+    });
+  if (options.fill !== undefined && options.file !== undefined)
+    throw new VdpaError('fill is for RAM disks (ramBytes): a file keeps its own content', {
+      code: ErrorCodes.INVALID_ARG,
+    });
   const blkSize = options.blkSize ?? 512;
   if (![512, 1024, 2048, 4096].includes(blkSize))
     throw new VdpaError(`blkSize must be 512, 1024, 2048 or 4096, not ${blkSize}`, {
@@ -108,6 +121,7 @@ function workerConfig(options: VduseBlockOptions): BlkWorkerConfig {
     replaceStale: options.replaceStale ?? false,
   };
   if (options.ramBytes !== undefined) config.ramBytes = options.ramBytes;
+  if (options.fill !== undefined) config.fill = options.fill;
   if (options.file !== undefined) config.file = path.resolve(options.file);
   if (options.fileSize !== undefined) config.fileSize = options.fileSize;
   return config;

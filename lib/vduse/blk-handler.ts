@@ -25,7 +25,7 @@ import {
 import { BLK_MAX_DISCARD_SECTORS, encodeCapacity } from './blk-config';
 import type { BlockStore } from './blk-store';
 import type { VduseDevice, VduseQueueHandler } from './device';
-import { badUsedId, badUsedLength, type FaultAction, type FaultPlan } from './faults';
+import { badUsedId, badUsedLength, notHeadUsedId, type FaultAction, type FaultPlan } from './faults';
 import type { DeviceChain, DeviceQueue } from './device-queue';
 
 /** Options of {@link BlkRequestHandler}. */
@@ -130,46 +130,63 @@ export class BlkRequestHandler implements VduseQueueHandler {
     const requestNo = ++this.stats.requests;
     const faults = this.options.faults?.next(requestNo) ?? NO_FAULTS;
     if (faults.length > 0) this.stats.faults++;
-    if (
-      chain.error !== undefined ||
-      chain.writableBytes < 1 ||
-      chain.readableBytes < VIRTIO_BLK_OUTHDR_SIZE
-    ) {
-      this.stats.errors++;
-      queue.push(chain, 0);
-      this.scheduleNotify(queue);
-      return;
-    }
-    if (faults.some((f) => f.kind === 'stall')) {
-      this.options.log?.(`fault: request ${requestNo} stalls (never completed)`);
-      return;
-    }
+    const log = this.options.log;
+    const where = `request ${requestNo} queue ${queue.index}`;
     const generation = this.generation;
     const delayMs = faults.reduce((ms, f) => (f.kind === 'delay' ? ms + f.ms : ms), 0);
-    const finish = (outcome: Outcome): void => {
-      if (generation !== this.generation) return; // the queue was dropped by a reset meanwhile
-      this.complete(queue, chain, outcome, faults);
+    const later = (complete: () => void): void => {
+      const run = (): void => {
+        if (generation === this.generation) complete(); // else the queue was dropped by a reset meanwhile
+      };
+      if (delayMs > 0) {
+        log?.(`${where}: slow: completing in ${delayMs} ms`);
+        setTimeout(run, delayMs);
+      } else {
+        run();
+      }
     };
-    const settle = (outcome: Outcome): void => {
-      if (delayMs > 0) setTimeout(() => finish(outcome), delayMs);
-      else finish(outcome);
-    };
+    const malformed =
+      chain.error?.message ??
+      (chain.readableBytes < VIRTIO_BLK_OUTHDR_SIZE
+        ? 'no readable 16-byte request header'
+        : chain.writableBytes < 1
+          ? 'no writable status byte'
+          : undefined);
+    if (malformed !== undefined) {
+      this.stats.errors++;
+      log?.(`${where} head ${chain.id}: ${malformed}: completed with used.len 0`);
+      later(() => {
+        queue.push(chain, 0);
+        this.scheduleNotify(queue);
+      });
+      return;
+    }
+    const type = gather(chain.readable, 0, 4).readUInt32LE(0);
+    if (faults.some((f) => f.kind === 'stall')) {
+      log?.(`${where} head ${chain.id} (type ${type}): stall: never completed`);
+      return;
+    }
+    const finish = (outcome: Outcome): void =>
+      later(() => this.complete(queue, chain, outcome, faults, where));
     let result: Outcome | Promise<Outcome>;
     try {
       // ioerr: fail without doing the I/O, as faulty-blk does.
-      result = faults.some((f) => f.kind === 'ioerr')
-        ? { status: VIRTIO_BLK_S_IOERR, dataWritten: 0 }
-        : this.execute(chain);
+      if (faults.some((f) => f.kind === 'ioerr')) {
+        log?.(`${where} (type ${type}): ioerr`);
+        result = { status: VIRTIO_BLK_S_IOERR, dataWritten: 0 };
+      } else {
+        result = this.execute(chain);
+      }
     } catch {
       result = { status: VIRTIO_BLK_S_IOERR, dataWritten: 0 };
     }
     if (result instanceof Promise) {
-      result.then(settle, (error: unknown) => {
-        this.options.log?.(`I/O error: ${(error as Error).message}`);
-        settle({ status: VIRTIO_BLK_S_IOERR, dataWritten: 0 });
+      result.then(finish, (error: unknown) => {
+        log?.(`I/O error: ${(error as Error).message}`);
+        finish({ status: VIRTIO_BLK_S_IOERR, dataWritten: 0 });
       });
     } else {
-      settle(result);
+      finish(result);
     }
   }
 
@@ -178,29 +195,56 @@ export class BlkRequestHandler implements VduseQueueHandler {
     chain: DeviceChain,
     outcome: Outcome,
     faults: readonly FaultAction[],
+    where: string,
   ): void {
     if (outcome.status !== VIRTIO_BLK_S_OK) this.stats.errors++;
     const statusView = sliceViews(chain.writable, chain.writableBytes - 1, 1)[0] as Buffer;
     statusView[0] = outcome.status;
     const written = outcome.dataWritten + 1;
     const has = (kind: FaultAction['kind']): boolean => faults.some((f) => f.kind === kind);
-    if (!has('bad-id') && !has('bad-len') && !has('dup')) {
+    if (!has('bad-id') && !has('not-head') && !has('bad-len') && !has('dup')) {
       queue.push(chain, written);
     } else {
       // pushRaw writes what push() refuses. The chain record then stays "in flight" for good (the queue takes
-      // another from its pool); the driver is expected to reset the device anyway.
-      const id = has('bad-id') ? badUsedId(queue.size) : chain.id;
-      const length = has('bad-len') ? badUsedLength(chain.writableBytes) : written;
+      // another from its pool); the driver is expected to reset the device anyway. The log lines are
+      // faulty-blk's (docs/vduse.md), which the hostile-device suite waits for.
+      const log = this.options.log;
+      let id = chain.id;
+      if (has('bad-id')) {
+        id = badUsedId(queue.size);
+        log?.(`${where}: bad-id: used.id ${id} (queue size ${queue.size}) instead of head ${chain.id}`);
+      } else if (has('not-head')) {
+        id = notHeadUsedId(chain.secondDescriptor, queue.size);
+        const what =
+          chain.secondDescriptor === undefined
+            ? 'the chain is one ring descriptor, so the queue size'
+            : 'a descriptor inside the chain';
+        log?.(`${where}: not-head: used.id ${id} (${what}) instead of head ${chain.id}`);
+      }
+      let length = written;
+      if (has('bad-len')) {
+        length = badUsedLength(chain.writableBytes);
+        log?.(`${where}: bad-len: used.len ${length}, the chain has ${chain.writableBytes} writable bytes`);
+      }
       queue.pushRaw(id, length);
-      if (has('dup')) queue.pushRaw(id, length);
-      this.options.log?.(
-        `fault: request ${chain.id} completed as id ${id}, ${length} bytes${has('dup') ? ', twice' : ''}`,
-      );
+      if (has('dup')) {
+        log?.(`${where}: dup: head ${id} completed twice`);
+        queue.pushRaw(id, length);
+      }
     }
     this.scheduleNotify(queue);
     for (const f of faults) {
       // After the completion is published (the notify microtask queued above runs first).
-      if (f.kind === 'resize') queueMicrotask(() => this.resize(f.bytes));
+      if (f.kind === 'resize') {
+        queueMicrotask(() => {
+          try {
+            this.resize(f.bytes);
+          } catch (error) {
+            // A broken device refuses the ioctls: say so and go on serving, as faulty-blk does.
+            this.options.log?.(`resize to ${f.bytes} bytes: ${(error as Error).message}`);
+          }
+        });
+      }
     }
   }
 
@@ -208,8 +252,11 @@ export class BlkRequestHandler implements VduseQueueHandler {
   resize(bytes: number): void {
     this.options.store.resize(bytes);
     this.capacity = this.options.store.size;
-    this.options.log?.(`resize: capacity now ${this.capacity} bytes`);
-    this.device?.updateConfig(0, encodeCapacity(this.capacity));
+    const raised = this.device?.updateConfig(0, encodeCapacity(this.capacity)) ?? false;
+    this.options.log?.(
+      `capacity is now ${this.capacity} bytes (${this.capacity / SECTOR} sectors); ` +
+        (raised ? 'config interrupt sent' : 'no driver running: no config interrupt'),
+    );
   }
 
   private inRange(offset: number, length: number): boolean {

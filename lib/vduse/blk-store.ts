@@ -28,14 +28,39 @@ export interface BlockStore {
   close(): void;
 }
 
-/** A RAM disk; contents start zeroed. */
+/**
+ * Initial content of a RAM disk (and of the space a resize adds): `'zero'`, or `'sectors'` — every 8 bytes of
+ * sector S hold S (a 64-bit little-endian integer), so any two ranges differ and data delivered to the wrong
+ * request is recognised (faulty-blk's `--fill sectors`, for the hostile-device suite).
+ */
+export type RamFill = 'zero' | 'sectors';
+
+/** Writes the `'sectors'` pattern into `data`, which holds the disk's bytes from `offset` (a multiple of 8). */
+export function fillSectorNumbers(data: Buffer, offset: number): void {
+  const word = Buffer.alloc(8);
+  // One 8-byte word per sector, repeated by fill(): 16 Ki sectors for 8 MiB instead of 1 Mi word writes.
+  for (let at = 0; at < data.length; ) {
+    const sector = Math.floor((offset + at) / 512);
+    const end = Math.min(data.length, (sector + 1) * 512 - offset);
+    word.writeUInt32LE(sector % 0x100000000, 0);
+    word.writeUInt32LE(Math.floor(sector / 0x100000000), 4);
+    data.fill(word, at, end);
+    at = end;
+  }
+}
+
+/** A RAM disk; contents start zeroed, or as `fill` says. */
 export class RamStore implements BlockStore {
   private data: Buffer;
   readonly description: string;
 
-  constructor(size: number) {
+  constructor(
+    size: number,
+    private readonly fill: RamFill = 'zero',
+  ) {
     this.data = Buffer.alloc(size);
-    this.description = `RAM disk of ${size} bytes`;
+    if (fill === 'sectors') fillSectorNumbers(this.data, 0);
+    this.description = `RAM disk of ${size} bytes${fill === 'sectors' ? ', filled with sector numbers' : ''}`;
   }
 
   get size(): number {
@@ -45,6 +70,8 @@ export class RamStore implements BlockStore {
   resize(bytes: number): void {
     const data = Buffer.alloc(bytes);
     this.data.copy(data, 0, 0, Math.min(bytes, this.data.length));
+    if (this.fill === 'sectors' && bytes > this.data.length)
+      fillSectorNumbers(data.subarray(this.data.length), this.data.length);
     this.data = data;
   }
 

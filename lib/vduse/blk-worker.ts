@@ -97,7 +97,7 @@ async function main(): Promise<void> {
   }
   const store: BlockStore =
     config.ramBytes !== undefined
-      ? new RamStore(config.ramBytes)
+      ? new RamStore(config.ramBytes, config.fill)
       : FileStore.open(config.file as string, config.readOnly, config.fileSize);
   const handler = new BlkRequestHandler({
     store,

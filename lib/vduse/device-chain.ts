@@ -27,6 +27,7 @@ export class ChainRecord implements DeviceChain {
   error: VdpaError | undefined = undefined;
   /** Ring descriptors the chain occupies (packed: how far push() moves the used slot). */
   descriptors = 0;
+  secondDescriptor: number | undefined = undefined;
   /** Buffers described so far (ring and indirect). */
   segments = 0;
   /** Popped and not yet pushed. */
@@ -42,6 +43,7 @@ export class ChainRecord implements DeviceChain {
     this.writableBytes = 0;
     this.error = undefined;
     this.descriptors = 0;
+    this.secondDescriptor = undefined;
     this.segments = 0;
   }
 }

@@ -140,6 +140,7 @@ export class PackedDeviceQueue extends DeviceQueueBase implements DeviceQueue {
     }
     const chain = this.takeChain(desc16[last * 8 + 6]);
     chain.descriptors = count;
+    if (count > 1) chain.secondDescriptor = head + 1 === this.size ? 0 : head + 1;
     this.#nextAvail += count;
     if (this.#nextAvail >= this.size) {
       this.#nextAvail -= this.size;

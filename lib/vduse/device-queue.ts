@@ -47,6 +47,13 @@ export interface DeviceChain {
   readonly readable: Buffer[];
   /** Views of the device-writable buffers, in order. */
   readonly writable: Buffer[];
+  /**
+   * Ring index of the chain's second descriptor (split: the head's `next`;
+   * packed: the slot after the head), or undefined when the chain is one ring
+   * descriptor (an indirect chain, or a lone buffer). Only the `not-head`
+   * fault uses it: a used id that is in flight but is not a head.
+   */
+  readonly secondDescriptor: number | undefined;
   /** Total bytes of `readable`. */
   readonly readableBytes: number;
   /** Total bytes of `writable` (the most `push()` may report). */

@@ -162,6 +162,7 @@ export class SplitDeviceQueue extends DeviceQueueBase implements DeviceQueue {
         this.fail(chain, `descriptor ${i} has next ${next}, outside the ${this.size}-entry table`);
         return;
       }
+      if (count === 1) chain.secondDescriptor = next;
       i = next;
     }
   }

@@ -135,11 +135,15 @@ export class VduseDevice {
     this.file.ioctl(uapi.VDUSE_VQ_INJECT_IRQ, 'VDUSE_VQ_INJECT_IRQ', uapi.encodeU32(index));
   }
 
-  /** VDUSE_DEV_SET_CONFIG, then VDUSE_DEV_INJECT_CONFIG_IRQ when the driver is running. */
-  updateConfig(offset: number, bytes: Uint8Array): void {
+  /**
+   * VDUSE_DEV_SET_CONFIG, then VDUSE_DEV_INJECT_CONFIG_IRQ when the driver is running.
+   * @returns Whether the config interrupt was raised (false: no driver at DRIVER_OK to tell).
+   */
+  updateConfig(offset: number, bytes: Uint8Array): boolean {
     this.file.ioctl(uapi.VDUSE_DEV_SET_CONFIG, 'VDUSE_DEV_SET_CONFIG', uapi.encodeConfigData(offset, bytes));
-    if ((this.status & STATUS_DRIVER_OK) !== 0)
-      this.file.ioctl(uapi.VDUSE_DEV_INJECT_CONFIG_IRQ, 'VDUSE_DEV_INJECT_CONFIG_IRQ');
+    if ((this.status & STATUS_DRIVER_OK) === 0) return false;
+    this.file.ioctl(uapi.VDUSE_DEV_INJECT_CONFIG_IRQ, 'VDUSE_DEV_INJECT_CONFIG_IRQ');
+    return true;
   }
 
   /** Stops serving, closes /dev/vduse/NAME and destroys the device (EBUSY while still a vdpa device). */

@@ -7,6 +7,7 @@
  * | spec | effect on request N (requests numbered from 1 over the device's life) |
  * | --- | --- |
  * | `bad-id@N` | its used entry names id `queue size + 7` ({@link badUsedId}) instead of its own; the chain itself is never completed |
+ * | `not-head@N` | its used entry names the ring index of the chain's second descriptor (in flight, but not a head; {@link notHeadUsedId}); the chain itself is never completed |
  * | `dup@N` | its used entry is written twice |
  * | `bad-len@N` | its used length is its writable bytes + 4096 ({@link badUsedLength}) |
  * | `ioerr-every:N` | every Nth request (N, 2N, …) completes with VIRTIO_BLK_S_IOERR, doing no I/O |
@@ -22,7 +23,7 @@ import { ErrorCodes, VdpaError } from '../errors';
 
 /** One parsed `--fault` spec. */
 export type FaultSpec =
-  | { kind: 'bad-id' | 'dup' | 'bad-len' | 'stall'; request: number }
+  | { kind: 'bad-id' | 'not-head' | 'dup' | 'bad-len' | 'stall'; request: number }
   | { kind: 'ioerr-every'; every: number }
   | { kind: 'slow'; ms: number }
   | { kind: 'resize'; request: number; bytes: number };
@@ -30,15 +31,17 @@ export type FaultSpec =
 /**
  * What the device does to one request, in the order it applies them: `stall`
  * (alone: nothing else happens), `ioerr` (status IOERR instead of the I/O),
- * `delay` (complete `ms` later), then at completion `bad-id` / `bad-len`
- * (the used entry's id / length, through `DeviceQueue.pushRaw`), `dup` (a
- * second identical used entry), and after the flush `resize`.
+ * `delay` (complete `ms` later), then at completion `bad-id` or else
+ * `not-head` (the used entry's id) and `bad-len` (its length), written
+ * through `DeviceQueue.pushRaw`, `dup` (a second identical used entry), and
+ * after the flush `resize`.
  */
 export type FaultAction =
   | { kind: 'stall' }
   | { kind: 'ioerr' }
   | { kind: 'delay'; ms: number }
   | { kind: 'bad-id' }
+  | { kind: 'not-head' }
   | { kind: 'bad-len' }
   | { kind: 'dup' }
   | { kind: 'resize'; bytes: number };
@@ -46,11 +49,22 @@ export type FaultAction =
 /** The used id a `bad-id` fault writes: outside the ring, as faulty-blk does (`size + 7`). */
 export const badUsedId = (queueSize: number): number => queueSize + 7;
 
+/**
+ * The used id a `not-head` fault writes, as faulty-blk does: the ring index of
+ * the chain's second descriptor (split: the head's `next`; packed: the slot
+ * after the head) — a descriptor in flight that is not a head. A chain that is
+ * one ring descriptor (an indirect chain) has none: then `queue size`, out of
+ * range, as faulty-blk writes for a one-descriptor chain.
+ */
+export const notHeadUsedId = (secondDescriptor: number | undefined, queueSize: number): number =>
+  secondDescriptor ?? queueSize;
+
 /** The used length a `bad-len` fault writes: 4096 bytes more than the chain can hold, as faulty-blk does. */
 export const badUsedLength = (writableBytes: number): number => writableBytes + 4096;
 
-const FORMS = 'bad-id@N, dup@N, bad-len@N, ioerr-every:N, stall@N, slow:MS, resize@N:BYTES';
-const AT_FAULTS = new Set(['bad-id', 'dup', 'bad-len', 'stall']);
+const FORMS = 'bad-id@N, not-head@N, dup@N, bad-len@N, ioerr-every:N, stall@N, slow:MS, resize@N:BYTES';
+const AT_FAULTS = new Set(['bad-id', 'not-head', 'dup', 'bad-len', 'stall']);
+type AtFault = 'bad-id' | 'not-head' | 'dup' | 'bad-len' | 'stall';
 
 function badSpec(spec: string, why: string): VdpaError {
   return new VdpaError(`--fault '${spec}': ${why} (one of ${FORMS}; N ≥ 1)`, {
@@ -78,7 +92,7 @@ function parseOne(spec: string): FaultSpec {
       return { kind, request: positive(n, spec, 'N'), bytes: size };
     }
     if (AT_FAULTS.has(kind) && bytes === undefined) {
-      return { kind: kind as 'bad-id' | 'dup' | 'bad-len' | 'stall', request: positive(n, spec, 'N') };
+      return { kind: kind as AtFault, request: positive(n, spec, 'N') };
     }
   }
   const colon = /^([a-z-]+):(.+)$/.exec(spec);
@@ -171,7 +185,9 @@ export class FaultPlan {
     if (this.faults.some((f) => f.kind === 'ioerr-every' && request % f.every === 0))
       actions.push({ kind: 'ioerr' });
     for (const f of this.faults) if (f.kind === 'slow') actions.push({ kind: 'delay', ms: f.ms });
+    // One used id per completion: bad-id wins over not-head, as in faulty-blk.
     if (hits('bad-id')) actions.push({ kind: 'bad-id' });
+    else if (hits('not-head')) actions.push({ kind: 'not-head' });
     if (hits('bad-len')) actions.push({ kind: 'bad-len' });
     if (hits('dup')) actions.push({ kind: 'dup' });
     for (const f of this.faults) {

@@ -11,6 +11,8 @@ export interface BlkWorkerConfig {
   name: string;
   /** RAM disk size in bytes, or undefined for a file. */
   ramBytes?: number;
+  /** RAM disk content (default zeros). */
+  fill?: 'zero' | 'sectors';
   file?: string;
   /** Create or grow the file to this size. */
   fileSize?: number;

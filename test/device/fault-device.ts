@@ -1,28 +1,39 @@
 /**
- * Harness for the fault-injecting VDUSE block device (test/fault-device/faulty-blk.c, built into
- * build/faulty-blk by scripts/build-fault-device.mjs; see docs/hostile.md). Runs inside the lab VM.
+ * Harness for the hostile-device suite's devices (see docs/hostile.md), with one interface, {@link FaultyBlk}, and
+ * two backends that misbehave alike:
  *
- * {@link startFaultyBlk} spawns the daemon, waits until it serves messages, creates the vdpa device with
- * iproute2's `vdpa` (a child process: `vdpa dev add/del` wait on the daemon, and must never block this event
- * loop — which the SIGKILL test measures), and waits for /dev/vhost-vdpa-N. `stop()` deletes the vdpa device,
- * then ends the daemon with SIGTERM (it destroys the VDUSE device itself); after the daemon was killed,
- * `faulty-blk --destroy NAME` removes the orphaned VDUSE device. Names are `fblk-<pid>-<n>`, which no lab
- * device uses; the vhost-vdpa minor is the lowest free one, above the lab's five.
+ * - {@link startFaultyBlk}: the C fault daemon (test/fault-device/faulty-blk.c, built into build/faulty-blk by
+ *   scripts/build-fault-device.mjs); names `fblk-<pid>-<n>`.
+ * - {@link startVduseBlk}: our own TypeScript device, `vhost-vdpa vduse blk --ram … --no-attach --json` (the CLI,
+ *   dist/cli/main.js) as a child process — never in the driver's process, so SIGKILL kills only the device;
+ *   names `vblk-<pid>-<n>`.
+ *
+ * Each runs inside the lab VM. The harness spawns the daemon, waits until it serves messages, sets msg_timeout,
+ * creates the vdpa device with iproute2's `vdpa` (a child process: `vdpa dev add/del` wait on the daemon, and must
+ * never block this event loop — which the SIGKILL test measures), and waits for /dev/vhost-vdpa-N. `stop()`
+ * deletes the vdpa device, then ends the daemon with SIGTERM (it destroys the VDUSE device itself); after the
+ * daemon was killed, the orphaned VDUSE device is destroyed (`faulty-blk --destroy NAME`, or VDUSE_DESTROY_DEV
+ * from this process for ours). The vhost-vdpa minor is the lowest free one, above the lab's five.
  */
 import { execFile, spawn, type ChildProcess } from 'node:child_process';
-import { existsSync, mkdtempSync, readdirSync, readlinkSync, rmSync } from 'node:fs';
+import { existsSync, mkdtempSync, readdirSync, readlinkSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
 import { promisify } from 'node:util';
+
+import { VduseControl } from '../../lib/vduse/control';
 
 const run = promisify(execFile);
 
 /** Where scripts/build-fault-device.mjs puts the daemon (dist-test/test/device → the project root). */
 export const FAULTY_BLK = resolve(__dirname, '..', '..', '..', 'build', 'faulty-blk');
 
+/** Our CLI, compiled (dist-test/test/device → the project root). */
+export const VHOST_VDPA_CLI = resolve(__dirname, '..', '..', '..', 'dist', 'cli', 'main.js');
+
 /** Options for {@link startFaultyBlk}. */
 export interface FaultyBlkOptions {
-  /** Fault specs, e.g. `['bad-id@5', 'ioerr-every:3']` (see docs/hostile.md). */
+  /** Fault specs, e.g. `['bad-id@5', 'ioerr-every:3']` (see docs/hostile.md; both backends take the same). */
   faults?: string[];
   /** Disk size in bytes (default 16 MiB). */
   sizeBytes?: number;
@@ -47,7 +58,7 @@ export function sectorPattern(offset: number, length: number): Buffer {
   return out;
 }
 
-/** A running fault device. */
+/** A running fault device (either backend). */
 export interface FaultyBlk {
   /** vdpa (and VDUSE) device name. */
   readonly name: string;
@@ -55,7 +66,10 @@ export interface FaultyBlk {
   readonly chardev: string;
   /** The daemon's pid. */
   readonly pid: number;
-  /** Everything the daemon printed on stderr so far (what it did: faults applied, resets, …). */
+  /**
+   * Everything the daemon printed on stderr so far (what it did: faults applied, resets, …). Both backends print
+   * the same lines for faults (`request N queue Q: KIND: …`), resizes and DRIVER_OK; each adds its own prefix.
+   */
   log(): string;
   /** Resolves when the daemon's log matches `pattern` (or rejects after `timeoutMs` with the log). */
   waitForLog(pattern: RegExp, timeoutMs?: number): Promise<string>;
@@ -101,6 +115,19 @@ function exitPromise(child: ChildProcess): Promise<void> {
   });
 }
 
+/** How one backend starts its daemon, knows it is ready, and removes what a killed daemon left. */
+interface Backend {
+  /** For messages: "faulty-blk" or "vhost-vdpa vduse blk". */
+  label: string;
+  name: string;
+  command: string;
+  args: string[];
+  /** Whether the daemon serves messages yet, from what it printed so far. */
+  ready(stdout: string): boolean;
+  /** Destroys the VDUSE device a daemon that did not exit cleanly left behind. */
+  destroyOrphan(): Promise<void>;
+}
+
 /** Starts build/faulty-blk and puts a vdpa device on it (see the module comment). */
 export async function startFaultyBlk(options: FaultyBlkOptions = {}): Promise<FaultyBlk> {
   if (!existsSync(FAULTY_BLK))
@@ -114,9 +141,76 @@ export async function startFaultyBlk(options: FaultyBlkOptions = {}): Promise<Fa
   if (options.msgTimeoutSec !== undefined) args.push('--msg-timeout', String(options.msgTimeoutSec));
   if (options.fill !== undefined) args.push('--fill', options.fill);
   for (const fault of options.faults ?? []) args.push('--fault', fault);
+  try {
+    return await startDaemon({
+      label: 'faulty-blk',
+      name,
+      command: FAULTY_BLK,
+      args,
+      ready: () => existsSync(readyFile),
+      destroyOrphan: async () => void (await run(FAULTY_BLK, ['--destroy', name])),
+    });
+  } finally {
+    rmSync(tmp, { recursive: true, force: true }); // the ready file is read only while starting
+  }
+}
 
-  const child = spawn(FAULTY_BLK, args, { stdio: ['ignore', 'ignore', 'pipe'] });
+/**
+ * Starts our own device, `vhost-vdpa vduse blk` (a RAM disk; faults as `--fault`), in a child process and puts a
+ * vdpa device on it — the same lifecycle as {@link startFaultyBlk}. msg_timeout is written by the harness
+ * between the device's creation and `vdpa dev add`, as faulty-blk does it itself.
+ */
+export async function startVduseBlk(options: FaultyBlkOptions = {}): Promise<FaultyBlk> {
+  if (!existsSync(VHOST_VDPA_CLI)) throw new Error(`${VHOST_VDPA_CLI} is missing: compile first (npx tsc)`);
+  const name = `vblk-${process.pid}-${++started}`;
+  const args = [
+    VHOST_VDPA_CLI,
+    'vduse',
+    'blk',
+    '--name',
+    name,
+    '--ram',
+    String(options.sizeBytes ?? 16 << 20),
+  ];
+  args.push('--no-attach', '--json');
+  if (options.queues !== undefined) args.push('--queues', String(options.queues));
+  if (options.queueSize !== undefined) args.push('--queue-size', String(options.queueSize));
+  if (options.fill !== undefined) args.push('--fill', options.fill);
+  for (const fault of options.faults ?? []) args.push('--fault', fault);
+  const fault = await startDaemon({
+    label: 'vhost-vdpa vduse blk',
+    name,
+    command: process.execPath,
+    args,
+    // The CLI prints its JSON summary once the worker serves the device (and its signal handlers are in).
+    ready: (stdout) => {
+      try {
+        JSON.parse(stdout); // one (pretty-printed) JSON object: complete once it parses
+        return true;
+      } catch {
+        return false;
+      }
+    },
+    destroyOrphan: async () => {
+      const control = VduseControl.open();
+      try {
+        control.destroy(name);
+      } finally {
+        control.close();
+      }
+    },
+    ...(options.msgTimeoutSec === undefined ? {} : { msgTimeoutSec: options.msgTimeoutSec }),
+  });
+  return fault;
+}
+
+/** Spawns a backend's daemon, waits until it is ready, attaches the vdpa device (see the module comment). */
+async function startDaemon(backend: Backend & { msgTimeoutSec?: number }): Promise<FaultyBlk> {
+  const { name, label } = backend;
+  const child = spawn(backend.command, backend.args, { stdio: ['ignore', 'pipe', 'pipe'] });
   let log = '';
+  let stdout = '';
+  child.stdout?.setEncoding('utf8').on('data', (chunk: string) => (stdout += chunk));
   child.stderr?.setEncoding('utf8').on('data', (chunk: string) => {
     log += chunk;
     if (process.env.VDPA_FAULT_VERBOSE) process.stderr.write(chunk);
@@ -137,7 +231,7 @@ export async function startFaultyBlk(options: FaultyBlkOptions = {}): Promise<Fa
       }
       // With a dead daemon the kernel waits msg_timeout for the reset message, then marks the device broken.
       await run('vdpa', ['dev', 'del', name]).catch((error: Error) => {
-        throw new Error(`vdpa dev del ${name} failed: ${error.message}\ndaemon log:\n${log}`);
+        throw new Error(`vdpa dev del ${name} failed: ${error.message}\n${label} log:\n${log}`);
       });
     }
     const killedBefore = child.exitCode !== null || child.signalCode !== null;
@@ -148,19 +242,22 @@ export async function startFaultyBlk(options: FaultyBlkOptions = {}): Promise<Fa
       clearTimeout(timer);
     }
     // A daemon that did not exit cleanly (killed, or it could not destroy) leaves /dev/vduse/NAME behind.
-    if (existsSync(`/dev/vduse/${name}`)) await run(FAULTY_BLK, ['--destroy', name]);
-    rmSync(tmp, { recursive: true, force: true });
+    if (existsSync(`/dev/vduse/${name}`)) await backend.destroyOrphan();
   };
 
   try {
-    for (let waited = 0; !existsSync(readyFile); waited += 20) {
-      if (child.exitCode !== null || child.signalCode !== null || waited > 10000)
-        throw new Error(`faulty-blk did not get ready (exit ${child.exitCode ?? child.signalCode}):\n${log}`);
+    // Generous: under the lab's TCG our CLI needs ~8 s to its summary (node alone 1.8 s, loading the CLI's
+    // modules ~5.5 s, the worker ~1 s; lab run 2026-11-30), faulty-blk well under one.
+    for (let waited = 0; !backend.ready(stdout); waited += 20) {
+      if (child.exitCode !== null || child.signalCode !== null || waited > 60000)
+        throw new Error(`${label} did not get ready (exit ${child.exitCode ?? child.signalCode}):\n${log}`);
       await sleep(20);
     }
+    if (backend.msgTimeoutSec !== undefined)
+      writeFileSync(`/sys/class/vduse/${name}/msg_timeout`, `${backend.msgTimeoutSec}\n`);
     await run('vdpa', ['dev', 'add', 'name', name, 'mgmtdev', 'vduse']).catch((error: Error) => {
       throw new Error(
-        `vdpa dev add name ${name} mgmtdev vduse failed: ${error.message}\ndaemon log:\n${log}`,
+        `vdpa dev add name ${name} mgmtdev vduse failed: ${error.message}\n${label} log:\n${log}`,
       );
     });
     vdpaAdded = true;
@@ -179,7 +276,7 @@ export async function startFaultyBlk(options: FaultyBlkOptions = {}): Promise<Fa
       async waitForLog(pattern: RegExp, timeoutMs = 5000): Promise<string> {
         for (let waited = 0; !pattern.test(log); waited += 20) {
           if (waited > timeoutMs)
-            throw new Error(`faulty-blk never logged ${String(pattern)}; its log:\n${log}`);
+            throw new Error(`${label} never logged ${String(pattern)}; its log:\n${log}`);
           await sleep(20);
         }
         return log;

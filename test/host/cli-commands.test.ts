@@ -277,6 +277,8 @@ describe('cli: help, version, completion and parse errors', () => {
       [['dev', 'show', 'blk0', '-x'], /unknown option -x/],
       [['completion', 'zsh'], /no completion for "zsh": only bash/],
       [['completion'], /missing SHELL/],
+      [['vduse', 'blk', '--name', 'v', '--file', 'x.img', '--fill', 'sectors'], /--fill goes with --ram/],
+      [['vduse', 'blk', '--name', 'v', '--ram', '1M', '--fill', 'stripes'], /--fill must be zero or sectors/],
     ];
     for (const [argv, message] of cases) {
       const { code, err } = await cli(argv);

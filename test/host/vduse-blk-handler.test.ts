@@ -13,15 +13,29 @@ import {
 } from '../../lib/blk/protocol';
 import { ErrorCodes, VdpaError } from '../../lib/errors';
 import { BlkRequestHandler, sliceViews } from '../../lib/vduse/blk-handler';
-import { RamStore } from '../../lib/vduse/blk-store';
+import { fillSectorNumbers, RamStore } from '../../lib/vduse/blk-store';
 import type { VduseDevice } from '../../lib/vduse/device';
 import type { DeviceChain, DeviceQueue, DeviceQueueState } from '../../lib/vduse/device-queue';
 import { FaultPlan } from '../../lib/vduse/faults';
 
 /** A chain as pop() hands it out: views of plain Buffers. */
-function chain(id: number, readable: Buffer[], writable: Buffer[], error?: VdpaError): DeviceChain {
+function chain(
+  id: number,
+  readable: Buffer[],
+  writable: Buffer[],
+  error?: VdpaError,
+  secondDescriptor?: number,
+): DeviceChain {
   const sum = (list: Buffer[]): number => list.reduce((n, b) => n + b.length, 0);
-  return { id, readable, writable, readableBytes: sum(readable), writableBytes: sum(writable), error };
+  return {
+    id,
+    readable,
+    writable,
+    readableBytes: sum(readable),
+    writableBytes: sum(writable),
+    error,
+    secondDescriptor,
+  };
 }
 
 function header(type: number, sector: number): Buffer {
@@ -76,6 +90,7 @@ function fakeDevice(): VduseDevice & { notified: number; configWrites: Buffer[] 
     },
     updateConfig(_offset: number, bytes: Uint8Array) {
       device.configWrites.push(Buffer.from(bytes));
+      return true;
     },
   };
   return device as unknown as VduseDevice & { notified: number; configWrites: Buffer[] };
@@ -91,7 +106,9 @@ async function serve(
   store: RamStore;
   handler: BlkRequestHandler;
   device: ReturnType<typeof fakeDevice>;
+  log: string[];
 }> {
+  const log: string[] = [];
   const store = options.store ?? new RamStore(1 << 20);
   const faults = options.faults;
   const handler = new BlkRequestHandler({
@@ -99,12 +116,13 @@ async function serve(
     readOnly: options.readOnly ?? false,
     serial: 'serial-123',
     ...(faults === undefined ? {} : { faults: new FaultPlan(faults) }),
+    log: (line) => log.push(line),
   });
   const queue = new FakeQueue([...chains]);
   const device = fakeDevice();
   handler.onKick(queue, device);
   await tick();
-  return { queue, store, handler, device };
+  return { queue, store, handler, device, log };
 }
 
 describe('VDUSE virtio-blk request handler (host, fake queue)', () => {
@@ -229,12 +247,119 @@ describe('VDUSE virtio-blk request handler (host, fake queue)', () => {
     assert.equal(handler.stats.faults, 6);
   });
 
+  it("not-head@N names the chain's second descriptor, or the queue size for a one-descriptor chain", async () => {
+    const flush = (id: number, second?: number): DeviceChain =>
+      chain(id, [header(VIRTIO_BLK_T_FLUSH, 0)], [Buffer.alloc(1)], undefined, second);
+    const { queue, handler } = await serve([flush(4, 9), flush(5), flush(6, 2), flush(7, 3)], {
+      faults: ['not-head@1', 'not-head@2', 'not-head@3', 'bad-id@3', 'dup@4'],
+    });
+    assert.deepEqual(queue.used, [
+      { id: 9, written: 1, raw: true },
+      { id: 16, written: 1, raw: true },
+      { id: 16 + 7, written: 1, raw: true }, // bad-id wins over not-head, as in faulty-blk
+      { id: 7, written: 1, raw: true },
+      { id: 7, written: 1, raw: true },
+    ]);
+    assert.equal(handler.stats.faults, 4);
+  });
+
+  it("logs every fault it applies in faulty-blk's format (the hostile-device suite waits for these lines)", async () => {
+    const read = (id: number, second: number): DeviceChain =>
+      chain(id, [header(VIRTIO_BLK_T_IN, 0)], [Buffer.alloc(512), Buffer.alloc(1)], undefined, second);
+    const { log } = await serve(
+      [1, 2, 3, 4, 5, 6].map((id) => read(id, id + 8)),
+      {
+        faults: [
+          'bad-id@1',
+          'not-head@2',
+          'bad-len@3',
+          'dup@4',
+          'stall@5',
+          'ioerr-every:6',
+          'resize@6:2097152',
+        ],
+      },
+    );
+    await tick();
+    assert.deepEqual(log, [
+      'request 1 queue 0: bad-id: used.id 23 (queue size 16) instead of head 1',
+      'request 2 queue 0: not-head: used.id 10 (a descriptor inside the chain) instead of head 2',
+      'request 3 queue 0: bad-len: used.len 4609, the chain has 513 writable bytes',
+      'request 4 queue 0: dup: head 4 completed twice',
+      'request 5 queue 0 head 5 (type 0): stall: never completed',
+      'request 6 queue 0 (type 0): ioerr',
+      'capacity is now 2097152 bytes (4096 sectors); config interrupt sent',
+    ]);
+    const bad = chain(1, [], [], new VdpaError('a loop', { code: ErrorCodes.QUEUE_CORRUPT }));
+    assert.deepEqual((await serve([bad])).log, [
+      'request 1 queue 0 head 1: a loop: completed with used.len 0',
+    ]);
+  });
+
+  it('a resize fault on a device that refuses the ioctl logs the error and goes on serving', async () => {
+    const store = new RamStore(1 << 20);
+    const handler = new BlkRequestHandler({
+      store,
+      readOnly: false,
+      serial: 's',
+      faults: new FaultPlan('resize@1:2097152'),
+      log: (line) => log.push(line),
+    });
+    const log: string[] = [];
+    const device = fakeDevice();
+    device.updateConfig = () => {
+      throw new VdpaError('VDUSE_DEV_SET_CONFIG: EPERM', { code: 'EPERM' });
+    };
+    const queue = new FakeQueue([chain(1, [header(VIRTIO_BLK_T_FLUSH, 0)], [Buffer.alloc(1)])]);
+    handler.onKick(queue, device);
+    await tick();
+    assert.deepEqual(queue.used, [{ id: 1, written: 1 }]);
+    assert.deepEqual(log, ['resize to 2097152 bytes: VDUSE_DEV_SET_CONFIG: EPERM']);
+  });
+
   it('slow:MS completes every request MS milliseconds late', async () => {
     const c = chain(1, [header(VIRTIO_BLK_T_FLUSH, 0)], [Buffer.alloc(1)]);
-    const { queue } = await serve([c], { faults: ['slow:40'] });
-    assert.equal(queue.used.length, 0);
+    const bad = chain(2, [Buffer.alloc(8)], [Buffer.alloc(1)]);
+    const { queue, log } = await serve([c, bad], { faults: ['slow:40'] });
+    assert.equal(queue.used.length, 0, 'a malformed chain is late too, as in faulty-blk');
     await new Promise((r) => setTimeout(r, 80));
-    assert.deepEqual(queue.used, [{ id: 1, written: 1 }]);
+    assert.deepEqual(queue.used, [
+      { id: 1, written: 1 },
+      { id: 2, written: 0 },
+    ]);
+    assert.deepEqual(log, [
+      'request 1 queue 0: slow: completing in 40 ms',
+      'request 2 queue 0 head 2: no readable 16-byte request header: completed with used.len 0',
+      'request 2 queue 0: slow: completing in 40 ms',
+    ]);
+  });
+
+  it("RamStore fill 'sectors' puts each sector's number in every 8 bytes, also in the space a resize adds", () => {
+    const expected = (offset: number, length: number): Buffer => {
+      const out = Buffer.alloc(length);
+      for (let i = 0; i < length; i += 8) out.writeBigUInt64LE(BigInt(Math.floor((offset + i) / 512)), i);
+      return out;
+    };
+    const store = new RamStore(8192, 'sectors');
+    const all = Buffer.alloc(8192);
+    store.read(0, [all]);
+    assert.ok(all.equals(expected(0, 8192)));
+    store.write(0, [Buffer.alloc(512, 1)]);
+    store.resize(16384);
+    const grown = Buffer.alloc(16384);
+    store.read(0, [grown]);
+    assert.ok(grown.subarray(0, 512).equals(Buffer.alloc(512, 1)), 'written data survives the resize');
+    assert.ok(grown.subarray(512).equals(expected(512, 16384 - 512)), 'old and new space hold the pattern');
+    const beyond4G = Buffer.alloc(16);
+    fillSectorNumbers(beyond4G, 2 ** 32 * 512 + 504);
+    assert.equal(beyond4G.readBigUInt64LE(0), 2n ** 32n, 'sector numbers above 32 bits');
+    assert.equal(beyond4G.readBigUInt64LE(8), 2n ** 32n + 1n);
+    const zero = Buffer.alloc(4096, 0xff);
+    new RamStore(4096).read(0, [zero]);
+    assert.ok(
+      zero.every((b) => b === 0),
+      'the default fill is zeros',
+    );
   });
 
   it('sliceViews covers exactly the asked bytes across buffer boundaries', () => {

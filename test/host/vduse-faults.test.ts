@@ -1,6 +1,13 @@
 import { strict as assert } from 'node:assert';
 import { ErrorCodes, VdpaError } from '../../lib/errors';
-import { badUsedId, badUsedLength, FaultPlan, formatFault, parseFaults } from '../../lib/vduse/faults';
+import {
+  badUsedId,
+  badUsedLength,
+  FaultPlan,
+  formatFault,
+  notHeadUsedId,
+  parseFaults,
+} from '../../lib/vduse/faults';
 
 function rejects(spec: string | string[], pattern: RegExp): void {
   assert.throws(
@@ -19,6 +26,7 @@ describe('VDUSE fault plans', () => {
     assert.deepEqual(
       parseFaults([
         'bad-id@3,dup@4',
+        'not-head@0x3',
         'bad-len@0x5',
         'ioerr-every:3',
         'stall@7',
@@ -28,6 +36,7 @@ describe('VDUSE fault plans', () => {
       [
         { kind: 'bad-id', request: 3 },
         { kind: 'dup', request: 4 },
+        { kind: 'not-head', request: 3 },
         { kind: 'bad-len', request: 5 },
         { kind: 'ioerr-every', every: 3 },
         { kind: 'stall', request: 7 },
@@ -43,7 +52,9 @@ describe('VDUSE fault plans', () => {
     );
   });
   it('rejects a bad spec with ERR_INVALID_ARG naming it and the valid forms', () => {
-    rejects('explode@3', /'explode@3': unknown fault \(one of bad-id@N, .*resize@N:BYTES/);
+    rejects('explode@3', /'explode@3': unknown fault \(one of bad-id@N, not-head@N, .*resize@N:BYTES/);
+    rejects('not-head@0', /'not-head@0': N must be a positive integer/);
+    rejects('not-head:3', /'not-head:3': unknown fault/);
     rejects('stall:3', /'stall:3': unknown fault/);
     rejects('ioerr-every@3', /unknown fault/);
     rejects('bad-id@0', /'bad-id@0': N must be a positive integer, got '0'/);
@@ -91,7 +102,18 @@ describe('VDUSE fault plans', () => {
       message: /start at 1/,
     });
   });
+  it('not-head gives way to bad-id on the same request (one used id), and combines with the rest', () => {
+    assert.deepEqual(new FaultPlan('not-head@2,bad-len@2,dup@2').next(2), [
+      { kind: 'not-head' },
+      { kind: 'bad-len' },
+      { kind: 'dup' },
+    ]);
+    assert.deepEqual(new FaultPlan('not-head@2,bad-id@2').next(2), [{ kind: 'bad-id' }]);
+    assert.equal(formatFault({ kind: 'not-head', request: 7 }), 'not-head@7');
+  });
   it('bends ids and lengths as faulty-blk does', () => {
+    assert.equal(notHeadUsedId(5, 256), 5, "the chain's second descriptor");
+    assert.equal(notHeadUsedId(undefined, 256), 256, 'no second ring descriptor: the queue size');
     assert.equal(badUsedId(256), 263);
     assert.equal(badUsedLength(513), 4609);
   });
