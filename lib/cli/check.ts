@@ -5,7 +5,6 @@
  * @module
  */
 import { writeFileSync } from 'node:fs';
-import { formatCheckTable, formatJUnit, runChecks } from '../check';
 import { expectPositionals, JSON_OPTION, stringOption } from './args';
 import type { Command } from './context';
 import { devicePath, intOption } from './device-arg';
@@ -42,6 +41,8 @@ export const checkCommand: Command = {
   },
   async run(args, ctx) {
     const [dev] = expectPositionals(args, ['DEV']) as [string];
+    // Loaded here, not at the top: the CLI loads every command module to dispatch (see run.ts).
+    const { formatCheckTable, formatJUnit, runChecks } = await import('../check');
     const report = await runChecks(devicePath(dev, ctx), {
       destructive: args.options.destructive === true,
       checkTimeoutMs: intOption(args, 'timeout', 30000, 100, 3_600_000),

@@ -2,7 +2,7 @@
  * What a CLI command needs from the outside world, injectable for tests.
  * @module
  */
-import { VdpaManager, type VdpaManagement } from '../mgmt/vdpa';
+import type { VdpaManagement } from '../mgmt/vdpa';
 import { SYSTEM_PATHS, type SystemPaths } from '../mgmt/sysfs';
 import type { OptionSpec, ParsedArgs } from './args';
 
@@ -37,7 +37,8 @@ export function defaultContext(): CliContext {
   return {
     stdout: (text) => process.stdout.write(text),
     stderr: (text) => process.stderr.write(text),
-    openManager: () => VdpaManager.open(),
+    // Loaded on first use: most commands never talk netlink (see run.ts on start-up cost).
+    openManager: async () => (await import('../mgmt/vdpa')).VdpaManager.open(),
     paths: SYSTEM_PATHS,
     env: process.env,
   };

@@ -6,7 +6,7 @@
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 
-import { VhostVdpaDevice, type DeviceCapabilities } from '../device';
+import type { DeviceCapabilities, VhostVdpaDevice } from '../device';
 import { ErrorCodes, VdpaError } from '../errors';
 import { decodeBackendFeatures, decodeFeatures, decodeStatus } from '../features';
 import { describeBinding, describeHolders, findHolders, listBusDevices, resolveCharDev } from '../mgmt/sysfs';
@@ -79,11 +79,11 @@ export function nameOfCharDev(devPath: string, paths: SystemPaths): string | und
 }
 
 /** Opens `devPath` and gathers the report (the device is closed again). */
-export function probeDevice(devPath: string, paths: SystemPaths): DeviceReport {
+function probeDevice(Device: typeof VhostVdpaDevice, devPath: string, paths: SystemPaths): DeviceReport {
   let device: VhostVdpaDevice;
   try {
     // Owner: vhost refuses vring ioctls (GET_VRING_SIZE, GET_VRING_GROUP) to a non-owner with EPERM.
-    device = VhostVdpaDevice.open(devPath);
+    device = Device.open(devPath);
   } catch (error) {
     if (error instanceof VdpaError && error.code === 'EBUSY') {
       const holders = findHolders(devPath, paths);
@@ -281,7 +281,9 @@ export const info: Command = {
     const paths: string[] = [];
     for (const t of targets)
       paths.push(t.startsWith('/') ? t : await resolveCharDev(t, { paths: ctx.paths, timeoutMs: 2000 }));
-    const reports = paths.map((p) => probeDevice(p, ctx.paths));
+    // Loaded here, not at the top (it loads the addon): the CLI loads every command module (see run.ts).
+    const { VhostVdpaDevice } = await import('../device');
+    const reports = paths.map((p) => probeDevice(VhostVdpaDevice, p, ctx.paths));
     let manager: VdpaManagement | VdpaError;
     try {
       manager = await ctx.openManager();

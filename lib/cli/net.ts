@@ -5,7 +5,6 @@
  */
 import { writeFileSync } from 'node:fs';
 import { formatMac, parseMac } from '../net/mac';
-import { NetDevice } from '../net/net-device';
 import { expectPositionals, JSON_OPTION, stringOption, UsageError } from './args';
 import { devicePath, intOption } from './device-arg';
 import type { Command } from './context';
@@ -63,6 +62,7 @@ export const netSend: Command = {
     const count = intOption(args, 'count', 1, 1, 2 ** 32 - 1);
     const size = intOption(args, 'size', 64, 18, 65535);
     const dst = parseMac(stringOption(args, 'dst') ?? 'ff:ff:ff:ff:ff:ff', '--dst');
+    const { NetDevice } = await import('../net/net-device'); // on use: see run.ts
     const nic = NetDevice.open(devicePath(dev as string, ctx));
     try {
       if (size > nic.maxFrameSize) {
@@ -131,6 +131,7 @@ export const netCapture: Command = {
     const count = intOption(args, 'count', 10, 1, 2 ** 32 - 1);
     const timeoutMs = intOption(args, 'timeout', 0, 0, 2 ** 31 - 1);
     const file = stringOption(args, 'write');
+    const { NetDevice } = await import('../net/net-device'); // on use: see run.ts
     const nic = NetDevice.open(devicePath(dev as string, ctx));
     const captured: { frame: Buffer; time: number }[] = [];
     try {
@@ -183,6 +184,7 @@ export const netLoopbackTest: Command = {
     const [dev] = expectPositionals(args, ['DEV']);
     const count = intOption(args, 'count', 10000, 1, 2 ** 32 - 1);
     const window = intOption(args, 'window', 128, 1, 65536);
+    const { NetDevice } = await import('../net/net-device'); // on use: see run.ts
     const nic = NetDevice.open(devicePath(dev as string, ctx));
     let received = 0;
     let corrupt = 0;

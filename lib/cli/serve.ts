@@ -2,8 +2,6 @@
  * `vhost-vdpa serve --socket PATH`: the JSON-RPC management service.
  * @module
  */
-import { KernelBackend } from '../service/backend';
-import { ManagementService } from '../service/server';
 import { parseInteger } from '../mgmt/validate';
 import { expectPositionals, stringOption, UsageError } from './args';
 import type { Command } from './context';
@@ -38,6 +36,11 @@ export const serve: Command = {
     const socketPath = stringOption(args, 'socket');
     if (socketPath === undefined) throw new UsageError('missing --socket PATH');
     const maxText = stringOption(args, 'max-connections');
+    // Loaded here, not at the top: the CLI loads every command module to dispatch (see run.ts).
+    const [{ KernelBackend }, { ManagementService }] = await Promise.all([
+      import('../service/backend'),
+      import('../service/server'),
+    ]);
     const service = await ManagementService.start({
       socketPath,
       mode: parseMode(stringOption(args, 'mode')),

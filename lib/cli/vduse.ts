@@ -6,7 +6,7 @@
  */
 import { VdpaError } from '../errors';
 import { parseInteger } from '../mgmt/validate';
-import { VduseBlockDevice, type VduseBlockOptions } from '../vduse/blk-device';
+import type { VduseBlockOptions } from '../vduse/blk-device';
 import { JSON_OPTION, expectPositionals, listOption, stringOption, UsageError } from './args';
 import type { Command } from './context';
 import { exitCodeFor, toJson } from './output';
@@ -96,6 +96,8 @@ export const vduseBlk: Command = {
     const json = args.options.json === true;
     const say = (line: string): void => ctx.stderr(`vhost-vdpa vduse: ${line}\n`);
 
+    // Loaded here, not at the top: the CLI loads every command module to dispatch (see run.ts).
+    const { VduseBlockDevice } = await import('../vduse/blk-device');
     const device = await VduseBlockDevice.start(options);
     device.on('log', (line: string) => say(`${name}: ${line}`));
     if (device.staleRecovered !== undefined) say(device.staleRecovered);

@@ -332,3 +332,32 @@ describe('cli: the executable', () => {
     assert.match(fs.readFileSync(main, 'utf8'), /^#!\/usr\/bin\/env node/);
   });
 });
+
+describe('cli: start-up cost', () => {
+  it('loads no driver, device side, check suite, service or addon to dispatch a command', () => {
+    // Under TCG (the lab) every module costs ~0.1 s: `vhost-vdpa --version` loaded 74 modules and the
+    // native addon and took 7 s there. Command modules load their heavy dependencies when they run.
+    const run = path.resolve(__dirname, '../../lib/cli/run');
+    const result = spawnSync(
+      process.execPath,
+      [
+        '-e',
+        `const before = new Set(Object.keys(require.cache));
+         require(${JSON.stringify(run)});
+         console.log(JSON.stringify(Object.keys(require.cache).filter((k) => !before.has(k))));`,
+      ],
+      { encoding: 'utf8' },
+    );
+    assert.equal(result.status, 0, result.stderr);
+    const lib = path.dirname(path.dirname(run));
+    const loaded = (JSON.parse(result.stdout) as string[]).map((file) => path.relative(lib, file));
+    const heavy = loaded.filter(
+      (file) =>
+        /^(blk|virtio|virtqueue|vduse|check|vmm)\//.test(file) ||
+        /^(net\/net-device|service\/server|service\/backend|mgmt\/vdpa|device|native)\.js$/.test(file) ||
+        file.endsWith('.node'),
+    );
+    assert.deepEqual(heavy, [], `loaded at start-up: ${loaded.join(' ')}`);
+    assert.ok(loaded.length <= 30, `${loaded.length} modules at start-up: ${loaded.join(' ')}`);
+  });
+});
