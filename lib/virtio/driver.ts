@@ -597,7 +597,10 @@ export class VirtioDriver<O extends DeviceOp> {
       if (found > 0) {
         this.#resetsWithoutProgress = 0;
         // Callback-form completions: called now, so what they submit goes out with the refill below.
-        if (this.#callbacks.size > 0) this.#drainCallbacks();
+        if (this.#callbacks.size > 0) {
+          this.#drainCallbacks();
+          this.#completions.resubmittedInRound();
+        }
         if (this.#fifo.size > 0 || this.#targetedWaiting > 0) {
           this.#pump();
           this.#publish();

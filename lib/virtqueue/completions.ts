@@ -212,6 +212,16 @@ export class CompletionDriver {
     this.submitted();
   }
 
+  /**
+   * The round running now already published what its completions' callbacks
+   * submitted (the callback API: nothing waits for a microtask checkpoint),
+   * so the round chained after it runs in its microtask, without the
+   * `nextTick` hop that lets promise continuations submit first.
+   */
+  resubmittedInRound(): void {
+    if (this.mode === 'poll') this.#alone = true;
+  }
+
   /** Whether open watches keep the process alive (like `socket.ref()/unref()`). */
   setRef(referenced: boolean): void {
     for (const call of this.#calls) call.setRef(referenced);
