@@ -101,6 +101,57 @@ forEachDevice('block', 'BlockDevice I/O', (device) => {
     assert.ok(dev.stats.polls > 0);
   });
 
+  for (const completion of ['interrupt', 'poll'] as const) {
+    it(`keeps 16 requests in flight through the callback API, each block read back as written (${completion})`, async () => {
+      const disk = BlockDevice.open(device.chardev, { completion });
+      dev = disk;
+      const blocks = 256;
+      const slots = 16;
+      const perSlot = 64;
+      const written = new Map<number, number>();
+      let callbacks = 0;
+      await Promise.all(
+        Array.from(
+          { length: slots },
+          (_, slot) =>
+            new Promise<void>((resolve, reject) => {
+              const buf = disk.allocBuffer(4096);
+              let n = 0;
+              let block = 0;
+              // Even steps write the block (stamped with slot and step), odd ones read it back.
+              const step = (): void => {
+                if (n === perSlot) return resolve();
+                if (n % 2 === 0) {
+                  block = slot * (blocks / slots) + ((n / 2) % (blocks / slots));
+                  buf.fill((slot * 7 + n) & 0xff);
+                  disk.writeCallback(block * 4096, buf, (error) => {
+                    callbacks++;
+                    if (error !== null) return reject(error);
+                    written.set(block, (slot * 7 + n) & 0xff);
+                    n++;
+                    step();
+                  });
+                } else {
+                  disk.readIntoCallback(block * 4096, buf, (error, target) => {
+                    callbacks++;
+                    if (error !== null) return reject(error);
+                    const want = written.get(block);
+                    if (target[0] !== want || target[4095] !== want)
+                      return reject(new Error(`block ${block}: read ${target[0]}, wrote ${String(want)}`));
+                    n++;
+                    step();
+                  });
+                }
+              };
+              step();
+            }),
+        ),
+      );
+      assert.equal(callbacks, slots * perSlot, 'each callback ran exactly once');
+      assert.equal(disk.pending, 0);
+    });
+  }
+
   it('keeps a full queue and more in flight, batched into few kicks', async () => {
     dev = BlockDevice.open(device.chardev);
     const n = dev.queueSize * 2;
