@@ -59,7 +59,7 @@ export function sliceViews(buffers: readonly Buffer[], offset: number, length: n
       continue;
     }
     const n = Math.min(b.length - skip, want);
-    out.push(b.subarray(skip, skip + n));
+    out.push(skip === 0 && n === b.length ? b : b.subarray(skip, skip + n));
     want -= n;
     skip = 0;
   }
@@ -114,17 +114,24 @@ export class BlkRequestHandler implements VduseQueueHandler {
     this.toNotify.clear();
   }
 
+  /**
+   * Publishes `queue`'s used entries (and injects its interrupt when the driver wants one) once this turn of the
+   * event loop is done: the check phase runs after every file-I/O completion that arrived in the poll phase, so
+   * at queue depth N one VDUSE_VQ_INJECT_IRQ covers all the completions of a turn (a microtask would cover only
+   * one: each completion callback ends with its own microtask checkpoint). At queue depth 1 it is the same turn.
+   */
   private scheduleNotify(queue: DeviceQueue): void {
     this.toNotify.add(queue);
     if (this.notifyScheduled) return;
     this.notifyScheduled = true;
-    queueMicrotask(() => {
-      this.notifyScheduled = false;
-      const queues = [...this.toNotify];
-      this.toNotify.clear();
-      for (const q of queues) this.device?.notify(q);
-    });
+    setImmediate(this.notifyQueued);
   }
+
+  private readonly notifyQueued = (): void => {
+    this.notifyScheduled = false;
+    for (const q of this.toNotify) this.device?.notify(q);
+    this.toNotify.clear();
+  };
 
   private serve(queue: DeviceQueue, chain: DeviceChain): void {
     const requestNo = ++this.stats.requests;
@@ -145,32 +152,50 @@ export class BlkRequestHandler implements VduseQueueHandler {
       return;
     }
     const generation = this.generation;
-    const delayMs = faults.reduce((ms, f) => (f.kind === 'delay' ? ms + f.ms : ms), 0);
-    const finish = (outcome: Outcome): void => {
-      if (generation !== this.generation) return; // the queue was dropped by a reset meanwhile
-      this.complete(queue, chain, outcome, faults);
-    };
+    const delayMs =
+      faults.length === 0 ? 0 : faults.reduce((ms, f) => (f.kind === 'delay' ? ms + f.ms : ms), 0);
     const settle = (outcome: Outcome): void => {
-      if (delayMs > 0) setTimeout(() => finish(outcome), delayMs);
-      else finish(outcome);
+      if (delayMs > 0) setTimeout(() => this.finish(generation, queue, chain, outcome, faults), delayMs);
+      else this.finish(generation, queue, chain, outcome, faults);
     };
-    let result: Outcome | Promise<Outcome>;
+    let result: Outcome | undefined;
     try {
       // ioerr: fail without doing the I/O, as faulty-blk does.
-      result = faults.some((f) => f.kind === 'ioerr')
-        ? { status: VIRTIO_BLK_S_IOERR, dataWritten: 0 }
-        : this.execute(chain);
+      result =
+        faults.length > 0 && faults.some((f) => f.kind === 'ioerr')
+          ? { status: VIRTIO_BLK_S_IOERR, dataWritten: 0 }
+          : this.execute(chain, settle);
     } catch {
       result = { status: VIRTIO_BLK_S_IOERR, dataWritten: 0 };
     }
-    if (result instanceof Promise) {
-      result.then(settle, (error: unknown) => {
+    if (result !== undefined) settle(result);
+  }
+
+  private finish(
+    generation: number,
+    queue: DeviceQueue,
+    chain: DeviceChain,
+    outcome: Outcome,
+    faults: readonly FaultAction[],
+  ): void {
+    if (generation !== this.generation) return; // the queue was dropped by a reset meanwhile
+    this.complete(queue, chain, outcome, faults);
+  }
+
+  /** Settles with OK once `pending` resolves (IOERR if it rejects). */
+  private whenDone(
+    pending: Promise<void>,
+    dataWritten: number,
+    settle: (outcome: Outcome) => void,
+  ): undefined {
+    pending.then(
+      () => settle({ status: VIRTIO_BLK_S_OK, dataWritten }),
+      (error: unknown) => {
         this.options.log?.(`I/O error: ${(error as Error).message}`);
         settle({ status: VIRTIO_BLK_S_IOERR, dataWritten: 0 });
-      });
-    } else {
-      settle(result);
-    }
+      },
+    );
+    return undefined;
   }
 
   private complete(
@@ -180,11 +205,14 @@ export class BlkRequestHandler implements VduseQueueHandler {
     faults: readonly FaultAction[],
   ): void {
     if (outcome.status !== VIRTIO_BLK_S_OK) this.stats.errors++;
-    const statusView = sliceViews(chain.writable, chain.writableBytes - 1, 1)[0] as Buffer;
-    statusView[0] = outcome.status;
+    const writable = chain.writable;
+    let last = writable.length - 1;
+    while ((writable[last] as Buffer).length === 0) last--; // writableBytes ≥ 1: some view is non-empty
+    const statusView = writable[last] as Buffer;
+    statusView[statusView.length - 1] = outcome.status;
     const written = outcome.dataWritten + 1;
     const has = (kind: FaultAction['kind']): boolean => faults.some((f) => f.kind === kind);
-    if (!has('bad-id') && !has('bad-len') && !has('dup')) {
+    if (faults.length === 0 || (!has('bad-id') && !has('bad-len') && !has('dup'))) {
       queue.push(chain, written);
     } else {
       // pushRaw writes what push() refuses. The chain record then stays "in flight" for good (the queue takes
@@ -220,15 +248,22 @@ export class BlkRequestHandler implements VduseQueueHandler {
     );
   }
 
-  private execute(chain: DeviceChain): Outcome | Promise<Outcome> {
-    const header = gather(chain.readable, 0, VIRTIO_BLK_OUTHDR_SIZE);
+  /**
+   * Runs the request: returns its outcome, or undefined when the store works asynchronously and `settle`
+   * will be called with it.
+   */
+  private execute(chain: DeviceChain, settle: (outcome: Outcome) => void): Outcome | undefined {
+    // The 16-byte header is nearly always one buffer: read it in place (gather copies only a split one).
+    const first = chain.readable[0] as Buffer;
+    const header =
+      first.length >= VIRTIO_BLK_OUTHDR_SIZE ? first : gather(chain.readable, 0, VIRTIO_BLK_OUTHDR_SIZE);
     const type = header.readUInt32LE(0);
-    const offset = Number(header.readBigUInt64LE(8)) * SECTOR;
+    const offset = (header.readUInt32LE(8) + header.readUInt32LE(12) * 0x100000000) * SECTOR;
     const store = this.options.store;
     const ok = (dataWritten: number): Outcome => ({ status: VIRTIO_BLK_S_OK, dataWritten });
     const fail = (status: number): Outcome => ({ status, dataWritten: 0 });
-    const after = (pending: Promise<void> | undefined, dataWritten: number): Outcome | Promise<Outcome> =>
-      pending === undefined ? ok(dataWritten) : pending.then(() => ok(dataWritten));
+    const after = (pending: Promise<void> | undefined, dataWritten: number): Outcome | undefined =>
+      pending === undefined ? ok(dataWritten) : this.whenDone(pending, dataWritten, settle);
     switch (type) {
       case VIRTIO_BLK_T_IN: {
         const length = chain.writableBytes - 1;
@@ -255,14 +290,17 @@ export class BlkRequestHandler implements VduseQueueHandler {
         return ok(n);
       }
       case VIRTIO_BLK_T_DISCARD:
-      case VIRTIO_BLK_T_WRITE_ZEROES:
-        return this.discardOrZero(chain, type);
+      case VIRTIO_BLK_T_WRITE_ZEROES: {
+        const result = this.discardOrZero(chain, type);
+        return result instanceof Promise ? this.whenDone(result, 0, settle) : result;
+      }
       default:
         return fail(VIRTIO_BLK_S_UNSUPP);
     }
   }
 
-  private discardOrZero(chain: DeviceChain, type: number): Outcome | Promise<Outcome> {
+  /** An outcome now, or the store's pending work (OK once it resolves). */
+  private discardOrZero(chain: DeviceChain, type: number): Outcome | Promise<void> {
     const fail = (status: number): Outcome => ({ status, dataWritten: 0 });
     if (this.options.readOnly) return fail(VIRTIO_BLK_S_IOERR);
     const bytes = chain.readableBytes - VIRTIO_BLK_OUTHDR_SIZE;
@@ -280,7 +318,6 @@ export class BlkRequestHandler implements VduseQueueHandler {
       type === VIRTIO_BLK_T_DISCARD
         ? store.discard(offset, sectors * SECTOR)
         : store.writeZeroes(offset, sectors * SECTOR);
-    const ok: Outcome = { status: VIRTIO_BLK_S_OK, dataWritten: 0 };
-    return pending === undefined ? ok : pending.then(() => ok);
+    return pending ?? { status: VIRTIO_BLK_S_OK, dataWritten: 0 };
   }
 }

@@ -85,36 +85,44 @@ export class RamStore implements BlockStore {
 
 const ZEROES = Buffer.alloc(1 << 20);
 
-/** Calls fs.readv/writev until every byte moved (they may return short counts). */
-async function transferAll(
+/**
+ * Calls fs.readv/writev until every byte moved (they may return short counts). One promise and one callback
+ * per request in the usual case, where the first call moves everything.
+ */
+function transferAll(
   op: typeof fs.readv | typeof fs.writev,
   fd: number,
   buffers: Buffer[],
   position: number,
   what: string,
 ): Promise<void> {
-  let rest = buffers.filter((b) => b.length > 0);
-  let at = position;
-  while (rest.length > 0) {
-    const n = await new Promise<number>((resolve, reject) =>
-      op(fd, rest, at, (error: Error | null, bytes: number) =>
-        error === null ? resolve(bytes) : reject(error),
-      ),
-    );
-    if (n === 0) throw new VdpaError(`${what} at ${at}: end of file`, { code: 'EIO' });
-    at += n;
-    let skip = n;
-    while (skip > 0 && rest.length > 0) {
-      const first = rest[0] as Buffer;
-      if (first.length <= skip) {
-        skip -= first.length;
-        rest = rest.slice(1);
-      } else {
-        rest = [first.subarray(skip), ...rest.slice(1)];
-        skip = 0;
-      }
-    }
-  }
+  let left = 0;
+  for (const b of buffers) left += b.length;
+  if (left === 0) return Promise.resolve();
+  return new Promise<void>((resolve, reject) => {
+    let rest = buffers;
+    let at = position;
+    const done = (error: Error | null, n: number): void => {
+      if (error !== null) return reject(error);
+      if (n === 0) return reject(new VdpaError(`${what} at ${at}: end of file`, { code: 'EIO' }));
+      left -= n;
+      if (left === 0) return resolve();
+      at += n;
+      rest = advance(rest, n);
+      op(fd, rest, at, done);
+    };
+    op(fd, rest, at, done);
+  });
+}
+
+/** `buffers` without their first `n` bytes (a short readv/writev). */
+function advance(buffers: Buffer[], n: number): Buffer[] {
+  let i = 0;
+  let skip = n;
+  while (i < buffers.length && (buffers[i] as Buffer).length <= skip) skip -= (buffers[i++] as Buffer).length;
+  const rest = buffers.slice(i);
+  if (skip > 0 && rest.length > 0) rest[0] = (rest[0] as Buffer).subarray(skip);
+  return rest;
 }
 
 /** A file (regular file or block device) opened once; its size is the device's capacity. */
