@@ -165,7 +165,9 @@ export class BlkRequestHandler implements VduseQueueHandler {
         faults.length > 0 && faults.some((f) => f.kind === 'ioerr')
           ? { status: VIRTIO_BLK_S_IOERR, dataWritten: 0 }
           : this.execute(chain, settle);
-    } catch {
+    } catch (error) {
+      // A synchronous store (RAM, a file in memory) throws what a system call threw.
+      this.options.log?.(`I/O error: ${(error as Error).message}`);
       result = { status: VIRTIO_BLK_S_IOERR, dataWritten: 0 };
     }
     if (result !== undefined) settle(result);
