@@ -44,11 +44,14 @@ interface Options {
   api: 'zero-copy' | 'bounce' | 'callback';
   /** Request queues per device (scale runs). */
   queues: number;
+  /** `--rw` and `--qd` lists: every combination, one after the other on the device opened once (rw-major). */
+  matrix: { write: boolean; qd: number }[];
 }
 
 const USAGE = `Usage: node --expose-gc dist-test/bench/blk-bench.js --device /dev/vhost-vdpa-N --rw randread|randwrite
   [--qd N] [--seconds S] [--ramp S] [--mode interrupt|poll] [--spin-us US] [--bs BYTES] [--warmup-ios N] [--heap-ios N] [--seed N] [--api zero-copy|bounce|callback] [--queues N]
-  --device A,B,…: one process drives every device (scale), --qd loops per queue`;
+  --device A,B,…: one process drives every device (scale), --qd loops per queue
+  --rw randread,randwrite and/or --qd 1,32: every combination in turn (one JSON line each; saves process starts)`;
 
 class UsageError extends Error {}
 
@@ -67,8 +70,10 @@ function parseArgs(argv: string[]): Options {
     seed: 1,
     api: 'zero-copy',
     queues: 1,
+    matrix: [],
   };
   let rw: string | undefined;
+  let qds = ['1'];
   for (let i = 0; i < argv.length; i++) {
     const a = argv[i];
     const value = (): string => {
@@ -83,7 +88,7 @@ function parseArgs(argv: string[]): Options {
     };
     if (a === '--device') o.device = value();
     else if (a === '--rw') rw = value();
-    else if (a === '--qd') o.qd = Math.floor(number(1, 1024));
+    else if (a === '--qd') qds = value().split(',');
     else if (a === '--seconds') o.seconds = number(0.001, 86400);
     else if (a === '--ramp') o.ramp = number(0, 3600);
     else if (a === '--mode') {
@@ -105,8 +110,20 @@ function parseArgs(argv: string[]): Options {
     } else throw new UsageError(`unknown option ${a}`);
   }
   if (o.device === '') throw new UsageError('--device is required');
-  if (rw === 'randwrite') o.write = true;
-  else if (rw !== 'randread') throw new UsageError(`--rw: expected randread or randwrite, got ${String(rw)}`);
+  for (const r of (rw ?? '').split(',')) {
+    if (r !== 'randread' && r !== 'randwrite')
+      throw new UsageError(`--rw: expected randread or randwrite, got ${String(rw)}`);
+    for (const q of qds) {
+      const qd = Number(q);
+      if (!Number.isInteger(qd) || qd < 1 || qd > 1024)
+        throw new UsageError(`--qd: expected integers in [1, 1024], got ${qds.join(',')}`);
+      o.matrix.push({ write: r === 'randwrite', qd });
+    }
+  }
+  o.write = o.matrix[0].write;
+  o.qd = o.matrix[0].qd;
+  if (o.matrix.length > 1 && (o.heapIos > 0 || o.device.includes(',') || o.queues > 1))
+    throw new UsageError('--rw/--qd lists go only with a timed run on one device and one queue');
   return o;
 }
 
@@ -496,13 +513,14 @@ async function main(): Promise<number> {
     completion: o.mode,
     pollSpinMicros: o.spinMicros,
   });
-  let result: Record<string, unknown>;
   try {
-    result = o.heapIos > 0 ? await heap(device, o) : await timed(device, o);
+    if (o.heapIos > 0) process.stdout.write(`${JSON.stringify(await heap(device, o))}\n`);
+    else
+      for (const m of o.matrix)
+        process.stdout.write(`${JSON.stringify(await timed(device, { ...o, ...m }))}\n`);
   } finally {
     await device.close();
   }
-  process.stdout.write(`${JSON.stringify(result)}\n`);
   return 0;
 }
 

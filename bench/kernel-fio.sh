@@ -5,6 +5,8 @@
 #   kernel-fio.sh run NAME RW QD SECONDS [RAMP]   fio's JSON on stdout (RW: randread|randwrite)
 #   kernel-fio.sh to-virtio NAME                  rebind only; prints /dev/vdX
 #   kernel-fio.sh to-vhost NAME                   rebind only; prints /dev/vhost-vdpa-N
+#   kernel-fio.sh fio DISK RWS QDS SECONDS [RAMP] fio only, on a /dev/vdX that to-virtio gave: one fio process,
+#                                                 one job per RW×QD (comma lists), one after the other (stonewall)
 #
 # `run` always rebinds back to vhost_vdpa, even when fio fails (its status is passed on). Every fd on the
 # vhost-vdpa char device must be closed before this runs: unbinding waits for them.
@@ -77,6 +79,41 @@ run_fio() { # disk rw qd seconds ramp engine
     --lat_percentiles=1 --output-format=json
 }
 
+# Jobs named RW-qdQD in fio's JSON, each with its own ramp and window. Word splitting of $jobs is intended.
+run_fio_jobs() { # disk rws qds seconds ramp engine
+  jobs=""
+  for rw in $(echo "$2" | tr ',' ' '); do
+    for qd in $(echo "$3" | tr ',' ' '); do
+      jobs="$jobs --name=$rw-qd$qd --rw=$rw --iodepth=$qd --stonewall"
+    done
+  done
+  # shellcheck disable=SC2086
+  fio --filename="$1" --bs=4k --direct=1 --ioengine="$6" --time_based --runtime="$4" --ramp_time="$5" \
+    --numjobs=1 --norandommap --randrepeat=0 --lat_percentiles=1 --output-format=json $jobs
+}
+
+# io_uring first; libaio when the kernel or fio build lacks it. The engine used is in fio's JSON.
+# Prints only the JSON of the run that counts.
+fio_with_fallback() { # run_fio|run_fio_jobs disk rw qd seconds ramp
+  fio_run=$1
+  shift
+  fio_out=$($fio_run "$1" "$2" "$3" "$4" "$5" io_uring 2>/tmp/kernel-fio.err)
+  fio_rc=$?
+  if [ $fio_rc -ne 0 ]; then
+    echo "kernel-fio: io_uring failed ($(tr '\n' ' ' </tmp/kernel-fio.err)); trying libaio" >&2
+    fio_out=$($fio_run "$1" "$2" "$3" "$4" "$5" libaio 2>/tmp/kernel-fio.err)
+    fio_rc=$?
+    [ $fio_rc -ne 0 ] && cat /tmp/kernel-fio.err >&2
+  fi
+  printf '%s\n' "$fio_out"
+  return $fio_rc
+}
+
+check_rw() {
+  case "$1" in randread | randwrite) ;; *) die "RW must be randread or randwrite, got $1" ;; esac
+  command -v fio >/dev/null || die "fio is not installed"
+}
+
 cmd=${1:-}
 case "$cmd" in
   to-virtio) to_virtio "${2:?NAME}" ;;
@@ -84,21 +121,19 @@ case "$cmd" in
   run)
     [ $# -ge 5 ] || die "usage: kernel-fio.sh run NAME RW QD SECONDS [RAMP]"
     name=$2 rw=$3 qd=$4 secs=$5 ramp=${6:-0}
-    case "$rw" in randread | randwrite) ;; *) die "RW must be randread or randwrite, got $rw" ;; esac
-    command -v fio >/dev/null || die "fio is not installed"
+    check_rw "$rw"
     disk=$(to_virtio "$name") || exit 1
-    # io_uring first; libaio when the kernel or fio build lacks it. The engine used is in fio's JSON.
-    out=$(run_fio "$disk" "$rw" "$qd" "$secs" "$ramp" io_uring 2>/tmp/kernel-fio.err)
+    out=$(fio_with_fallback run_fio "$disk" "$rw" "$qd" "$secs" "$ramp")
     rc=$?
-    if [ $rc -ne 0 ]; then
-      echo "kernel-fio: io_uring failed ($(tr '\n' ' ' </tmp/kernel-fio.err)); trying libaio" >&2
-      out=$(run_fio "$disk" "$rw" "$qd" "$secs" "$ramp" libaio 2>/tmp/kernel-fio.err)
-      rc=$?
-      [ $rc -ne 0 ] && cat /tmp/kernel-fio.err >&2
-    fi
     to_vhost "$name" >/dev/null || rc=1
     printf '%s\n' "$out"
     exit $rc
     ;;
-  *) die "usage: kernel-fio.sh run NAME RW QD SECONDS [RAMP] | to-virtio NAME | to-vhost NAME" ;;
+  fio)
+    [ $# -ge 5 ] || die "usage: kernel-fio.sh fio DISK RWS QDS SECONDS [RAMP]"
+    [ -b "$2" ] || die "$2 is not a block device (kernel-fio.sh to-virtio NAME prints it)"
+    for rw in $(echo "$3" | tr ',' ' '); do check_rw "$rw"; done
+    fio_with_fallback run_fio_jobs "$2" "$3" "$4" "$5" "${6:-0}"
+    ;;
+  *) die "usage: kernel-fio.sh run NAME RW QD SECONDS [RAMP] | fio DISK RWS QDS SECONDS [RAMP] | to-virtio NAME | to-vhost NAME" ;;
 esac

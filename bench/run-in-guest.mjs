@@ -18,17 +18,25 @@
 // driver in use is long warmed, and under TCG a 1 s ramp ends before V8 has optimised the hot path (the window
 // then measures the JIT compiler). fio (kernel) keeps its time-based ramp: it has nothing to compile. A --ref-js
 // build must know --warmup-ios (or run with --warmup-ios 0 for both).
-import { spawn, spawnSync } from 'node:child_process';
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
-import { fileURLToPath } from 'node:url';
+import {
+  BENCH_DIR,
+  JS_BENCH,
+  KERNEL_FIO,
+  failure,
+  fromFio,
+  gitCommit,
+  lastJson,
+  lastJsonDocument,
+  log,
+  readFirstLine,
+  run as runOn,
+  vhostChardev,
+} from './guest-lib.mjs';
 
-const BENCH_DIR = path.dirname(fileURLToPath(import.meta.url));
-const ROOT = path.dirname(BENCH_DIR);
 const C_BIN = path.join(BENCH_DIR, 'c-baseline', 'vdpa-blk-bench');
-const JS_BENCH = path.join(ROOT, 'dist-test', 'bench', 'blk-bench.js');
-const KERNEL_FIO = path.join(BENCH_DIR, 'kernel-fio.sh');
 // ours-cb-*: the same loop through readIntoCallback()/writeCallback() (no Promise per I/O), an extra column.
 const ALL_ENGINES = [
   'ours-irq',
@@ -97,110 +105,11 @@ function parseArgs(argv) {
   return o;
 }
 
-const log = (msg) => process.stderr.write(`[bench] ${msg}\n`);
-
-/** The /dev/vhost-vdpa-N of vdpa device `name` right now (it can change after a rebind). */
-function vhostChardev(name) {
-  const dir = `/sys/bus/vdpa/devices/${name}`;
-  const entry = fs.readdirSync(dir).find((e) => e.startsWith('vhost-vdpa-'));
-  if (!entry) throw new Error(`${name} is not bound to vhost_vdpa (driver: ${driverOf(name)})`);
-  return `/dev/${entry}`;
-}
-
-function driverOf(name) {
-  try {
-    return path.basename(fs.readlinkSync(`/sys/bus/vdpa/devices/${name}/driver`));
-  } catch {
-    return 'none';
-  }
-}
-
 /** With --pin: the CPU the drivers (ours, C, fio) run on; the simulator's worker gets CPU 0. */
 let driverCpu;
 
-/** Runs a command (on `driverCpu` when set); resolves with {code, stdout, stderr, ms}; kills it after `timeoutSec`. */
-function run(cmd, args, timeoutSec) {
-  if (driverCpu !== undefined) {
-    args = ['-c', String(driverCpu), cmd, ...args];
-    cmd = 'taskset';
-  }
-  return new Promise((resolve) => {
-    const t0 = Date.now();
-    const child = spawn(cmd, args, { cwd: ROOT, stdio: ['ignore', 'pipe', 'pipe'] });
-    let stdout = '';
-    let stderr = '';
-    child.stdout.on('data', (d) => (stdout += d));
-    child.stderr.on('data', (d) => {
-      stderr += d;
-      process.stderr.write(d);
-    });
-    const timer = setTimeout(() => {
-      stderr += `\n[killed after ${timeoutSec}s]`;
-      child.kill('SIGKILL');
-    }, timeoutSec * 1000);
-    child.on('error', (e) => {
-      clearTimeout(timer);
-      resolve({ code: -1, stdout, stderr: `${stderr}${e.message}`, ms: Date.now() - t0 });
-    });
-    child.on('close', (code, signal) => {
-      clearTimeout(timer);
-      resolve({ code: code ?? (signal ? 128 : -1), stdout, stderr, ms: Date.now() - t0 });
-    });
-  });
-}
-
-/** The last line of `stdout` that parses as a JSON object. */
-function lastJson(stdout) {
-  const lines = stdout.trim().split('\n').reverse();
-  for (const l of lines) {
-    if (!l.startsWith('{')) continue;
-    try {
-      return JSON.parse(l);
-    } catch {
-      /* keep looking */
-    }
-  }
-  return undefined;
-}
-
-function failure(what, res) {
-  const tail = res.stderr.trim().split('\n').slice(-3).join(' | ');
-  return { error: `${what} exited ${res.code}${tail ? `: ${tail}` : ''}` };
-}
-
-/** Converts fio's JSON into the fields the other engines report. */
-function fromFio(fio, rw) {
-  const job = fio.jobs[0];
-  const side = rw === 'randread' ? job.read : job.write;
-  const ios = side.total_ios;
-  const seconds = job.job_runtime / 1000; // ms, excluding ramp
-  // With --lat_percentiles=1 the submission-to-completion latency has percentiles (what the other engines
-  // measure); clat (issue-to-completion) is kept for reference.
-  const pct = (obj, p) => (obj?.percentile?.[p] !== undefined ? obj.percentile[p] / 1000 : null);
-  const lat = side.lat_ns?.percentile ? side.lat_ns : side.clat_ns;
-  return {
-    engine: 'kernel',
-    mode: 'interrupt',
-    rw,
-    qd: Number(job['job options'].iodepth),
-    ioengine: job['job options'].ioengine,
-    fio: fio['fio version'],
-    seconds,
-    ios,
-    iops: side.iops,
-    p50_us: pct(lat, '50.000000'),
-    p99_us: pct(lat, '99.000000'),
-    mean_us: lat.mean / 1000,
-    percentiles_us: Object.fromEntries(
-      Object.entries(lat.percentile ?? {}).map(([k, v]) => [String(Number(k)), v / 1000]),
-    ),
-    clat_p50_us: pct(side.clat_ns, '50.000000'),
-    clat_p99_us: pct(side.clat_ns, '99.000000'),
-    // usr_cpu/sys_cpu are percentages of the job's runtime.
-    cpu_us_per_io: ios ? (((job.usr_cpu + job.sys_cpu) / 100) * job.job_runtime * 1000) / ios : null,
-    errors: job.error ?? 0,
-  };
-}
+/** Runs a command on `driverCpu` when set (see guest-lib.mjs run()). */
+const run = (cmd, args, timeoutSec) => runOn(cmd, args, timeoutSec, { cpu: driverCpu });
 
 async function runEngine(engine, o, rw, qd, round) {
   const secs = String(o.seconds);
@@ -243,25 +152,6 @@ async function runEngine(engine, o, rw, qd, round) {
   return res.code === 0 && r ? r : failure('blk-bench.js', res);
 }
 
-/** fio prints one pretty-printed JSON document (possibly after warnings). */
-function lastJsonDocument(stdout) {
-  const start = stdout.indexOf('{');
-  if (start < 0) return undefined;
-  try {
-    return JSON.parse(stdout.slice(start));
-  } catch {
-    return undefined;
-  }
-}
-
-function readFirstLine(file) {
-  try {
-    return fs.readFileSync(file, 'utf8').split('\n')[0].trim();
-  } catch {
-    return undefined;
-  }
-}
-
 /**
  * --pin: the simulator's kthread ("vDPA sim worker: NAME") on CPU 0, every driver on CPU 1, so that a
  * spinning driver never shares a vCPU with the device it waits for (the guest scheduler otherwise decides,
@@ -282,17 +172,6 @@ async function pinWorker(o) {
     return Number(pid);
   }
   throw new Error(`no kernel thread named "${want}" to pin`);
-}
-
-function gitCommit() {
-  if (process.env.VDPA_BENCH_COMMIT) return process.env.VDPA_BENCH_COMMIT;
-  const head = spawnSync('git', ['rev-parse', 'HEAD'], { cwd: ROOT, encoding: 'utf8' });
-  if (head.status !== 0) return null;
-  const dirty = spawnSync('git', ['status', '--porcelain', '--untracked-files=no'], {
-    cwd: ROOT,
-    encoding: 'utf8',
-  });
-  return `${head.stdout.trim()}${dirty.stdout?.trim() ? '+dirty' : ''}`;
 }
 
 async function environment(o) {

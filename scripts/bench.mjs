@@ -9,6 +9,7 @@ import os from 'node:os';
 import path from 'node:path';
 import { PROJECT_ROOT, runInLab } from './lab/index.mjs';
 import { NET_HELP, parseNetArgs, runNetBench } from './bench-net.mjs';
+import { VDUSE_HELP, parseVduseArgs, runVduseBench } from './bench-vduse.mjs';
 
 const RESULTS_DIR = path.join(PROJECT_ROOT, 'bench', 'results');
 const C_SRC = path.join(PROJECT_ROOT, 'bench', 'c-baseline', 'vdpa-blk-bench.c');
@@ -45,12 +46,15 @@ Options:
   --no-save          do not write bench/results/ (the JSON goes to a temporary file)
   --timeout SEC      bound on the VM run (default: computed from the above)
   --table FILE       only print the tables of a saved result
-  --suite blk|net|all  which benchmark (default all: blk, then net in a second boot; see docs/bench.md "Net").
-                     With --suite net every option is the net benchmark's (below); with all, --quick,
-                     --idle-poll, --no-pin, --cpu-prof and --no-save apply to both
+  --suite blk|net|vduse|all  which benchmark (default all: blk, then net, then vduse, one boot each; see
+                     docs/bench.md "Net" and "VDUSE export"). With --suite net or vduse every option is that
+                     benchmark's (below); with all, --quick, --cpu-prof and --no-save apply to all three
+                     (--idle-poll and --no-pin to blk and net)
   --help             this text
 
-${NET_HELP}`;
+${NET_HELP}
+
+${VDUSE_HELP}`;
 
 function parseArgs(argv) {
   const o = {
@@ -512,15 +516,32 @@ async function main(argv = process.argv.slice(2)) {
   return res.exitCode === 0 ? 0 : 1;
 }
 
-/** `--suite blk|net|all`: blk (above), the net benchmark (scripts/bench-net.mjs), or both, one boot each. */
+/**
+ * `--suite blk|net|vduse|all`: blk (above), the net benchmark (scripts/bench-net.mjs), the VDUSE export
+ * benchmark (scripts/bench-vduse.mjs), or all three, one boot each.
+ */
 async function mainWithSuite() {
   const argv = process.argv.slice(2);
   const at = argv.indexOf('--suite');
   const suite = at >= 0 ? argv[at + 1] : 'all';
   if (at >= 0) argv.splice(at, 2);
-  if (!['blk', 'net', 'all'].includes(suite)) {
-    process.stderr.write(`bench: --suite must be blk, net or all, got ${suite}\n`);
+  if (!['blk', 'net', 'vduse', 'all'].includes(suite)) {
+    process.stderr.write(`bench: --suite must be blk, net, vduse or all, got ${suite}\n`);
     return 2;
+  }
+  if (suite === 'vduse') {
+    let o;
+    try {
+      o = parseVduseArgs(argv);
+    } catch (e) {
+      process.stderr.write(`bench: ${e.message}\n\n${VDUSE_HELP}\n`);
+      return 2;
+    }
+    if (o.help) {
+      process.stdout.write(`${VDUSE_HELP}\n`);
+      return 0;
+    }
+    return runVduseBench(o);
   }
   if (suite === 'net') {
     let o;
@@ -542,7 +563,10 @@ async function mainWithSuite() {
     argv.includes(a),
   );
   const net = await runNetBench(parseNetArgs(shared));
-  return blk || net;
+  const vduse = await runVduseBench(
+    parseVduseArgs(shared.filter((a) => ['--quick', '--cpu-prof', '--no-save'].includes(a))),
+  );
+  return blk || net || vduse;
 }
 
 mainWithSuite().then(

@@ -59,7 +59,7 @@ export function sliceViews(buffers: readonly Buffer[], offset: number, length: n
       continue;
     }
     const n = Math.min(b.length - skip, want);
-    out.push(b.subarray(skip, skip + n));
+    out.push(skip === 0 && n === b.length ? b : b.subarray(skip, skip + n));
     want -= n;
     skip = 0;
   }
@@ -114,37 +114,35 @@ export class BlkRequestHandler implements VduseQueueHandler {
     this.toNotify.clear();
   }
 
+  /**
+   * Publishes `queue`'s used entries (and injects its interrupt when the driver wants one) once this turn of the
+   * event loop is done: the check phase runs after every file-I/O completion that arrived in the poll phase, so
+   * at queue depth N one VDUSE_VQ_INJECT_IRQ covers all the completions of a turn (a microtask would cover only
+   * one: each completion callback ends with its own microtask checkpoint). At queue depth 1 it is the same turn.
+   */
   private scheduleNotify(queue: DeviceQueue): void {
     this.toNotify.add(queue);
     if (this.notifyScheduled) return;
     this.notifyScheduled = true;
-    queueMicrotask(() => {
-      this.notifyScheduled = false;
-      const queues = [...this.toNotify];
-      this.toNotify.clear();
-      for (const q of queues) this.device?.notify(q);
-    });
+    setImmediate(this.notifyQueued);
   }
+
+  private readonly notifyQueued = (): void => {
+    this.notifyScheduled = false;
+    for (const q of this.toNotify) this.device?.notify(q);
+    this.toNotify.clear();
+  };
 
   private serve(queue: DeviceQueue, chain: DeviceChain): void {
     const requestNo = ++this.stats.requests;
     const faults = this.options.faults?.next(requestNo) ?? NO_FAULTS;
     if (faults.length > 0) this.stats.faults++;
     const log = this.options.log;
-    const where = `request ${requestNo} queue ${queue.index}`;
+    // Only fault and error paths log: no string per request otherwise.
+    const where = (): string => `request ${requestNo} queue ${queue.index}`;
     const generation = this.generation;
-    const delayMs = faults.reduce((ms, f) => (f.kind === 'delay' ? ms + f.ms : ms), 0);
-    const later = (complete: () => void): void => {
-      const run = (): void => {
-        if (generation === this.generation) complete(); // else the queue was dropped by a reset meanwhile
-      };
-      if (delayMs > 0) {
-        log?.(`${where}: slow: completing in ${delayMs} ms`);
-        setTimeout(run, delayMs);
-      } else {
-        run();
-      }
-    };
+    const delayMs =
+      faults.length === 0 ? 0 : faults.reduce((ms, f) => (f.kind === 'delay' ? ms + f.ms : ms), 0);
     const malformed =
       chain.error?.message ??
       (chain.readableBytes < VIRTIO_BLK_OUTHDR_SIZE
@@ -154,40 +152,74 @@ export class BlkRequestHandler implements VduseQueueHandler {
           : undefined);
     if (malformed !== undefined) {
       this.stats.errors++;
-      log?.(`${where} head ${chain.id}: ${malformed}: completed with used.len 0`);
-      later(() => {
+      log?.(`${where()} head ${chain.id}: ${malformed}: completed with used.len 0`);
+      const pushEmpty = (): void => {
+        if (generation !== this.generation) return; // the queue was dropped by a reset meanwhile
         queue.push(chain, 0);
         this.scheduleNotify(queue);
-      });
+      };
+      if (delayMs > 0) {
+        log?.(`${where()}: slow: completing in ${delayMs} ms`);
+        setTimeout(pushEmpty, delayMs);
+      } else {
+        pushEmpty();
+      }
       return;
     }
-    const type = gather(chain.readable, 0, 4).readUInt32LE(0);
-    if (faults.some((f) => f.kind === 'stall')) {
-      log?.(`${where} head ${chain.id} (type ${type}): stall: never completed`);
+    if (faults.length > 0 && faults.some((f) => f.kind === 'stall')) {
+      const type = gather(chain.readable, 0, 4).readUInt32LE(0);
+      log?.(`${where()} head ${chain.id} (type ${type}): stall: never completed`);
       return;
     }
-    const finish = (outcome: Outcome): void =>
-      later(() => this.complete(queue, chain, outcome, faults, where));
-    let result: Outcome | Promise<Outcome>;
+    if (delayMs > 0) log?.(`${where()}: slow: completing in ${delayMs} ms`);
+    const settle = (outcome: Outcome): void => {
+      if (delayMs > 0)
+        setTimeout(() => this.finish(generation, queue, chain, outcome, faults, where), delayMs);
+      else this.finish(generation, queue, chain, outcome, faults, where);
+    };
+    let result: Outcome | undefined;
     try {
       // ioerr: fail without doing the I/O, as faulty-blk does.
-      if (faults.some((f) => f.kind === 'ioerr')) {
-        log?.(`${where} (type ${type}): ioerr`);
+      if (faults.length > 0 && faults.some((f) => f.kind === 'ioerr')) {
+        log?.(`${where()} (type ${gather(chain.readable, 0, 4).readUInt32LE(0)}): ioerr`);
         result = { status: VIRTIO_BLK_S_IOERR, dataWritten: 0 };
       } else {
-        result = this.execute(chain);
+        result = this.execute(chain, settle);
       }
-    } catch {
+    } catch (error) {
+      // A synchronous store (RAM, a file in memory) throws what a system call threw.
+      log?.(`I/O error: ${(error as Error).message}`);
       result = { status: VIRTIO_BLK_S_IOERR, dataWritten: 0 };
     }
-    if (result instanceof Promise) {
-      result.then(finish, (error: unknown) => {
-        log?.(`I/O error: ${(error as Error).message}`);
-        finish({ status: VIRTIO_BLK_S_IOERR, dataWritten: 0 });
-      });
-    } else {
-      finish(result);
-    }
+    if (result !== undefined) settle(result);
+  }
+
+  private finish(
+    generation: number,
+    queue: DeviceQueue,
+    chain: DeviceChain,
+    outcome: Outcome,
+    faults: readonly FaultAction[],
+    where: () => string,
+  ): void {
+    if (generation !== this.generation) return; // the queue was dropped by a reset meanwhile
+    this.complete(queue, chain, outcome, faults, where);
+  }
+
+  /** Settles with OK once `pending` resolves (IOERR if it rejects). */
+  private whenDone(
+    pending: Promise<void>,
+    dataWritten: number,
+    settle: (outcome: Outcome) => void,
+  ): undefined {
+    pending.then(
+      () => settle({ status: VIRTIO_BLK_S_OK, dataWritten }),
+      (error: unknown) => {
+        this.options.log?.(`I/O error: ${(error as Error).message}`);
+        settle({ status: VIRTIO_BLK_S_IOERR, dataWritten: 0 });
+      },
+    );
+    return undefined;
   }
 
   private complete(
@@ -195,14 +227,17 @@ export class BlkRequestHandler implements VduseQueueHandler {
     chain: DeviceChain,
     outcome: Outcome,
     faults: readonly FaultAction[],
-    where: string,
+    where: () => string,
   ): void {
     if (outcome.status !== VIRTIO_BLK_S_OK) this.stats.errors++;
-    const statusView = sliceViews(chain.writable, chain.writableBytes - 1, 1)[0] as Buffer;
-    statusView[0] = outcome.status;
+    const writable = chain.writable;
+    let last = writable.length - 1;
+    while ((writable[last] as Buffer).length === 0) last--; // writableBytes ≥ 1: some view is non-empty
+    const statusView = writable[last] as Buffer;
+    statusView[statusView.length - 1] = outcome.status;
     const written = outcome.dataWritten + 1;
     const has = (kind: FaultAction['kind']): boolean => faults.some((f) => f.kind === kind);
-    if (!has('bad-id') && !has('not-head') && !has('bad-len') && !has('dup')) {
+    if (faults.length === 0 || (!has('bad-id') && !has('not-head') && !has('bad-len') && !has('dup'))) {
       queue.push(chain, written);
     } else {
       // pushRaw writes what push() refuses. The chain record then stays "in flight" for good (the queue takes
@@ -212,23 +247,23 @@ export class BlkRequestHandler implements VduseQueueHandler {
       let id = chain.id;
       if (has('bad-id')) {
         id = badUsedId(queue.size);
-        log?.(`${where}: bad-id: used.id ${id} (queue size ${queue.size}) instead of head ${chain.id}`);
+        log?.(`${where()}: bad-id: used.id ${id} (queue size ${queue.size}) instead of head ${chain.id}`);
       } else if (has('not-head')) {
         id = notHeadUsedId(chain.secondDescriptor, queue.size);
         const what =
           chain.secondDescriptor === undefined
             ? 'the chain is one ring descriptor, so the queue size'
             : 'a descriptor inside the chain';
-        log?.(`${where}: not-head: used.id ${id} (${what}) instead of head ${chain.id}`);
+        log?.(`${where()}: not-head: used.id ${id} (${what}) instead of head ${chain.id}`);
       }
       let length = written;
       if (has('bad-len')) {
         length = badUsedLength(chain.writableBytes);
-        log?.(`${where}: bad-len: used.len ${length}, the chain has ${chain.writableBytes} writable bytes`);
+        log?.(`${where()}: bad-len: used.len ${length}, the chain has ${chain.writableBytes} writable bytes`);
       }
       queue.pushRaw(id, length);
       if (has('dup')) {
-        log?.(`${where}: dup: head ${id} completed twice`);
+        log?.(`${where()}: dup: head ${id} completed twice`);
         queue.pushRaw(id, length);
       }
     }
@@ -267,15 +302,22 @@ export class BlkRequestHandler implements VduseQueueHandler {
     );
   }
 
-  private execute(chain: DeviceChain): Outcome | Promise<Outcome> {
-    const header = gather(chain.readable, 0, VIRTIO_BLK_OUTHDR_SIZE);
+  /**
+   * Runs the request: returns its outcome, or undefined when the store works asynchronously and `settle`
+   * will be called with it.
+   */
+  private execute(chain: DeviceChain, settle: (outcome: Outcome) => void): Outcome | undefined {
+    // The 16-byte header is nearly always one buffer: read it in place (gather copies only a split one).
+    const first = chain.readable[0] as Buffer;
+    const header =
+      first.length >= VIRTIO_BLK_OUTHDR_SIZE ? first : gather(chain.readable, 0, VIRTIO_BLK_OUTHDR_SIZE);
     const type = header.readUInt32LE(0);
-    const offset = Number(header.readBigUInt64LE(8)) * SECTOR;
+    const offset = (header.readUInt32LE(8) + header.readUInt32LE(12) * 0x100000000) * SECTOR;
     const store = this.options.store;
     const ok = (dataWritten: number): Outcome => ({ status: VIRTIO_BLK_S_OK, dataWritten });
     const fail = (status: number): Outcome => ({ status, dataWritten: 0 });
-    const after = (pending: Promise<void> | undefined, dataWritten: number): Outcome | Promise<Outcome> =>
-      pending === undefined ? ok(dataWritten) : pending.then(() => ok(dataWritten));
+    const after = (pending: Promise<void> | undefined, dataWritten: number): Outcome | undefined =>
+      pending === undefined ? ok(dataWritten) : this.whenDone(pending, dataWritten, settle);
     switch (type) {
       case VIRTIO_BLK_T_IN: {
         const length = chain.writableBytes - 1;
@@ -302,14 +344,17 @@ export class BlkRequestHandler implements VduseQueueHandler {
         return ok(n);
       }
       case VIRTIO_BLK_T_DISCARD:
-      case VIRTIO_BLK_T_WRITE_ZEROES:
-        return this.discardOrZero(chain, type);
+      case VIRTIO_BLK_T_WRITE_ZEROES: {
+        const result = this.discardOrZero(chain, type);
+        return result instanceof Promise ? this.whenDone(result, 0, settle) : result;
+      }
       default:
         return fail(VIRTIO_BLK_S_UNSUPP);
     }
   }
 
-  private discardOrZero(chain: DeviceChain, type: number): Outcome | Promise<Outcome> {
+  /** An outcome now, or the store's pending work (OK once it resolves). */
+  private discardOrZero(chain: DeviceChain, type: number): Outcome | Promise<void> {
     const fail = (status: number): Outcome => ({ status, dataWritten: 0 });
     if (this.options.readOnly) return fail(VIRTIO_BLK_S_IOERR);
     const bytes = chain.readableBytes - VIRTIO_BLK_OUTHDR_SIZE;
@@ -327,7 +372,6 @@ export class BlkRequestHandler implements VduseQueueHandler {
       type === VIRTIO_BLK_T_DISCARD
         ? store.discard(offset, sectors * SECTOR)
         : store.writeZeroes(offset, sectors * SECTOR);
-    const ok: Outcome = { status: VIRTIO_BLK_S_OK, dataWritten: 0 };
-    return pending === undefined ? ok : pending.then(() => ok);
+    return pending ?? { status: VIRTIO_BLK_S_OK, dataWritten: 0 };
   }
 }

@@ -63,6 +63,8 @@ export class VduseDevice {
   private readonly savedState: uapi.VqState[];
   private readonly mappings = new Set<NativeFileMapping>();
   private readonly message = Buffer.alloc(uapi.VDUSE_MESSAGE_SIZE);
+  /** VDUSE_VQ_INJECT_IRQ arguments by queue index (see injectIrq). */
+  private readonly irqArgs: Buffer[] = [];
   private destroyed = false;
   private broken = false;
 
@@ -132,7 +134,9 @@ export class VduseDevice {
 
   /** VDUSE_VQ_INJECT_IRQ. */
   injectIrq(index: number): void {
-    this.file.ioctl(uapi.VDUSE_VQ_INJECT_IRQ, 'VDUSE_VQ_INJECT_IRQ', uapi.encodeU32(index));
+    // One argument buffer per queue, made once: this runs for every interrupt.
+    const arg = (this.irqArgs[index] ??= uapi.encodeU32(index));
+    this.file.ioctl(uapi.VDUSE_VQ_INJECT_IRQ, 'VDUSE_VQ_INJECT_IRQ', arg);
   }
 
   /**

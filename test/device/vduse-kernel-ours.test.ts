@@ -51,8 +51,10 @@ describe('kernel virtio-blk (virtio_vdpa) on VDUSE devices this process serves',
     for (const image of images) fs.rmSync(image, { force: true });
   });
 
-  const image = (bytes: number, content?: Buffer): string => {
-    const file = `/var/tmp/${uniqueName()}.img`; // the guest's tmpfs, not the 9p share
+  // /var/tmp: the overlay's tmpfs upper layer, never the 9p share; statfs says overlayfs, so the device uses the
+  // thread pool. /dev/shm: a tmpfs, where the device reads and writes inline.
+  const image = (bytes: number, content?: Buffer, dir = '/var/tmp'): string => {
+    const file = `${dir}/${uniqueName()}.img`;
     images.push(file);
     fs.writeFileSync(file, '');
     fs.truncateSync(file, bytes);
@@ -64,8 +66,9 @@ describe('kernel virtio-blk (virtio_vdpa) on VDUSE devices this process serves',
     return file;
   };
 
-  const variants: { label: string; options: Partial<VduseBlockOptions>; queues: number }[] = [
+  const variants: { label: string; options: Partial<VduseBlockOptions>; queues: number; dir?: string }[] = [
     { label: 'split rings, 1 queue', options: {}, queues: 1 },
+    { label: 'split rings, 1 queue, file on tmpfs (inline I/O)', options: {}, queues: 1, dir: '/dev/shm' },
     { label: 'packed rings, 1 queue', options: { packed: true }, queues: 1 },
     { label: 'split rings, 2 queues', options: { queues: 2 }, queues: 2 },
     { label: 'packed rings, 2 queues', options: { packed: true, queues: 2 }, queues: 2 },
@@ -74,10 +77,11 @@ describe('kernel virtio-blk (virtio_vdpa) on VDUSE devices this process serves',
     it(`${variant.label}: mkfs.ext4 + fsck, 8 MiB read-back and fio crc32c verify pass`, async () => {
       device = await VduseBlockDevice.start({
         name: uniqueName(),
-        file: image(64 << 20),
+        file: image(64 << 20, undefined, variant.dir),
         attach: true,
         ...variant.options,
       });
+      if (variant.dir === '/dev/shm') assert.match(device.store, /in memory: inline I\/O/);
       const result = await validateWithKernelDriver(device.name, { log });
       console.log(`      ${variant.label}: ${JSON.stringify(result)}`);
       assert.equal(result.capacityBytes, 64 << 20);
