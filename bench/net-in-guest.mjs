@@ -14,15 +14,13 @@
 //   ours-batch  dist-test/bench/net-bench.js --send batch --batch 32: `await dev.sendBatch(32 frames)`
 //   c-1, c-32   build/vdpa-net-bench --batch 1|32 --mode event (bench/c-baseline/vdpa-net-bench.c)
 //   kernel      virtio_vdpa + virtio-net + build/af-packet-net bench --batch 32 (sendmmsg/recvmmsg)
-import { execFileSync, spawn } from 'node:child_process';
+import { execFileSync } from 'node:child_process';
 import fs from 'node:fs';
 import { createRequire } from 'node:module';
 import os from 'node:os';
 import path from 'node:path';
-import { fileURLToPath } from 'node:url';
+import { ROOT, failure, lastJson, run as runOn } from './guest-lib.mjs';
 
-const BENCH_DIR = path.dirname(fileURLToPath(import.meta.url));
-const ROOT = path.dirname(BENCH_DIR);
 const require = createRequire(import.meta.url);
 const { bindDriver, describeBinding } = require(path.join(ROOT, 'dist', 'index.js'));
 const JS_BENCH = path.join(ROOT, 'dist-test', 'bench', 'net-bench.js');
@@ -77,51 +75,8 @@ const log = (msg) => process.stderr.write(`[bench-net] ${msg}\n`);
 /** With pinning: the CPU the drivers run on (the simulator's worker gets CPU 0). */
 let driverCpu;
 
-function run(cmd, args, timeoutSec) {
-  if (driverCpu !== undefined) {
-    args = ['-c', String(driverCpu), cmd, ...args];
-    cmd = 'taskset';
-  }
-  return new Promise((resolve) => {
-    const child = spawn(cmd, args, { cwd: ROOT, stdio: ['ignore', 'pipe', 'pipe'] });
-    let stdout = '';
-    let stderr = '';
-    child.stdout.on('data', (d) => (stdout += d));
-    child.stderr.on('data', (d) => {
-      stderr += d;
-      process.stderr.write(d);
-    });
-    const timer = setTimeout(() => {
-      stderr += `\n[killed after ${timeoutSec}s]`;
-      child.kill('SIGKILL');
-    }, timeoutSec * 1000);
-    child.on('error', (e) => {
-      clearTimeout(timer);
-      resolve({ code: -1, stdout, stderr: `${stderr}${e.message}` });
-    });
-    child.on('close', (code, signal) => {
-      clearTimeout(timer);
-      resolve({ code: code ?? (signal ? 128 : -1), stdout, stderr });
-    });
-  });
-}
-
-function lastJson(stdout) {
-  for (const l of stdout.trim().split('\n').reverse()) {
-    if (!l.startsWith('{')) continue;
-    try {
-      return JSON.parse(l);
-    } catch {
-      /* keep looking */
-    }
-  }
-  return undefined;
-}
-
-function failure(what, res) {
-  const tail = res.stderr.trim().split('\n').slice(-3).join(' | ');
-  return { error: `${what} exited ${res.code}${tail ? `: ${tail}` : ''}` };
-}
+/** guest-lib's run, on the drivers' CPU when pinning. */
+const run = (cmd, args, timeoutSec) => runOn(cmd, args, timeoutSec, { cpu: driverCpu });
 
 const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
 

@@ -1,5 +1,5 @@
-// Host-side pieces of the benchmark runners (scripts/bench-vduse.mjs; the older runners, scripts/bench.mjs and
-// scripts/bench-net.mjs, still carry their own copies): building, boot-and-collect, result files, tables.
+// Host-side pieces of the benchmark runners (all of scripts/bench-vduse.mjs, the command-line entry of
+// scripts/bench-net.mjs; scripts/bench.mjs keeps its own): building, boot-and-collect, result files, tables.
 import { spawnSync } from 'node:child_process';
 import fs from 'node:fs';
 import os from 'node:os';
@@ -72,4 +72,29 @@ export function table(title, header, rows) {
   const line = (cells) =>
     cells.map((c, i) => (i === 0 ? String(c).padEnd(widths[i]) : String(c).padStart(widths[i]))).join(' | ');
   return [title, line(header), widths.map((w) => '-'.repeat(w)).join('-|-'), ...rows.map(line)].join('\n');
+}
+
+/**
+ * The command-line entry of a benchmark script run directly (`node scripts/bench-X.mjs …`): parses, prints
+ * `help` on --help or after a usage error (exit 2), runs, and sets the exit code. `tag` prefixes messages.
+ */
+export function benchMain(tag, parse, help, run) {
+  let o;
+  try {
+    o = parse(process.argv.slice(2));
+  } catch (e) {
+    process.stderr.write(`${tag}: ${e.message}\n\n${help}\n`);
+    process.exit(2);
+  }
+  if (o.help) {
+    process.stdout.write(`${help}\n`);
+    process.exit(0);
+  }
+  run(o).then(
+    (code) => (process.exitCode = code),
+    (e) => {
+      process.stderr.write(`${tag}: ${e.message}\n`);
+      process.exitCode = 1;
+    },
+  );
 }

@@ -11,6 +11,7 @@ import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { PROJECT_ROOT, runInLab } from './lab/index.mjs';
 import { buildNetTools } from './build-net-tools.mjs';
+import { benchMain } from './bench-common.mjs';
 
 const RESULTS_DIR = path.join(PROJECT_ROOT, 'bench', 'results');
 
@@ -310,23 +311,5 @@ export async function runNetBench(o) {
   return res.exitCode === 0 ? 0 : 1;
 }
 
-if (process.argv[1] === fileURLToPath(import.meta.url)) {
-  let o;
-  try {
-    o = parseNetArgs(process.argv.slice(2));
-  } catch (e) {
-    process.stderr.write(`bench-net: ${e.message}\n\n${NET_HELP}\n`);
-    process.exit(2);
-  }
-  if (o.help) {
-    process.stdout.write(`${NET_HELP}\n`);
-    process.exit(0);
-  }
-  runNetBench(o).then(
-    (code) => (process.exitCode = code),
-    (e) => {
-      process.stderr.write(`bench-net: ${e.message}\n`);
-      process.exitCode = 1;
-    },
-  );
-}
+if (process.argv[1] === fileURLToPath(import.meta.url))
+  benchMain('bench-net', parseNetArgs, NET_HELP, runNetBench);

@@ -9,7 +9,7 @@ import fs from 'node:fs';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { median } from '../bench/guest-lib.mjs';
-import { RESULTS_DIR, buildJs, fmt, runGuestBench, table, timestamp } from './bench-common.mjs';
+import { RESULTS_DIR, benchMain, buildJs, fmt, runGuestBench, table, timestamp } from './bench-common.mjs';
 import { PROJECT_ROOT } from './lab/index.mjs';
 
 export const VDUSE_HELP = `VDUSE options (npm run bench:vduse -- …, or npm run bench -- --suite vduse …):
@@ -220,23 +220,5 @@ export async function runVduseBench(o) {
   return res.exitCode === 0 ? 0 : 1;
 }
 
-if (process.argv[1] === fileURLToPath(import.meta.url)) {
-  let o;
-  try {
-    o = parseVduseArgs(process.argv.slice(2));
-  } catch (e) {
-    process.stderr.write(`bench-vduse: ${e.message}\n\n${VDUSE_HELP}\n`);
-    process.exit(2);
-  }
-  if (o.help) {
-    process.stdout.write(`${VDUSE_HELP}\n`);
-    process.exit(0);
-  }
-  runVduseBench(o).then(
-    (code) => (process.exitCode = code),
-    (e) => {
-      process.stderr.write(`bench-vduse: ${e.message}\n`);
-      process.exitCode = 1;
-    },
-  );
-}
+if (process.argv[1] === fileURLToPath(import.meta.url))
+  benchMain('bench-vduse', parseVduseArgs, VDUSE_HELP, runVduseBench);
