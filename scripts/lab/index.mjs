@@ -7,7 +7,7 @@ import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { prepare } from './prepare.mjs';
 import { createLogger, shQuote } from './util.mjs';
-import { bootOnce, chooseAccel, liveRunDirs, recordAccel } from './vm.mjs';
+import { bootOnce, chooseAccel, liveRunDirs, recordAccel, retryAfterBootPanic } from './vm.mjs';
 
 const LAB_DIR = path.dirname(fileURLToPath(import.meta.url));
 /** The repository root (holds package.json): mounted read-write in the guest at the same path. */
@@ -60,6 +60,7 @@ export async function runInLab(opts) {
     let choice = chooseAccel();
     if (choice.why) log(`using TCG: ${choice.why}`);
     let res;
+    let bootPanicRetries = 1;
     for (;;) {
       log(`booting QEMU (${choice.accel}, ${o.cpus} vCPUs, ${o.memoryMiB} MiB)`);
       res = await bootOnce({
@@ -71,6 +72,12 @@ export async function runInLab(opts) {
         opts: o,
         log,
       });
+      if (retryAfterBootPanic(res, bootPanicRetries)) {
+        bootPanicRetries--;
+        log.warn('the guest kernel panicked while booting, before the command started; booting again');
+        printTail(res.consoleTail.slice(-8));
+        continue;
+      }
       if (res.outcome !== 'kvm-broken') break;
       log.warn(
         `KVM does not work here (${res.reason}); falling back to TCG (cached for this boot of the host)`,

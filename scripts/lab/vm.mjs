@@ -194,7 +194,8 @@ function installCleanupHandlers() {
 /**
  * Boots the guest once and follows it to the end.
  * @returns {Promise<{outcome: 'done'|'timeout'|'kvm-broken'|'guest-failed', reason?: string,
- *   exitCode?: number, bootMs: number, commandMs: number, consoleTail: string[]}>}
+ *   exitCode?: number, bootMs: number, commandMs: number, consoleTail: string[], panic: boolean,
+ *   commandStarted: boolean}>}
  */
 export function bootOnce({ accel, allowKvmFallback, assets, runDir, projectRoot, opts, log }) {
   installCleanupHandlers();
@@ -295,7 +296,15 @@ export function bootOnce({ accel, allowKvmFallback, assets, runDir, projectRoot,
       const end = Date.now();
       const bootMs = (marks['command-start'] ?? end) - t0;
       const commandMs = marks['command-start'] ? (marks['command-exit'] ?? end) - marks['command-start'] : 0;
-      const base = { bootMs, commandMs, consoleTail: console_.tail, qemuStderr, kvmBroken };
+      const base = {
+        bootMs,
+        commandMs,
+        consoleTail: console_.tail,
+        qemuStderr,
+        kvmBroken,
+        panic: console_.panic,
+        commandStarted: Boolean(marks['command-start']),
+      };
       const status = fs.existsSync(path.join(runDir, 'status'))
         ? Number.parseInt(fs.readFileSync(path.join(runDir, 'status'), 'utf8'), 10)
         : undefined;
@@ -315,4 +324,14 @@ export function bootOnce({ accel, allowKvmFallback, assets, runDir, projectRoot,
       resolve({ ...base, outcome: 'guest-failed', reason });
     }
   });
+}
+
+/**
+ * Whether a boot that ended with `res` is booted again: only a guest kernel panic before the command
+ * started (nothing ran, so nothing is re-run), and only `retriesLeft` times. Under TCG the 6.12 kernel
+ * panics now and then while patching its own text at boot ("Oops: int3" in an interrupt), which has
+ * nothing to do with the command.
+ */
+export function retryAfterBootPanic(res, retriesLeft) {
+  return retriesLeft > 0 && res.outcome === 'guest-failed' && res.panic === true && !res.commandStarted;
 }
