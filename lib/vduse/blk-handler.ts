@@ -67,6 +67,11 @@ export function sliceViews(buffers: readonly Buffer[], offset: number, length: n
 }
 
 /** Copies `length` bytes at `offset` of the concatenation of `buffers` into one Buffer. */
+/** How fault and error log lines name a request (faulty-blk's words); built only when a line is logged. */
+function where(requestNo: number, queue: DeviceQueue): string {
+  return `request ${requestNo} queue ${queue.index}`;
+}
+
 function gather(buffers: readonly Buffer[], offset: number, length: number): Buffer {
   const views = sliceViews(buffers, offset, length);
   return views.length === 1 ? (views[0] as Buffer) : Buffer.concat(views, length);
@@ -138,8 +143,6 @@ export class BlkRequestHandler implements VduseQueueHandler {
     const faults = this.options.faults?.next(requestNo) ?? NO_FAULTS;
     if (faults.length > 0) this.stats.faults++;
     const log = this.options.log;
-    // Only fault and error paths log: no string per request otherwise.
-    const where = (): string => `request ${requestNo} queue ${queue.index}`;
     const generation = this.generation;
     const delayMs =
       faults.length === 0 ? 0 : faults.reduce((ms, f) => (f.kind === 'delay' ? ms + f.ms : ms), 0);
@@ -152,14 +155,14 @@ export class BlkRequestHandler implements VduseQueueHandler {
           : undefined);
     if (malformed !== undefined) {
       this.stats.errors++;
-      log?.(`${where()} head ${chain.id}: ${malformed}: completed with used.len 0`);
+      log?.(`${where(requestNo, queue)} head ${chain.id}: ${malformed}: completed with used.len 0`);
       const pushEmpty = (): void => {
         if (generation !== this.generation) return; // the queue was dropped by a reset meanwhile
         queue.push(chain, 0);
         this.scheduleNotify(queue);
       };
       if (delayMs > 0) {
-        log?.(`${where()}: slow: completing in ${delayMs} ms`);
+        log?.(`${where(requestNo, queue)}: slow: completing in ${delayMs} ms`);
         setTimeout(pushEmpty, delayMs);
       } else {
         pushEmpty();
@@ -168,20 +171,20 @@ export class BlkRequestHandler implements VduseQueueHandler {
     }
     if (faults.length > 0 && faults.some((f) => f.kind === 'stall')) {
       const type = gather(chain.readable, 0, 4).readUInt32LE(0);
-      log?.(`${where()} head ${chain.id} (type ${type}): stall: never completed`);
+      log?.(`${where(requestNo, queue)} head ${chain.id} (type ${type}): stall: never completed`);
       return;
     }
-    if (delayMs > 0) log?.(`${where()}: slow: completing in ${delayMs} ms`);
+    if (delayMs > 0) log?.(`${where(requestNo, queue)}: slow: completing in ${delayMs} ms`);
     const settle = (outcome: Outcome): void => {
       if (delayMs > 0)
-        setTimeout(() => this.finish(generation, queue, chain, outcome, faults, where), delayMs);
-      else this.finish(generation, queue, chain, outcome, faults, where);
+        setTimeout(() => this.finish(generation, queue, chain, outcome, faults, requestNo), delayMs);
+      else this.finish(generation, queue, chain, outcome, faults, requestNo);
     };
     let result: Outcome | undefined;
     try {
       // ioerr: fail without doing the I/O, as faulty-blk does.
       if (faults.length > 0 && faults.some((f) => f.kind === 'ioerr')) {
-        log?.(`${where()} (type ${gather(chain.readable, 0, 4).readUInt32LE(0)}): ioerr`);
+        log?.(`${where(requestNo, queue)} (type ${gather(chain.readable, 0, 4).readUInt32LE(0)}): ioerr`);
         result = { status: VIRTIO_BLK_S_IOERR, dataWritten: 0 };
       } else {
         result = this.execute(chain, settle);
@@ -200,10 +203,10 @@ export class BlkRequestHandler implements VduseQueueHandler {
     chain: DeviceChain,
     outcome: Outcome,
     faults: readonly FaultAction[],
-    where: () => string,
+    requestNo: number,
   ): void {
     if (generation !== this.generation) return; // the queue was dropped by a reset meanwhile
-    this.complete(queue, chain, outcome, faults, where);
+    this.complete(queue, chain, outcome, faults, requestNo);
   }
 
   /** Settles with OK once `pending` resolves (IOERR if it rejects). */
@@ -227,7 +230,7 @@ export class BlkRequestHandler implements VduseQueueHandler {
     chain: DeviceChain,
     outcome: Outcome,
     faults: readonly FaultAction[],
-    where: () => string,
+    requestNo: number,
   ): void {
     if (outcome.status !== VIRTIO_BLK_S_OK) this.stats.errors++;
     const writable = chain.writable;
@@ -247,23 +250,27 @@ export class BlkRequestHandler implements VduseQueueHandler {
       let id = chain.id;
       if (has('bad-id')) {
         id = badUsedId(queue.size);
-        log?.(`${where()}: bad-id: used.id ${id} (queue size ${queue.size}) instead of head ${chain.id}`);
+        log?.(
+          `${where(requestNo, queue)}: bad-id: used.id ${id} (queue size ${queue.size}) instead of head ${chain.id}`,
+        );
       } else if (has('not-head')) {
         id = notHeadUsedId(chain.secondDescriptor, queue.size);
         const what =
           chain.secondDescriptor === undefined
             ? 'the chain is one ring descriptor, so the queue size'
             : 'a descriptor inside the chain';
-        log?.(`${where()}: not-head: used.id ${id} (${what}) instead of head ${chain.id}`);
+        log?.(`${where(requestNo, queue)}: not-head: used.id ${id} (${what}) instead of head ${chain.id}`);
       }
       let length = written;
       if (has('bad-len')) {
         length = badUsedLength(chain.writableBytes);
-        log?.(`${where()}: bad-len: used.len ${length}, the chain has ${chain.writableBytes} writable bytes`);
+        log?.(
+          `${where(requestNo, queue)}: bad-len: used.len ${length}, the chain has ${chain.writableBytes} writable bytes`,
+        );
       }
       queue.pushRaw(id, length);
       if (has('dup')) {
-        log?.(`${where()}: dup: head ${id} completed twice`);
+        log?.(`${where(requestNo, queue)}: dup: head ${id} completed twice`);
         queue.pushRaw(id, length);
       }
     }

@@ -599,7 +599,7 @@ export class VirtioDriver<O extends DeviceOp> {
         // Callback-form completions: called now, so what they submit goes out with the refill below.
         if (this.#callbacks.size > 0) {
           this.#drainCallbacks();
-          this.#completions.resubmittedInRound();
+          this.#completions.submittedAlone();
         }
         if (this.#fifo.size > 0 || this.#targetedWaiting > 0) {
           this.#pump();

@@ -17,7 +17,8 @@
  * {@link CompletionDriver.roundQueued}) without a libuv iteration in between.
  *
  * One exception: when the caller reports (via {@link CompletionDriver.submittedAlone})
- * that a continuation already published its single request — queue depth 1 —
+ * that it already published what the completions led to — a continuation's
+ * single request at queue depth 1, or the callback API's resubmissions —
  * the chained round runs in the microtask itself, saving the nextTick: the
  * only thing it may delay (by at most one round) is other microtasks queued
  * later in the same checkpoint.
@@ -203,23 +204,15 @@ export class CompletionDriver {
   }
 
   /**
-   * Like {@link submitted}, for a request published on its own right after a
-   * round found its only completion (queue depth 1): the chained round then
-   * runs in its microtask rather than waiting for a nextTick.
+   * Like {@link submitted}, for requests the driver already published right
+   * after a round's completions: a lone resubmission at queue depth 1, or what
+   * callback-API completions submitted. Nothing waits for promise
+   * continuations, so the chained round runs in its microtask rather than
+   * waiting for a nextTick.
    */
   submittedAlone(): void {
     if (this.mode === 'poll') this.#alone = true;
     this.submitted();
-  }
-
-  /**
-   * The round running now already published what its completions' callbacks
-   * submitted (the callback API: nothing waits for a microtask checkpoint),
-   * so the round chained after it runs in its microtask, without the
-   * `nextTick` hop that lets promise continuations submit first.
-   */
-  resubmittedInRound(): void {
-    if (this.mode === 'poll') this.#alone = true;
   }
 
   /** Whether open watches keep the process alive (like `socket.ref()/unref()`). */
