@@ -136,6 +136,15 @@ class Histogram {
   sumUs = 0;
   maxUs = 0;
 
+  /** Empties it (after the warm-up, which fills it through the same code as the window). */
+  reset(): void {
+    this.counts.fill(0);
+    this.total = 0;
+    this.overflow = 0;
+    this.sumUs = 0;
+    this.maxUs = 0;
+  }
+
   add(us: number): void {
     const b = Math.floor(us / Histogram.BUCKET_US);
     if (b < this.counts.length) this.counts[b]++;
@@ -169,7 +178,14 @@ function threadCpuMs(): Record<string, number> {
     for (const tid of fs.readdirSync('/proc/self/task')) {
       const stat = fs.readFileSync(`/proc/self/task/${tid}/stat`, 'utf8');
       const f = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
-      out[Number(tid) === process.pid ? 'main' : 'others'] += (Number(f[11]) + Number(f[12])) * tick;
+      const ms = (Number(f[11]) + Number(f[12])) * tick;
+      const main = Number(tid) === process.pid;
+      out[main ? 'main' : 'others'] += ms;
+      // The others by thread name as well ("others:V8 DefaultWorke", "others:libuv-worker", …): whose CPU it is.
+      if (!main) {
+        const key = `others:${stat.slice(stat.indexOf('(') + 1, stat.lastIndexOf(')'))}`;
+        out[key] = (out[key] ?? 0) + ms;
+      }
     }
   } catch {
     // not Linux: no per-thread numbers
@@ -193,8 +209,9 @@ class LoadGenerator {
   readonly #buffers: Buffer[];
   readonly #blocks: number;
   #rng: number;
-  /** Time phase: latencies are recorded for completions in [measureFrom, stopAt). */
-  measureFrom = 0;
+  /** Time phase: latencies are recorded for completions in [measureFrom, stopAt). Doubles from the start: a field
+   * that turns from an integer into a double mid-run deoptimises the code that reads it. */
+  measureFrom = -Infinity;
   stopAt = Infinity;
   /** Count phase: no new request once `issued` reaches it. */
   issueLimit = Infinity;
@@ -229,6 +246,73 @@ class LoadGenerator {
     s ^= s << 5;
     this.#rng = s;
     return ((s >>> 0) % this.#blocks) * this.#o.bs;
+  }
+
+  /**
+   * Starts a new phase on the same instance: counters, histogram and window marks cleared, limits open.
+   * The warm-up and the measured window run on one instance so that the code V8 optimised during the warm-up
+   * is the code the window runs: a second instance made the loop deoptimise at the start of the window
+   * ("wrong map": the fields' representations differed) and V8 compiled 16–32 functions again inside it.
+   */
+  nextPhase(): void {
+    this.issued = 0;
+    this.ios = 0;
+    this.histogram.reset();
+    this.cpuAtStart = undefined;
+    this.cpuAtStop = undefined;
+    this.threadsAtStart = undefined;
+    this.threadsAtStop = undefined;
+    this.startedAt = 0;
+    this.measureFrom = -Infinity;
+    this.stopAt = Infinity;
+    this.issueLimit = Infinity;
+  }
+
+  /**
+   * Timed run with a warm-up, as the C driver does it: the first `ios` completions (or those of the first
+   * WARMUP_MAX_SECONDS) are the warm-up, then the ramp and the window follow in the same run — the loops never
+   * stop in between, so nothing drains and nothing V8 optimised is thrown away. During the warm-up latencies are
+   * recorded too (the window's code path is then warm); the warm-up's end clears them.
+   */
+  startAfterWarmup(ios: number, rampMs: number, windowMs: number): void {
+    this.nextPhase();
+    this.#rampMs = rampMs;
+    this.#windowMs = windowMs;
+    const now = performance.now();
+    this.#warmupStarted = now;
+    if (ios <= 0) {
+      this.measureFrom = now + rampMs;
+      this.stopAt = this.measureFrom + windowMs;
+      return;
+    }
+    this.#warmupLeft = ios;
+    this.#warmupDeadline = now + WARMUP_MAX_SECONDS * 1000;
+    this.#warmupThreads = threadCpuMs();
+  }
+
+  /** What the warm-up did (count, seconds, helper-thread CPU), once it is over. */
+  warmup: Record<string, unknown> = { warmup_ios: 0 };
+
+  #warmupLeft = 0;
+  #warmupDeadline = Infinity;
+  #warmupStarted = 0;
+  #warmupThreads: Record<string, number> = {};
+  #rampMs = 0;
+  #windowMs = 0;
+
+  #endWarmup(t1: number): void {
+    this.#warmupLeft = 0;
+    this.warmup = {
+      warmup_ios: this.ios,
+      warmup_seconds: round1((t1 - this.#warmupStarted) / 1000),
+      warmup_thread_cpu_ms: diffMs(this.#warmupThreads, threadCpuMs()),
+    };
+    this.ios = 0;
+    this.histogram.reset();
+    this.cpuAtStart = undefined;
+    this.threadsAtStart = undefined;
+    this.measureFrom = t1 + this.#rampMs;
+    this.stopAt = this.measureFrom + this.#windowMs;
   }
 
   /** Runs the `qd` loops until the time or count limit; resolves when all have stopped. */
@@ -274,6 +358,7 @@ class LoadGenerator {
   /** Counts a completed I/O that started at `t0` if it ended inside the measured window. */
   #record(t0: number): void {
     const t1 = performance.now();
+    if (this.#warmupLeft > 0 && (--this.#warmupLeft === 0 || t1 >= this.#warmupDeadline)) this.#endWarmup(t1);
     if (t1 >= this.measureFrom && t1 < this.stopAt) {
       if (this.cpuAtStart === undefined) {
         this.cpuAtStart = process.cpuUsage();
@@ -319,48 +404,21 @@ function cpuMicros(a: NodeJS.CpuUsage, b: NodeJS.CpuUsage): number {
 /** Longest warm-up: on a starved machine the count may take long; the window then reports what it got. */
 const WARMUP_MAX_SECONDS = 120;
 
-/**
- * Completes `o.warmupIos` I/Os (or stops after WARMUP_MAX_SECONDS), unmeasured: V8 optimises a function after
- * enough calls, so warming up by count reaches the steady state a long-running user sees on any machine.
- */
-async function warmUp(device: BlockDevice, o: Options): Promise<Record<string, unknown>> {
-  if (o.warmupIos === 0) return { warmup_ios: 0 };
-  const warm = new LoadGenerator(device, o);
-  warm.issueLimit = o.warmupIos;
-  warm.measureFrom = Infinity;
-  const t0 = performance.now();
-  warm.stopAt = t0 + WARMUP_MAX_SECONDS * 1000;
-  const threads0 = threadCpuMs();
-  await warm.run();
-  if (warm.firstError !== undefined) throw warm.firstError;
-  const seconds = (performance.now() - t0) / 1000;
-  return {
-    warmup_ios: warm.issued,
-    warmup_seconds: round1(seconds),
-    warmup_thread_cpu_ms: diffMs(threads0, threadCpuMs()),
-  };
-}
-
 async function timed(device: BlockDevice, o: Options): Promise<Record<string, unknown>> {
-  const warmup = await warmUp(device, o);
   const gen = new LoadGenerator(device, o);
-  let gcs = 0;
-  let gcMs = 0;
+  // GC entries arrive later than they happen: keep them all and count those inside the window at the end.
+  const gcEntries: { start: number; ms: number }[] = [];
   const gcObserver = new PerformanceObserver((list) => {
-    for (const e of list.getEntries()) {
-      if (e.startTime >= gen.measureFrom && e.startTime < gen.stopAt) {
-        gcs++;
-        gcMs += e.duration;
-      }
-    }
+    for (const e of list.getEntries()) gcEntries.push({ start: e.startTime, ms: e.duration });
   });
   gcObserver.observe({ entryTypes: ['gc'] });
-  const t = performance.now();
-  gen.measureFrom = t + o.ramp * 1000;
-  gen.stopAt = gen.measureFrom + o.seconds * 1000;
+  gen.startAfterWarmup(o.warmupIos, o.ramp * 1000, o.seconds * 1000);
   await gen.run();
   gcObserver.disconnect();
   if (gen.firstError !== undefined) throw gen.firstError;
+  const inWindow = gcEntries.filter((e) => e.start >= gen.measureFrom && e.start < gen.stopAt);
+  const gcs = inWindow.length;
+  const gcMs = inWindow.reduce((sum, e) => sum + e.ms, 0);
   if (gen.cpuAtStart === undefined || gen.cpuAtStop === undefined || gen.ios === 0) {
     throw new Error('no request completed inside the measured interval');
   }
@@ -385,7 +443,7 @@ async function timed(device: BlockDevice, o: Options): Promise<Record<string, un
     max_us: round1(h.maxUs),
     cpu_us_per_io: round2(cpuMicros(gen.cpuAtStart, gen.cpuAtStop) / gen.ios),
     errors: 0,
-    ...warmup,
+    ...gen.warmup,
     percentiles_us: Object.fromEntries(PERCENTILES.map((p) => [String(p), round1(h.quantile(p / 100))])),
     // Diagnostics: CPU ms per thread inside the window, and V8 garbage collections (count, ms on the main thread).
     thread_cpu_ms: diffMs(gen.threadsAtStart ?? {}, gen.threadsAtStop ?? {}),
@@ -408,12 +466,13 @@ async function timed(device: BlockDevice, o: Options): Promise<Record<string, un
 async function heap(device: BlockDevice, o: Options): Promise<Record<string, unknown>> {
   const gc = (globalThis as { gc?: () => void }).gc;
   if (gc === undefined) throw new Error('--heap-ios needs node --expose-gc');
-  const warm = new LoadGenerator(device, o);
-  warm.issueLimit = Math.min(20_000, Math.max(1000, Math.floor(o.heapIos / 10)));
-  await warm.run();
-  if (warm.firstError !== undefined) throw warm.firstError;
-
   const gen = new LoadGenerator(device, o);
+  gen.issueLimit = Math.min(20_000, Math.max(1000, Math.floor(o.heapIos / 10)));
+  await gen.run();
+  if (gen.firstError !== undefined) throw gen.firstError;
+  const warmIssued = gen.issued;
+
+  gen.nextPhase();
   gen.issueLimit = o.heapIos;
   gc();
   gc();
@@ -436,7 +495,7 @@ async function heap(device: BlockDevice, o: Options): Promise<Record<string, unk
     qd: o.qd,
     bs: o.bs,
     ios,
-    warmup_ios: warm.issued,
+    warmup_ios: warmIssued,
     seconds: Math.round(seconds * 10) / 10,
     iops: round1(ios / seconds),
     cpu_us_per_io: round2(cpuMicros(cpu0, cpu1) / ios),
@@ -458,7 +517,22 @@ async function scaled(paths: string[], o: Options): Promise<Record<string, unkno
     BlockDevice.open(p, { completion: o.mode, pollSpinMicros: o.spinMicros, queues: o.queues }),
   );
   try {
-    const gens = devices.map((d) => new LoadGenerator(d, { ...o, qd: o.qd * o.queues }));
+    const each = { ...o, qd: o.qd * o.queues };
+    // The same unmeasured warm-up as a single-device run, on every device at once (the same code path).
+    const gens = devices.map((d) => new LoadGenerator(d, each));
+    let warmupSeconds = 0;
+    if (o.warmupIos > 0) {
+      const t0 = performance.now();
+      for (const g of gens) {
+        g.issueLimit = o.warmupIos;
+        g.measureFrom = t0;
+        g.stopAt = t0 + WARMUP_MAX_SECONDS * 1000;
+      }
+      await Promise.all(gens.map((g) => g.run()));
+      for (const g of gens) if (g.firstError !== undefined) throw g.firstError;
+      for (const g of gens) g.nextPhase();
+      warmupSeconds = round1((performance.now() - t0) / 1000);
+    }
     const t = performance.now();
     for (const g of gens) {
       g.measureFrom = t + o.ramp * 1000;
@@ -477,6 +551,8 @@ async function scaled(paths: string[], o: Options): Promise<Record<string, unkno
       devices: paths,
       queues: o.queues,
       qd_per_queue: o.qd,
+      warmup_ios_per_device: o.warmupIos,
+      warmup_seconds: warmupSeconds,
       iops: round1(perDevice.reduce((a, b) => a + b, 0)),
       iops_per_device: perDevice,
       // Whole process, ramp included (the generators start their windows at slightly different times).

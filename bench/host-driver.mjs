@@ -59,6 +59,8 @@ async function child([root, qdArg, mode, rw, iosArg, warmArg, api]) {
   left = Number(warmArg);
   await Promise.all(buffers.map(loop));
   const ios = Number(iosArg);
+  // A marker for --trace-opt/--trace-deopt output: what V8 does after it is in the measured run.
+  process.stdout.write('--- measured run\n');
   left = ios;
   const cpu0 = process.cpuUsage();
   const t0 = performance.now();

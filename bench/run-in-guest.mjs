@@ -14,9 +14,12 @@
 // engine failing is recorded as {error} and the rest still run; the exit status is 1 if anything failed.
 // ref-irq / ref-poll run another build's blk-bench.js (--ref-js, e.g. one built from an older commit) in the
 // same boot, for A/B comparisons of driver changes on this noisy machine; `npm run bench` does not use them.
-// Our engines and the C driver first complete --warmup-ios I/Os, unmeasured, then the ramp, then the window: a
-// driver in use is long warmed, and under TCG a 1 s ramp ends before V8 has optimised the hot path (the window
-// then measures the JIT compiler). fio (kernel) keeps its time-based ramp: it has nothing to compile. A --ref-js
+// Our engines and the C driver first complete a warm-up, unmeasured, then the ramp, then the window: a driver
+// in use is long warmed, and under TCG a 1 s ramp ends before V8 has optimised the hot path (the window then
+// measures the JIT compiler). The warm-up is --warmup-ios I/Os at queue depth ≤ 4 and --warmup-ios × QD/4 deeper
+// (warmupIosFor): the completion path runs once per batch, not per I/O, so at QD32 it needs 8× the I/Os to be
+// called as often — with 20,000 I/Os at QD32, V8 was still compiling the poll loop inside the window (25
+// functions, `--trace-opt`). fio (kernel) keeps its time-based ramp: it has nothing to compile. A --ref-js
 // build must know --warmup-ios (or run with --warmup-ios 0 for both).
 import fs from 'node:fs';
 import os from 'node:os';
@@ -37,6 +40,11 @@ import {
 } from './guest-lib.mjs';
 
 const C_BIN = path.join(BENCH_DIR, 'c-baseline', 'vdpa-blk-bench');
+
+/** Warm-up I/Os at queue depth `qd`: `base` up to QD4, `base × qd/4` beyond (see the comment at the top). */
+export function warmupIosFor(base, qd) {
+  return Math.round(base * Math.max(1, qd / 4));
+}
 // ours-cb-*: the same loop through readIntoCallback()/writeCallback() (no Promise per I/O), an extra column.
 const ALL_ENGINES = [
   'ours-irq',
@@ -115,7 +123,8 @@ async function runEngine(engine, o, rw, qd, round) {
   const secs = String(o.seconds);
   const ramp = String(o.ramp);
   // blk-bench.js bounds its warm-up at 120 s; the C driver's takes a few seconds at most.
-  const timeout = o.seconds + o.ramp + 90 + (engine === 'kernel' ? 0 : 150);
+  const timeout =
+    o.seconds + o.ramp + 90 + (engine === 'kernel' ? 0 : 150 + warmupIosFor(o.warmupIos, qd) / 1000);
   if (engine === 'kernel') {
     const res = await run('sh', [KERNEL_FIO, 'run', o.deviceName, rw, String(qd), secs, ramp], timeout);
     const fio = lastJsonDocument(res.stdout);
@@ -123,10 +132,11 @@ async function runEngine(engine, o, rw, qd, round) {
     return fromFio(fio, rw);
   }
   const device = vhostChardev(o.deviceName);
+  const warmupIos = warmupIosFor(o.warmupIos, qd);
   if (engine === 'c-poll' || engine === 'c-event') {
     const mode = engine === 'c-poll' ? 'poll' : 'event';
     const args = ['--device', device, '--rw', rw, '--qd', String(qd), '--seconds', secs, '--ramp', ramp];
-    args.push('--warmup-ios', String(o.warmupIos));
+    args.push('--warmup-ios', String(warmupIos));
     const res = await run(C_BIN, [...args, '--mode', mode], timeout);
     const r = lastJson(res.stdout);
     return res.code === 0 && r ? r : failure('vdpa-blk-bench', res);
@@ -140,7 +150,7 @@ async function runEngine(engine, o, rw, qd, round) {
       `--cpu-prof-name=${engine}-${rw}-qd${qd}-r${round}.cpuprofile`,
     );
   const args = ['--device', device, '--rw', rw, '--qd', String(qd), '--seconds', secs, '--ramp', ramp];
-  args.push('--mode', mode, '--warmup-ios', String(o.warmupIos));
+  args.push('--mode', mode, '--warmup-ios', String(warmupIos));
   if (engine.startsWith('ours-cb-')) args.push('--api', 'callback');
   if (mode === 'poll') args.push('--spin-us', String(o.spinUs));
   const res = await run(

@@ -5,7 +5,10 @@
 // against one C baseline process per device, all at once; and on the lab's 2-queue VDUSE device (vduse-mq) our
 // driver with one and with two queues. 4 KiB randread, QD32 per device (or per queue). Writes one JSON document.
 //
-//   node bench/scale-in-guest.mjs --out FILE [--devices 4] [--seconds 5] [--ramp 1] [--rounds 2]
+// Every engine first completes --warmup-ios I/Os per device unmeasured (default 160,000: what `npm run bench`
+// uses at QD32, where the completion path runs once per batch of I/Os).
+//
+//   node bench/scale-in-guest.mjs --out FILE [--devices 4] [--seconds 5] [--ramp 1] [--rounds 2] [--warmup-ios N]
 import { spawn, spawnSync } from 'node:child_process';
 import fs from 'node:fs';
 import path from 'node:path';
@@ -17,7 +20,7 @@ const JS_BENCH = path.join(ROOT, 'dist-test', 'bench', 'blk-bench.js');
 const C_BIN = path.join(ROOT, 'bench', 'c-baseline', 'vdpa-blk-bench');
 const log = (m) => process.stderr.write(`[scale] ${m}\n`);
 
-const o = { out: undefined, devices: 4, seconds: 5, ramp: 1, rounds: 2 };
+const o = { out: undefined, devices: 4, seconds: 5, ramp: 1, rounds: 2, warmupIos: 160000 };
 const argv = process.argv.slice(2);
 for (let i = 0; i < argv.length; i++) {
   const a = argv[i];
@@ -26,6 +29,7 @@ for (let i = 0; i < argv.length; i++) {
   else if (a === '--seconds') o.seconds = Number(argv[++i]);
   else if (a === '--ramp') o.ramp = Number(argv[++i]);
   else if (a === '--rounds') o.rounds = Number(argv[++i]);
+  else if (a === '--warmup-ios') o.warmupIos = Number(argv[++i]);
   else throw new Error(`unknown option ${a}`);
 }
 if (!o.out) throw new Error('--out FILE is required');
@@ -60,7 +64,16 @@ function run(cmd, args) {
   });
 }
 
-const common = ['--rw', 'randread', '--seconds', String(o.seconds), '--ramp', String(o.ramp)];
+const common = [
+  '--rw',
+  'randread',
+  '--seconds',
+  String(o.seconds),
+  '--ramp',
+  String(o.ramp),
+  '--warmup-ios',
+  String(o.warmupIos),
+];
 const ours = (devs, mode, extra = []) =>
   run(process.execPath, [
     JS_BENCH,
@@ -98,6 +111,7 @@ const doc = {
     seconds: o.seconds,
     ramp: o.ramp,
     rounds: o.rounds,
+    warmup_ios: o.warmupIos,
     devices: o.devices,
   },
   results: [],

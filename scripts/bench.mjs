@@ -28,8 +28,9 @@ bench/results/latest.json and prints IOPS, p50/p99 latency, CPU per I/O and the 
 Options:
   --seconds N        measured seconds per run (default 10)
   --ramp N           unmeasured warm-up seconds before each run (default 1)
-  --warmup-ios N     unmeasured I/Os our engines and the C driver complete before the ramp (default 20000:
-                     V8 has optimised the hot path by then; a time-based ramp under TCG is too short for it)
+  --warmup-ios N     unmeasured I/Os our engines and the C driver complete before the ramp, at queue depth
+                     ≤ 4; N × QD/4 at deeper queues (default 20000, so 160000 at QD32: V8 has optimised the
+                     hot path, poll loop included, by then; a time-based ramp under TCG is too short for it)
   --heap-ios N       I/Os in each heap-growth run (default 1000000; 0 skips them): interrupt and poll ×
                      zero-copy and bounce × read and write, QD32
   --quick            smoke test: --seconds 1 --ramp 0.2 --heap-ios 2000 --rounds 1 --warmup-ios 2000
@@ -214,7 +215,7 @@ function renderTables(doc) {
   out.push(
     `vdpa_sim_blk ${env.device}, kernel ${env.kernel}, ${env.accel ?? '?'} guest, ${env.cpus} vCPUs, idle=${env.idle}, ${env.pinning ? `pinned (simulator CPU ${env.pinning.simulatorCpu}, drivers CPU ${env.pinning.driverCpu})` : 'unpinned'}, ` +
       `node ${env.node}, ours-poll spins ${env.pollSpinMicros ?? 0} µs, ${env.seconds}s per run (+${env.ramp}s ramp` +
-      `${env.warmupIos ? `, after ${env.warmupIos} warm-up I/Os (ours, C)` : ''}), ` +
+      `${env.warmupIos ? `, after ${env.warmupIos} warm-up I/Os (ours, C; × QD/4 beyond QD4)` : ''}), ` +
       `${env.rounds ?? 1} round(s), medians, commit ${env.commit ?? '?'}, ${env.date}` +
       (env.hostLoadBefore
         ? `\nhost: ${env.hostCpus} CPUs, load average ${env.hostLoadBefore.join(' ')} before, ${env.hostLoadAfter?.join(' ') ?? '?'} after`
@@ -435,7 +436,16 @@ async function main(argv = process.argv.slice(2)) {
   // The warm-up: a few thousand I/Os per second for our engines under TCG (bounded at 120 s per run).
   const timeoutSec =
     o.timeoutSec ??
-    Math.ceil(2 * (runs * (o.seconds + o.ramp + 15 + o.warmupIos / 2000) + (8 * o.heapIos) / 500 + 120));
+    Math.ceil(
+      2 *
+        (runs *
+          (o.seconds +
+            o.ramp +
+            15 +
+            (o.warmupIos * Math.max(...o.qds.map((q) => Math.max(1, q / 4)))) / 4000) +
+          (8 * o.heapIos) / 500 +
+          120),
+    );
 
   const hostLoadBefore = os.loadavg().map((v) => v.toFixed(2));
   const commitAtStart = firstLine('git', ['-C', PROJECT_ROOT, 'rev-parse', 'HEAD']);
