@@ -303,7 +303,7 @@ class LoadGenerator {
   #endWarmup(t1: number): void {
     this.#warmupLeft = 0;
     this.warmup = {
-      warmup_ios: this.ios,
+      warmup_ios: this.ios + 1, // this completion, which ends it, is the last of the warm-up
       warmup_seconds: round1((t1 - this.#warmupStarted) / 1000),
       warmup_thread_cpu_ms: diffMs(this.#warmupThreads, threadCpuMs()),
     };
