@@ -181,7 +181,8 @@ function threadCpuMs(): Record<string, number> {
       const ms = (Number(f[11]) + Number(f[12])) * tick;
       const main = Number(tid) === process.pid;
       out[main ? 'main' : 'others'] += ms;
-      // The others by thread name as well ("others:V8 DefaultWorke", "others:libuv-worker", …): whose CPU it is.
+      // The others by thread name as well ("others:NAME"): whose CPU it is, where the runtime names its threads
+      // (Node 20 names them all "node"; newer libuv names its pool "libuv-worker").
       if (!main) {
         const key = `others:${stat.slice(stat.indexOf('(') + 1, stat.lastIndexOf(')'))}`;
         out[key] = (out[key] ?? 0) + ms;
