@@ -15,6 +15,14 @@ export const KERNEL_FIO = path.join(BENCH_DIR, 'kernel-fio.sh');
 export const log = (msg) => process.stderr.write(`[bench] ${msg}\n`);
 
 /**
+ * Warm-up I/Os at queue depth `qd`: `base` up to QD4, `base × qd/4` beyond. The completion path runs once per
+ * batch, not per I/O, so at QD32 it needs 8× the I/Os to be called as often (see bench/run-in-guest.mjs).
+ */
+export function warmupIosFor(base, qd) {
+  return Math.round(base * Math.max(1, qd / 4));
+}
+
+/**
  * Runs a command (on CPU `cpu` with taskset when given); resolves with {code, stdout, stderr, ms}; kills it
  * after `timeoutSec`. Its stderr is passed through live.
  */

@@ -29,6 +29,7 @@ import {
   JS_BENCH,
   KERNEL_FIO,
   failure,
+  warmupIosFor,
   fromFio,
   gitCommit,
   lastJson,
@@ -41,10 +42,6 @@ import {
 
 const C_BIN = path.join(BENCH_DIR, 'c-baseline', 'vdpa-blk-bench');
 
-/** Warm-up I/Os at queue depth `qd`: `base` up to QD4, `base × qd/4` beyond (see the comment at the top). */
-export function warmupIosFor(base, qd) {
-  return Math.round(base * Math.max(1, qd / 4));
-}
 // ours-cb-*: the same loop through readIntoCallback()/writeCallback() (no Promise per I/O), an extra column.
 const ALL_ENGINES = [
   'ours-irq',

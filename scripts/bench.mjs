@@ -7,6 +7,7 @@ import { spawnSync } from 'node:child_process';
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
+import { warmupIosFor } from '../bench/guest-lib.mjs';
 import { PROJECT_ROOT, runInLab } from './lab/index.mjs';
 import { NET_HELP, parseNetArgs, runNetBench } from './bench-net.mjs';
 import { VDUSE_HELP, parseVduseArgs, runVduseBench } from './bench-vduse.mjs';
@@ -439,10 +440,7 @@ async function main(argv = process.argv.slice(2)) {
     Math.ceil(
       2 *
         (runs *
-          (o.seconds +
-            o.ramp +
-            15 +
-            (o.warmupIos * Math.max(...o.qds.map((q) => Math.max(1, q / 4)))) / 4000) +
+          (o.seconds + o.ramp + 15 + Math.max(...o.qds.map((q) => warmupIosFor(o.warmupIos, q))) / 4000) +
           (8 * o.heapIos) / 500 +
           120),
     );

@@ -66,12 +66,12 @@ export function sliceViews(buffers: readonly Buffer[], offset: number, length: n
   return out;
 }
 
-/** Copies `length` bytes at `offset` of the concatenation of `buffers` into one Buffer. */
 /** How fault and error log lines name a request (faulty-blk's words); built only when a line is logged. */
 function where(requestNo: number, queue: DeviceQueue): string {
   return `request ${requestNo} queue ${queue.index}`;
 }
 
+/** Copies `length` bytes at `offset` of the concatenation of `buffers` into one Buffer. */
 function gather(buffers: readonly Buffer[], offset: number, length: number): Buffer {
   const views = sliceViews(buffers, offset, length);
   return views.length === 1 ? (views[0] as Buffer) : Buffer.concat(views, length);
