@@ -159,6 +159,18 @@ export function readFirstLine(file) {
   }
 }
 
+/**
+ * Whether the guest's CPU offers protection keys (`pku` in /proc/cpuinfo). Under TCG they make every context
+ * switch of a Node thread flush the vCPU's TLB (docs/lab.md, "Accelerator"), so results record it.
+ */
+export function cpuHasPku() {
+  try {
+    return /^flags\s*:.*\bpku\b/m.test(fs.readFileSync('/proc/cpuinfo', 'utf8'));
+  } catch {
+    return null;
+  }
+}
+
 /** HEAD of the project tree (`+dirty` with uncommitted changes), or $VDPA_BENCH_COMMIT. */
 export function gitCommit() {
   if (process.env.VDPA_BENCH_COMMIT) return process.env.VDPA_BENCH_COMMIT;

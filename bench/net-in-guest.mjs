@@ -19,7 +19,7 @@ import fs from 'node:fs';
 import { createRequire } from 'node:module';
 import os from 'node:os';
 import path from 'node:path';
-import { ROOT, failure, lastJson, run as runOn } from './guest-lib.mjs';
+import { ROOT, cpuHasPku, failure, lastJson, run as runOn } from './guest-lib.mjs';
 
 const require = createRequire(import.meta.url);
 const { bindDriver, describeBinding } = require(path.join(ROOT, 'dist', 'index.js'));
@@ -197,6 +197,7 @@ async function main() {
       kernel: os.release(),
       idle: process.env.VDPA_LAB_IDLE ?? 'default',
       cpus: os.cpus().length,
+      pku: cpuHasPku(),
       node: process.version,
       device: `${DEVICE} (vdpa_sim_net, mac ${MAC})`,
       date: new Date().toISOString(),

@@ -13,6 +13,7 @@ import { spawn, spawnSync } from 'node:child_process';
 import fs from 'node:fs';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
+import { cpuHasPku } from './guest-lib.mjs';
 
 const ROOT = path.dirname(path.dirname(fileURLToPath(import.meta.url)));
 const CLI = path.join(ROOT, 'dist', 'cli', 'main.js');
@@ -113,6 +114,7 @@ const doc = {
     rounds: o.rounds,
     warmup_ios: o.warmupIos,
     devices: o.devices,
+    pku: cpuHasPku(),
   },
   results: [],
   failures: [],

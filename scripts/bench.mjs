@@ -214,7 +214,7 @@ function renderTables(doc) {
   const env = doc.environment;
   const out = [];
   out.push(
-    `vdpa_sim_blk ${env.device}, kernel ${env.kernel}, ${env.accel ?? '?'} guest, ${env.cpus} vCPUs, idle=${env.idle}, ${env.pinning ? `pinned (simulator CPU ${env.pinning.simulatorCpu}, drivers CPU ${env.pinning.driverCpu})` : 'unpinned'}, ` +
+    `vdpa_sim_blk ${env.device}, kernel ${env.kernel}, ${env.accel ?? '?'} guest, ${env.cpus} vCPUs${env.pku === undefined ? '' : env.pku ? ' (PKU on)' : ' (no PKU)'}, idle=${env.idle}, ${env.pinning ? `pinned (simulator CPU ${env.pinning.simulatorCpu}, drivers CPU ${env.pinning.driverCpu})` : 'unpinned'}, ` +
       `node ${env.node}, ours-poll spins ${env.pollSpinMicros ?? 0} µs, ${env.seconds}s per run (+${env.ramp}s ramp` +
       `${env.warmupIos ? `, after ${env.warmupIos} warm-up I/Os (ours, C; × QD/4 beyond QD4)` : ''}), ` +
       `${env.rounds ?? 1} round(s), medians, commit ${env.commit ?? '?'}, ${env.date}` +

@@ -19,6 +19,7 @@ Options:
   --kernel-arg ARG    extra guest kernel command line argument (repeatable), e.g. idle=poll
   --memory MIB        guest memory (default 2048)
   --cpus N            guest vCPUs (default 2)
+  --tcg-cpu MODEL     QEMU -cpu model under TCG (default max,pku=off; see docs/lab.md, "Accelerator")
   --quiet             no [lab] progress lines
   --verbose           also show the guest's serial console
   --prepare-only      only build/cache packages, kernel, modules and initramfs, then exit
@@ -65,6 +66,7 @@ function parseArgs(argv) {
     else if (a === '--kernel-arg') o.kernelArgs.push(value());
     else if (a === '--memory') o.memoryMiB = number();
     else if (a === '--cpus') o.cpus = number();
+    else if (a === '--tcg-cpu') o.tcgCpu = value();
     else if (a === '--quiet') o.quiet = true;
     else if (a === '--verbose') o.verbose = true;
     else if (a === '--prepare-only') o.prepareOnly = true;

@@ -7,7 +7,14 @@ import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { prepare } from './prepare.mjs';
 import { createLogger, shQuote } from './util.mjs';
-import { bootOnce, chooseAccel, liveRunDirs, recordAccel, retryAfterBootPanic } from './vm.mjs';
+import {
+  bootOnce,
+  chooseAccel,
+  DEFAULT_TCG_CPU,
+  liveRunDirs,
+  recordAccel,
+  retryAfterBootPanic,
+} from './vm.mjs';
 
 const LAB_DIR = path.dirname(fileURLToPath(import.meta.url));
 /** The repository root (holds package.json): mounted read-write in the guest at the same path. */
@@ -37,6 +44,7 @@ export { prepare } from './prepare.mjs';
  * @param {boolean} [opts.verbose] also echo the guest's serial console (`[console] …`) to stderr
  * @param {number} [opts.memoryMiB=2048]
  * @param {number} [opts.cpus=2]
+ * @param {string} [opts.tcgCpu] QEMU `-cpu` model under TCG (default {@link DEFAULT_TCG_CPU}: `max` without PKU)
  * @param {boolean} [opts.shell] connect the command's stdin/stdout/stderr to this terminal (a second serial
  *   port on QEMU's stdio, the guest's /dev/ttyS1, its controlling terminal): for `--shell`
  * @returns {Promise<{exitCode: number, accel: 'kvm'|'tcg',
@@ -62,7 +70,9 @@ export async function runInLab(opts) {
     let res;
     let bootPanicRetries = 1;
     for (;;) {
-      log(`booting QEMU (${choice.accel}, ${o.cpus} vCPUs, ${o.memoryMiB} MiB)`);
+      log(
+        `booting QEMU (${choice.accel}${choice.accel === 'tcg' ? ` -cpu ${o.tcgCpu}` : ''}, ${o.cpus} vCPUs, ${o.memoryMiB} MiB)`,
+      );
       res = await bootOnce({
         accel: choice.accel,
         allowKvmFallback: choice.accel === 'kvm' && !choice.forced,
@@ -138,6 +148,7 @@ function normalizeOptions(opts) {
     verbose: !!opts.verbose,
     memoryMiB: opts.memoryMiB ?? 2048,
     cpus: opts.cpus ?? 2,
+    tcgCpu: opts.tcgCpu ?? DEFAULT_TCG_CPU,
     shell: !!opts.shell,
   };
 }

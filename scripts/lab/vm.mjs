@@ -137,7 +137,18 @@ class ConsoleWatcher {
 /** QEMU option values use ',' as separator; a literal comma is written twice. */
 const qemuEscape = (s) => s.replaceAll(',', ',,');
 
-function qemuArgs({ accel, assets, runDir, projectRoot, memoryMiB, cpus, kernelArgs, shell }) {
+/**
+ * The CPU model under TCG. `max` without protection keys: with PKU the guest kernel writes PKRU whenever it
+ * switches between a thread whose PKRU differs from the default and one whose does not, and Node's threads
+ * differ (Node allocates a protection key at start-up). TCG checks protection keys when it fills its software
+ * TLB, so each PKRU write flushes that vCPU's whole TLB and jump cache; a real CPU's WRPKRU flushes nothing. A
+ * Node process that blocks and wakes per I/O then refills both after every switch: measured on 2026-11-30,
+ * 6,125 full TLB flushes in 3 s (about 1.3 per I/O) for Node at QD1 in interrupt mode and none for the C driver;
+ * `pku=off` took Node from 1,165–1,540 to 2,960 IOPS, and left the C driver where it was (docs/lab.md).
+ */
+export const DEFAULT_TCG_CPU = 'max,pku=off';
+
+function qemuArgs({ accel, assets, runDir, projectRoot, memoryMiB, cpus, tcgCpu, kernelArgs, shell }) {
   // no_timer_check: under TCG on a busy host the IO-APIC timer check can miss its window and panic the boot
   // ("IO-APIC + timer doesn't work!"); the check only guards against broken chipsets, which QEMU's is not.
   const cmdline = [
@@ -150,7 +161,7 @@ function qemuArgs({ accel, assets, runDir, projectRoot, memoryMiB, cpus, kernelA
   ].join(' ');
   // prettier-ignore
   return [
-    ...(accel === 'kvm' ? ['-accel', 'kvm', '-cpu', 'host'] : ['-accel', 'tcg', '-cpu', 'max']),
+    ...(accel === 'kvm' ? ['-accel', 'kvm', '-cpu', 'host'] : ['-accel', 'tcg', '-cpu', tcgCpu]),
     '-m', String(memoryMiB),
     '-smp', String(cpus),
     '-nodefaults', '-no-user-config', '-display', 'none', '-no-reboot', '-monitor', 'none',
