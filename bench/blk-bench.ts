@@ -22,6 +22,7 @@
  */
 import fs from 'node:fs';
 import { performance, PerformanceObserver } from 'node:perf_hooks';
+import { isMainThread, parentPort, Worker, workerData } from 'node:worker_threads';
 import { BlockDevice, CompletionMode } from '../lib';
 
 interface Options {
@@ -44,13 +45,16 @@ interface Options {
   api: 'zero-copy' | 'bounce' | 'callback';
   /** Request queues per device (scale runs). */
   queues: number;
+  /** Scale runs: each device in its own worker thread of this process (`--threads`), not all on the main thread. */
+  threads: boolean;
   /** `--rw` and `--qd` lists: every combination, one after the other on the device opened once (rw-major). */
   matrix: { write: boolean; qd: number }[];
 }
 
 const USAGE = `Usage: node --expose-gc dist-test/bench/blk-bench.js --device /dev/vhost-vdpa-N --rw randread|randwrite
-  [--qd N] [--seconds S] [--ramp S] [--mode interrupt|poll] [--spin-us US] [--bs BYTES] [--warmup-ios N] [--heap-ios N] [--seed N] [--api zero-copy|bounce|callback] [--queues N]
-  --device A,B,…: one process drives every device (scale), --qd loops per queue
+  [--qd N] [--seconds S] [--ramp S] [--mode interrupt|poll] [--spin-us US] [--bs BYTES] [--warmup-ios N] [--heap-ios N] [--seed N] [--api zero-copy|bounce|callback] [--queues N] [--threads]
+  --device A,B,…: one process drives every device (scale), --qd loops per queue; with --threads, each device
+    from its own worker thread (interrupt mode)
   --rw randread,randwrite and/or --qd 1,32: every combination in turn (one JSON line each; saves process starts)`;
 
 class UsageError extends Error {}
@@ -70,6 +74,7 @@ function parseArgs(argv: string[]): Options {
     seed: 1,
     api: 'zero-copy',
     queues: 1,
+    threads: false,
     matrix: [],
   };
   let rw: string | undefined;
@@ -102,6 +107,7 @@ function parseArgs(argv: string[]): Options {
     else if (a === '--warmup-ios') o.warmupIos = Math.floor(number(0, 1e9));
     else if (a === '--seed') o.seed = Math.floor(number(1, 0x7fffffff));
     else if (a === '--queues') o.queues = Math.floor(number(1, 64));
+    else if (a === '--threads') o.threads = true;
     else if (a === '--api') {
       const v = value();
       if (v !== 'zero-copy' && v !== 'bounce' && v !== 'callback')
@@ -124,6 +130,8 @@ function parseArgs(argv: string[]): Options {
   o.qd = o.matrix[0].qd;
   if (o.matrix.length > 1 && (o.heapIos > 0 || o.device.includes(',') || o.queues > 1))
     throw new UsageError('--rw/--qd lists go only with a timed run on one device and one queue');
+  if (o.threads && (!o.device.includes(',') || o.mode !== 'interrupt'))
+    throw new UsageError('--threads goes with several devices (--device A,B,…) in interrupt mode');
   return o;
 }
 
@@ -573,6 +581,117 @@ async function scaled(paths: string[], o: Options): Promise<Record<string, unkno
   }
 }
 
+/** What a worker of a `--threads` run reports: its device's window. */
+interface ThreadResult {
+  ios: number;
+  iops: number;
+  p50: number;
+  p99: number;
+  warmupSeconds: number;
+}
+
+/**
+ * Scale with `--threads`: one worker thread per device, each running this file's load generator on its device.
+ * Every worker completes its warm-up, then all start the ramp and window at the same wall-clock time (the
+ * main thread's go message carries it; `performance.now()` has a different origin in each thread). CPU per I/O
+ * is the whole process's over the window.
+ */
+async function scaledInThreads(paths: string[], o: Options): Promise<Record<string, unknown>> {
+  const workers = paths.map((device) => new Worker(__filename, { workerData: { ...o, device } }));
+  const messages = workers.map(() => [] as unknown[]);
+  const waiters: (() => void)[] = [];
+  const failures: Error[] = [];
+  const next = async (i: number): Promise<unknown> => {
+    while (messages[i].length === 0) {
+      if (failures.length > 0) throw failures[0];
+      await new Promise<void>((resolve) => waiters.push(resolve));
+    }
+    return messages[i].shift();
+  };
+  const wake = (): void => {
+    for (const w of waiters.splice(0)) w();
+  };
+  workers.forEach((w, i) => {
+    w.on('message', (m) => {
+      messages[i].push(m);
+      wake();
+    });
+    w.on('error', (e) => {
+      failures.push(e);
+      wake();
+    });
+  });
+  try {
+    await Promise.all(workers.map((_, i) => next(i))); // warmed up
+    const goAt = performance.timeOrigin + performance.now() + 50;
+    const cpu0 = process.cpuUsage();
+    for (const w of workers) w.postMessage({ goAt });
+    const results = (await Promise.all(workers.map((_, i) => next(i)))) as ThreadResult[];
+    const cpu1 = process.cpuUsage();
+    const ios = results.reduce((a, r) => a + r.ios, 0);
+    return {
+      engine: 'ours',
+      mode: o.mode,
+      rw: o.write ? 'randwrite' : 'randread',
+      devices: paths,
+      threads: paths.length,
+      queues: o.queues,
+      qd_per_queue: o.qd,
+      warmup_ios_per_device: o.warmupIos,
+      warmup_seconds: Math.max(...results.map((r) => r.warmupSeconds)),
+      iops: round1(results.reduce((a, r) => a + r.iops, 0)),
+      iops_per_device: results.map((r) => r.iops),
+      // Whole process (all threads) over the ramp and the window, per I/O issued in the window.
+      cpu_us_per_io: round2(cpuMicros(cpu0, cpu1) / Math.max(1, ios)),
+      ios,
+      p50_us: results[0].p50,
+      p99_us: results[0].p99,
+    };
+  } finally {
+    await Promise.all(workers.map((w) => w.terminate()));
+  }
+}
+
+/** A worker of {@link scaledInThreads}: warm up, report, wait for the go time, run the window, report. */
+async function threadMain(o: Options): Promise<void> {
+  const port = parentPort as NonNullable<typeof parentPort>;
+  const device = BlockDevice.open(o.device, { completion: o.mode, queues: o.queues });
+  try {
+    const g = new LoadGenerator(device, { ...o, qd: o.qd * o.queues });
+    const t0 = performance.now();
+    if (o.warmupIos > 0) {
+      g.issueLimit = o.warmupIos;
+      g.measureFrom = t0;
+      g.stopAt = t0 + WARMUP_MAX_SECONDS * 1000;
+      await g.run();
+      if (g.firstError !== undefined) throw g.firstError;
+      g.nextPhase();
+    }
+    const warmupSeconds = round1((performance.now() - t0) / 1000);
+    const { goAt } = await new Promise<{ goAt: number }>((resolve) => {
+      port.once('message', resolve);
+      port.postMessage('warm');
+    });
+    const start = goAt - performance.timeOrigin;
+    while (performance.now() < start) await new Promise((resolve) => setTimeout(resolve, 1));
+    g.measureFrom = start + o.ramp * 1000;
+    g.stopAt = g.measureFrom + o.seconds * 1000;
+    await g.run();
+    if (g.firstError !== undefined) throw g.firstError;
+    const seconds = (g.stopAt - g.startedAt) / 1000;
+    const result: ThreadResult = {
+      ios: g.ios,
+      iops: round1(g.ios / seconds),
+      p50: round1(g.histogram.quantile(0.5)),
+      p99: round1(g.histogram.quantile(0.99)),
+      warmupSeconds,
+    };
+    port.postMessage(result);
+  } finally {
+    await device.close();
+  }
+}
+
 async function main(): Promise<number> {
   let o: Options;
   try {
@@ -581,6 +700,10 @@ async function main(): Promise<number> {
     if (!(e instanceof UsageError)) throw e;
     process.stderr.write(`blk-bench: ${e.message}\n\n${USAGE}\n`);
     return 2;
+  }
+  if (o.threads) {
+    process.stdout.write(`${JSON.stringify(await scaledInThreads(o.device.split(','), o))}\n`);
+    return 0;
   }
   if (o.device.includes(',') || o.queues > 1) {
     process.stdout.write(`${JSON.stringify(await scaled(o.device.split(','), o))}\n`);
@@ -601,15 +724,19 @@ async function main(): Promise<number> {
   return 0;
 }
 
-main().then(
-  (code) => {
-    process.exitCode = code;
-  },
-  (error: Error & { code?: unknown }) => {
-    // Library errors carry a code and a message that explains them; anything else is a bug: show the stack.
-    process.stderr.write(
-      `blk-bench: ${error.code !== undefined ? error.message : (error.stack ?? error.message)}\n`,
-    );
-    process.exitCode = 1;
-  },
-);
+if (!isMainThread) {
+  // A worker of a --threads scale run: an uncaught rejection reaches the main thread as the worker's 'error'.
+  void threadMain(workerData as Options);
+} else
+  main().then(
+    (code) => {
+      process.exitCode = code;
+    },
+    (error: Error & { code?: unknown }) => {
+      // Library errors carry a code and a message that explains them; anything else is a bug: show the stack.
+      process.stderr.write(
+        `blk-bench: ${error.code !== undefined ? error.message : (error.stack ?? error.message)}\n`,
+      );
+      process.exitCode = 1;
+    },
+  );

@@ -2,7 +2,8 @@
 // Scale, in the lab guest: does one Node process keep up with several devices and queues? Adds vdpa_sim_blk
 // devices for the run only (`vhost-vdpa dev add`, deleted afterwards, so the test suite's device numbering is
 // untouched), then per mode runs our driver on all of them in one process (bench/blk-bench.ts --device A,B,…)
-// against one C baseline process per device, all at once; and on the lab's 2-queue VDUSE device (vduse-mq) our
+// — in interrupt mode also with each device in its own worker thread of that process (--threads) — against one
+// C baseline process per device, all at once; and on the lab's 2-queue VDUSE device (vduse-mq) our
 // driver with one and with two queues. 4 KiB randread, QD32 per device (or per queue). Writes one JSON document.
 //
 // Every engine first completes --warmup-ios I/Os per device unmeasured (default 160,000: what `npm run bench`
@@ -13,7 +14,7 @@ import { spawn, spawnSync } from 'node:child_process';
 import fs from 'node:fs';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { cpuHasPku } from './guest-lib.mjs';
+import { cpuHasPku, gitCommit } from './guest-lib.mjs';
 
 const ROOT = path.dirname(path.dirname(fileURLToPath(import.meta.url)));
 const CLI = path.join(ROOT, 'dist', 'cli', 'main.js');
@@ -108,7 +109,7 @@ const added = [];
 const doc = {
   environment: {
     date: new Date().toISOString(),
-    commit: spawnSync('git', ['rev-parse', 'HEAD'], { cwd: ROOT, encoding: 'utf8' }).stdout?.trim() ?? null,
+    commit: gitCommit(),
     seconds: o.seconds,
     ramp: o.ramp,
     rounds: o.rounds,
@@ -154,6 +155,11 @@ try {
       ['ours-poll', `${devs.length} sim devices, one process`, () => ours(devs, 'poll')],
       ['c-poll', `${devs.length} sim devices, one C process each`, () => cPerDevice(devs, 'poll')],
       ['ours-irq', `${devs.length} sim devices, one process`, () => ours(devs, 'interrupt')],
+      [
+        'ours-irq-threads',
+        `${devs.length} sim devices, one process, a worker thread each`,
+        () => ours(devs, 'interrupt', ['--threads']),
+      ],
       ['c-event', `${devs.length} sim devices, one C process each`, () => cPerDevice(devs, 'event')],
       [
         'ours-irq',
