@@ -126,7 +126,8 @@ export async function runInLab(opts) {
   }
 }
 
-function normalizeOptions(opts) {
+/** Fills in defaults and checks `opts` (exported for tests). */
+export function normalizeOptions(opts) {
   if (!opts || (typeof opts.command !== 'string' && !Array.isArray(opts.command)))
     throw new TypeError('runInLab: opts.command must be an argv array or a shell string');
   const command = typeof opts.command === 'string' ? ['sh', '-c', opts.command] : opts.command.map(String);

@@ -148,7 +148,8 @@ const qemuEscape = (s) => s.replaceAll(',', ',,');
  */
 export const DEFAULT_TCG_CPU = 'max,pku=off';
 
-function qemuArgs({ accel, assets, runDir, projectRoot, memoryMiB, cpus, tcgCpu, kernelArgs, shell }) {
+/** QEMU's command line for one boot (exported for tests). */
+export function qemuArgs({ accel, assets, runDir, projectRoot, memoryMiB, cpus, tcgCpu, kernelArgs, shell }) {
   // no_timer_check: under TCG on a busy host the IO-APIC timer check can miss its window and panic the boot
   // ("IO-APIC + timer doesn't work!"); the check only guards against broken chipsets, which QEMU's is not.
   const cmdline = [

@@ -1,0 +1,61 @@
+import { strict as assert } from 'node:assert';
+import { spawnSync } from 'node:child_process';
+import * as path from 'node:path';
+
+// scripts/lab is ESM; this suite compiles to CommonJS, so the arguments are built in a child process.
+const VM = path.resolve(__dirname, '../../../scripts/lab/vm.mjs');
+const INDEX = path.resolve(__dirname, '../../../scripts/lab/index.mjs');
+
+function cpuArgs(accel: 'kvm' | 'tcg', tcgCpu?: string): string[] {
+  const result = spawnSync(
+    process.execPath,
+    [
+      '--input-type=module',
+      '-e',
+      `import { qemuArgs, DEFAULT_TCG_CPU } from ${JSON.stringify(VM)};
+       const args = qemuArgs({
+         accel: ${JSON.stringify(accel)},
+         assets: { vmlinuz: '/k', initramfs: '/i' },
+         runDir: '/r',
+         projectRoot: '/p',
+         memoryMiB: 2048,
+         cpus: 2,
+         tcgCpu: ${tcgCpu === undefined ? 'DEFAULT_TCG_CPU' : JSON.stringify(tcgCpu)},
+         kernelArgs: [],
+         shell: false,
+       });
+       const i = args.indexOf('-cpu');
+       console.log(JSON.stringify(args.slice(i - 2, i + 2)));`,
+    ],
+    { encoding: 'utf8' },
+  );
+  assert.equal(result.status, 0, result.stderr);
+  return JSON.parse(result.stdout) as string[];
+}
+
+describe('lab: the emulated CPU', () => {
+  it('offers no protection keys under TCG by default (each PKRU write would flush the vCPU TLB)', () => {
+    assert.deepEqual(cpuArgs('tcg'), ['-accel', 'tcg', '-cpu', 'max,pku=off']);
+  });
+
+  it('takes another TCG model when asked, and uses the host CPU under KVM', () => {
+    assert.deepEqual(cpuArgs('tcg', 'max'), ['-accel', 'tcg', '-cpu', 'max']);
+    assert.deepEqual(cpuArgs('kvm', 'max'), ['-accel', 'kvm', '-cpu', 'host']);
+  });
+
+  it('runInLab defaults to that model and passes --tcg-cpu through', () => {
+    const result = spawnSync(
+      process.execPath,
+      [
+        '--input-type=module',
+        '-e',
+        `import { normalizeOptions } from ${JSON.stringify(INDEX)};
+         console.log(JSON.stringify([normalizeOptions({ command: ['true'] }).tcgCpu,
+           normalizeOptions({ command: ['true'], tcgCpu: 'max' }).tcgCpu]));`,
+      ],
+      { encoding: 'utf8' },
+    );
+    assert.equal(result.status, 0, result.stderr);
+    assert.deepEqual(JSON.parse(result.stdout), ['max,pku=off', 'max']);
+  });
+});
