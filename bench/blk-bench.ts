@@ -612,12 +612,21 @@ async function scaledInThreads(paths: string[], o: Options): Promise<Record<stri
     for (const w of waiters.splice(0)) w();
   };
   workers.forEach((w, i) => {
+    let received = 0;
     w.on('message', (m) => {
+      received++;
       messages[i].push(m);
       wake();
     });
     w.on('error', (e) => {
       failures.push(e);
+      wake();
+    });
+    // A worker that ends before its two messages (warmed up, result) must not leave us waiting; its error, if
+    // it had one, came first.
+    w.on('exit', (code) => {
+      if (received >= 2) return;
+      failures.push(new Error(`the worker for ${paths[i]} exited (status ${code}) before it reported`));
       wake();
     });
   });

@@ -144,7 +144,8 @@ const qemuEscape = (s) => s.replaceAll(',', ',,');
  * TLB, so each PKRU write flushes that vCPU's whole TLB and jump cache; a real CPU's WRPKRU flushes nothing. A
  * Node process that blocks and wakes per I/O then refills both after every switch: measured on 2026-11-30,
  * 6,125 full TLB flushes in 3 s (about 1.3 per I/O) for Node at QD1 in interrupt mode and none for the C driver;
- * `pku=off` took Node from 1,165–1,540 to 2,960 IOPS, and left the C driver where it was (docs/lab.md).
+ * without PKU (the guest kernel's `nopku` in that experiment) none, and Node went from 1,165–1,540 to 2,960 IOPS
+ * while the C driver stayed where it was (docs/lab.md).
  */
 export const DEFAULT_TCG_CPU = 'max,pku=off';
 
