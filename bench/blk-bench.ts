@@ -518,6 +518,64 @@ async function heap(device: BlockDevice, o: Options): Promise<Record<string, unk
 }
 
 /**
+ * The scale runs' warm-up: every generator completes `warmupIos` I/Os, unmeasured, and drains (the same code
+ * path as the window). Returns its seconds (0 without one).
+ */
+async function drainedWarmup(gens: LoadGenerator[], warmupIos: number): Promise<number> {
+  if (warmupIos <= 0) return 0;
+  const t0 = performance.now();
+  for (const g of gens) {
+    g.issueLimit = warmupIos;
+    g.measureFrom = t0;
+    g.stopAt = t0 + WARMUP_MAX_SECONDS * 1000;
+  }
+  await Promise.all(gens.map((g) => g.run()));
+  for (const g of gens) if (g.firstError !== undefined) throw g.firstError;
+  for (const g of gens) g.nextPhase();
+  return round1((performance.now() - t0) / 1000);
+}
+
+/** A generator's IOPS over its window. */
+const windowIops = (g: LoadGenerator): number => round1(g.ios / ((g.stopAt - g.startedAt) / 1000));
+
+/** One device's (or worker's) share of a scale run, and what the run measured. */
+interface ScaleMeasurement {
+  perDevice: number[];
+  /** Completed in the window. */
+  ios: number;
+  /** Issued in the ramp and the window. */
+  issued: number;
+  /** The whole process (every thread) over the ramp and the window. */
+  cpuMicros: number;
+  warmupSeconds: number;
+  /** The first device's latency percentiles. */
+  p50: number;
+  p99: number;
+}
+
+/** The JSON line of a scale run (`scaled` and `scaledInThreads` alike). */
+function scaleResult(paths: string[], o: Options, m: ScaleMeasurement): Record<string, unknown> {
+  return {
+    engine: 'ours',
+    mode: o.mode,
+    rw: o.write ? 'randwrite' : 'randread',
+    devices: paths,
+    ...(o.threads ? { threads: paths.length } : {}),
+    queues: o.queues,
+    qd_per_queue: o.qd,
+    warmup_ios_per_device: o.warmupIos,
+    warmup_seconds: m.warmupSeconds,
+    iops: round1(m.perDevice.reduce((a, b) => a + b, 0)),
+    iops_per_device: m.perDevice,
+    // Ramp included: the generators (or workers) start their windows at slightly different times.
+    cpu_us_per_io: round2(m.cpuMicros / Math.max(1, m.issued)),
+    ios: m.ios,
+    p50_us: m.p50,
+    p99_us: m.p99,
+  };
+}
+
+/**
  * Scale: one process drives every device in `paths` (each with `o.queues` queues), `o.qd` loops per queue, all
  * in the same window; reports the aggregate and each device's IOPS.
  */
@@ -529,19 +587,7 @@ async function scaled(paths: string[], o: Options): Promise<Record<string, unkno
     const each = { ...o, qd: o.qd * o.queues };
     // The same unmeasured warm-up as a single-device run, on every device at once (the same code path).
     const gens = devices.map((d) => new LoadGenerator(d, each));
-    let warmupSeconds = 0;
-    if (o.warmupIos > 0) {
-      const t0 = performance.now();
-      for (const g of gens) {
-        g.issueLimit = o.warmupIos;
-        g.measureFrom = t0;
-        g.stopAt = t0 + WARMUP_MAX_SECONDS * 1000;
-      }
-      await Promise.all(gens.map((g) => g.run()));
-      for (const g of gens) if (g.firstError !== undefined) throw g.firstError;
-      for (const g of gens) g.nextPhase();
-      warmupSeconds = round1((performance.now() - t0) / 1000);
-    }
+    const warmupSeconds = await drainedWarmup(gens, o.warmupIos);
     const t = performance.now();
     for (const g of gens) {
       g.measureFrom = t + o.ramp * 1000;
@@ -551,31 +597,15 @@ async function scaled(paths: string[], o: Options): Promise<Record<string, unkno
     await Promise.all(gens.map((g) => g.run()));
     const cpu1 = process.cpuUsage();
     for (const g of gens) if (g.firstError !== undefined) throw g.firstError;
-    const perDevice = gens.map((g) => round1(g.ios / ((g.stopAt - g.startedAt) / 1000)));
-    const ios = gens.reduce((a, g) => a + g.ios, 0);
-    return {
-      engine: 'ours',
-      mode: o.mode,
-      rw: o.write ? 'randwrite' : 'randread',
-      devices: paths,
-      queues: o.queues,
-      qd_per_queue: o.qd,
-      warmup_ios_per_device: o.warmupIos,
-      warmup_seconds: warmupSeconds,
-      iops: round1(perDevice.reduce((a, b) => a + b, 0)),
-      iops_per_device: perDevice,
-      // Whole process, ramp included (the generators start their windows at slightly different times).
-      cpu_us_per_io: round2(
-        cpuMicros(cpu0, cpu1) /
-          Math.max(
-            1,
-            gens.reduce((a, g) => a + g.issued, 0),
-          ),
-      ),
-      ios,
-      p50_us: round1(gens[0].histogram.quantile(0.5)),
-      p99_us: round1(gens[0].histogram.quantile(0.99)),
-    };
+    return scaleResult(paths, o, {
+      perDevice: gens.map(windowIops),
+      ios: gens.reduce((a, g) => a + g.ios, 0),
+      issued: gens.reduce((a, g) => a + g.issued, 0),
+      cpuMicros: cpuMicros(cpu0, cpu1),
+      warmupSeconds,
+      p50: round1(gens[0].histogram.quantile(0.5)),
+      p99: round1(gens[0].histogram.quantile(0.99)),
+    });
   } finally {
     await Promise.all(devices.map((d) => d.close()));
   }
@@ -584,6 +614,7 @@ async function scaled(paths: string[], o: Options): Promise<Record<string, unkno
 /** What a worker of a `--threads` run reports: its device's window. */
 interface ThreadResult {
   ios: number;
+  issued: number;
   iops: number;
   p50: number;
   p99: number;
@@ -637,25 +668,15 @@ async function scaledInThreads(paths: string[], o: Options): Promise<Record<stri
     for (const w of workers) w.postMessage({ goAt });
     const results = (await Promise.all(workers.map((_, i) => next(i)))) as ThreadResult[];
     const cpu1 = process.cpuUsage();
-    const ios = results.reduce((a, r) => a + r.ios, 0);
-    return {
-      engine: 'ours',
-      mode: o.mode,
-      rw: o.write ? 'randwrite' : 'randread',
-      devices: paths,
-      threads: paths.length,
-      queues: o.queues,
-      qd_per_queue: o.qd,
-      warmup_ios_per_device: o.warmupIos,
-      warmup_seconds: Math.max(...results.map((r) => r.warmupSeconds)),
-      iops: round1(results.reduce((a, r) => a + r.iops, 0)),
-      iops_per_device: results.map((r) => r.iops),
-      // Whole process (all threads) over the ramp and the window, per I/O issued in the window.
-      cpu_us_per_io: round2(cpuMicros(cpu0, cpu1) / Math.max(1, ios)),
-      ios,
-      p50_us: results[0].p50,
-      p99_us: results[0].p99,
-    };
+    return scaleResult(paths, o, {
+      perDevice: results.map((r) => r.iops),
+      ios: results.reduce((a, r) => a + r.ios, 0),
+      issued: results.reduce((a, r) => a + r.issued, 0),
+      cpuMicros: cpuMicros(cpu0, cpu1),
+      warmupSeconds: Math.max(...results.map((r) => r.warmupSeconds)),
+      p50: results[0].p50,
+      p99: results[0].p99,
+    });
   } finally {
     await Promise.all(workers.map((w) => w.terminate()));
   }
@@ -667,16 +688,7 @@ async function threadMain(o: Options): Promise<void> {
   const device = BlockDevice.open(o.device, { completion: o.mode, queues: o.queues });
   try {
     const g = new LoadGenerator(device, { ...o, qd: o.qd * o.queues });
-    const t0 = performance.now();
-    if (o.warmupIos > 0) {
-      g.issueLimit = o.warmupIos;
-      g.measureFrom = t0;
-      g.stopAt = t0 + WARMUP_MAX_SECONDS * 1000;
-      await g.run();
-      if (g.firstError !== undefined) throw g.firstError;
-      g.nextPhase();
-    }
-    const warmupSeconds = round1((performance.now() - t0) / 1000);
+    const warmupSeconds = await drainedWarmup([g], o.warmupIos);
     const { goAt } = await new Promise<{ goAt: number }>((resolve) => {
       port.once('message', resolve);
       port.postMessage('warm');
@@ -687,10 +699,10 @@ async function threadMain(o: Options): Promise<void> {
     g.stopAt = g.measureFrom + o.seconds * 1000;
     await g.run();
     if (g.firstError !== undefined) throw g.firstError;
-    const seconds = (g.stopAt - g.startedAt) / 1000;
     const result: ThreadResult = {
       ios: g.ios,
-      iops: round1(g.ios / seconds),
+      issued: g.issued,
+      iops: windowIops(g),
       p50: round1(g.histogram.quantile(0.5)),
       p99: round1(g.histogram.quantile(0.99)),
       warmupSeconds,

@@ -13,12 +13,9 @@
 import { spawn, spawnSync } from 'node:child_process';
 import fs from 'node:fs';
 import path from 'node:path';
-import { fileURLToPath } from 'node:url';
-import { cpuHasPku, gitCommit } from './guest-lib.mjs';
+import { JS_BENCH, ROOT, cpuHasPku, gitCommit } from './guest-lib.mjs';
 
-const ROOT = path.dirname(path.dirname(fileURLToPath(import.meta.url)));
 const CLI = path.join(ROOT, 'dist', 'cli', 'main.js');
-const JS_BENCH = path.join(ROOT, 'dist-test', 'bench', 'blk-bench.js');
 const C_BIN = path.join(ROOT, 'bench', 'c-baseline', 'vdpa-blk-bench');
 const log = (m) => process.stderr.write(`[scale] ${m}\n`);
 
