@@ -1,23 +1,14 @@
 import { strict as assert } from 'node:assert';
-import { spawnSync } from 'node:child_process';
 import * as path from 'node:path';
+import { evalModule, LAB_DIR } from './lab-module';
 
-// scripts/lab is ESM; this suite compiles to CommonJS, so the decision is evaluated in a child process.
-const VM = path.resolve(__dirname, '../../../scripts/lab/vm.mjs');
+const VM = path.join(LAB_DIR, 'vm.mjs');
 
 function retry(res: Record<string, unknown>, retriesLeft: number): boolean {
-  const result = spawnSync(
-    process.execPath,
-    [
-      '--input-type=module',
-      '-e',
-      `import { retryAfterBootPanic } from ${JSON.stringify(VM)};
-       console.log(JSON.stringify(retryAfterBootPanic(${JSON.stringify(res)}, ${retriesLeft})));`,
-    ],
-    { encoding: 'utf8' },
-  );
-  assert.equal(result.status, 0, result.stderr);
-  return JSON.parse(result.stdout) as boolean;
+  return evalModule(
+    `import { retryAfterBootPanic } from ${JSON.stringify(VM)};
+     console.log(JSON.stringify(retryAfterBootPanic(${JSON.stringify(res)}, ${retriesLeft})));`,
+  ) as boolean;
 }
 
 describe('lab: a guest kernel panic while booting', () => {

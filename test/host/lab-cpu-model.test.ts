@@ -1,36 +1,27 @@
 import { strict as assert } from 'node:assert';
-import { spawnSync } from 'node:child_process';
 import * as path from 'node:path';
+import { evalModule, LAB_DIR } from './lab-module';
 
-// scripts/lab is ESM; this suite compiles to CommonJS, so the arguments are built in a child process.
-const VM = path.resolve(__dirname, '../../../scripts/lab/vm.mjs');
-const INDEX = path.resolve(__dirname, '../../../scripts/lab/index.mjs');
+const VM = path.join(LAB_DIR, 'vm.mjs');
+const INDEX = path.join(LAB_DIR, 'index.mjs');
 
 function cpuArgs(accel: 'kvm' | 'tcg', tcgCpu?: string): string[] {
-  const result = spawnSync(
-    process.execPath,
-    [
-      '--input-type=module',
-      '-e',
-      `import { qemuArgs, DEFAULT_TCG_CPU } from ${JSON.stringify(VM)};
-       const args = qemuArgs({
-         accel: ${JSON.stringify(accel)},
-         assets: { vmlinuz: '/k', initramfs: '/i' },
-         runDir: '/r',
-         projectRoot: '/p',
-         memoryMiB: 2048,
-         cpus: 2,
-         tcgCpu: ${tcgCpu === undefined ? 'DEFAULT_TCG_CPU' : JSON.stringify(tcgCpu)},
-         kernelArgs: [],
-         shell: false,
-       });
-       const i = args.indexOf('-cpu');
-       console.log(JSON.stringify(args.slice(i - 2, i + 2)));`,
-    ],
-    { encoding: 'utf8' },
-  );
-  assert.equal(result.status, 0, result.stderr);
-  return JSON.parse(result.stdout) as string[];
+  return evalModule(
+    `import { qemuArgs, DEFAULT_TCG_CPU } from ${JSON.stringify(VM)};
+     const args = qemuArgs({
+       accel: ${JSON.stringify(accel)},
+       assets: { vmlinuz: '/k', initramfs: '/i' },
+       runDir: '/r',
+       projectRoot: '/p',
+       memoryMiB: 2048,
+       cpus: 2,
+       tcgCpu: ${tcgCpu === undefined ? 'DEFAULT_TCG_CPU' : JSON.stringify(tcgCpu)},
+       kernelArgs: [],
+       shell: false,
+     });
+     const i = args.indexOf('-cpu');
+     console.log(JSON.stringify(args.slice(i - 2, i + 2)));`,
+  ) as string[];
 }
 
 describe('lab: the emulated CPU', () => {
@@ -44,18 +35,11 @@ describe('lab: the emulated CPU', () => {
   });
 
   it('runInLab defaults to that model and passes --tcg-cpu through', () => {
-    const result = spawnSync(
-      process.execPath,
-      [
-        '--input-type=module',
-        '-e',
-        `import { normalizeOptions } from ${JSON.stringify(INDEX)};
-         console.log(JSON.stringify([normalizeOptions({ command: ['true'] }).tcgCpu,
-           normalizeOptions({ command: ['true'], tcgCpu: 'max' }).tcgCpu]));`,
-      ],
-      { encoding: 'utf8' },
+    const models = evalModule(
+      `import { normalizeOptions } from ${JSON.stringify(INDEX)};
+       console.log(JSON.stringify([normalizeOptions({ command: ['true'] }).tcgCpu,
+         normalizeOptions({ command: ['true'], tcgCpu: 'max' }).tcgCpu]));`,
     );
-    assert.equal(result.status, 0, result.stderr);
-    assert.deepEqual(JSON.parse(result.stdout), ['max,pku=off', 'max']);
+    assert.deepEqual(models, ['max,pku=off', 'max']);
   });
 });
