@@ -1,5 +1,6 @@
 import { strict as assert } from 'node:assert';
 import { performance } from 'node:perf_hooks';
+import { inspect } from 'node:util';
 import {
   bit,
   BlockDevice,
@@ -145,6 +146,40 @@ describe('BlockDevice (host, fake device)', () => {
       const c = dev.allocBuffer(4 * KiB);
       await dev.readInto(0, c);
       assert.equal(dev.stats.bounced, 0, 'a new buffer is zero-copy again');
+    });
+
+    it('recognises an allocBuffer() view by a hidden tag that cannot be copied onto other memory', async () => {
+      const { fake, dev } = start();
+      const buffer = dev.allocBuffer(4 * KiB);
+      const tags = Object.getOwnPropertySymbols(buffer);
+      assert.equal(tags.length, 1, 'the view carries one symbol-keyed tag');
+      assert.equal(Object.getOwnPropertySymbols({ ...buffer }).length, 0, 'the tag is not enumerable');
+      assert.doesNotMatch(inspect(buffer), /Symbol/);
+      // Copied by hand onto ordinary memory, the tag must not send the device to the tagged buffer.
+      const ordinary = Buffer.alloc(4 * KiB);
+      Object.defineProperty(ordinary, tags[0], {
+        value: Object.getOwnPropertyDescriptor(buffer, tags[0])?.value as unknown,
+      });
+      fake.disk.fill(0x5a, 0, 4 * KiB);
+      buffer.fill(0);
+      assert.equal(await dev.readInto(0, ordinary), ordinary);
+      assert.ok(
+        ordinary.every((b) => b === 0x5a),
+        'the data lands in the buffer that was passed',
+      );
+      assert.ok(
+        buffer.every((b) => b === 0),
+        'and not in the tagged one',
+      );
+      assert.equal(dev.stats.bounced, 1, 'ordinary memory goes through the bounce pool');
+      await dev.readInto(0, buffer);
+      assert.equal(dev.stats.bounced, 1, 'the tagged view itself is zero-copy');
+      dev.freeBuffer(buffer);
+      assert.equal(
+        (buffer as unknown as Record<symbol, unknown>)[tags[0]],
+        undefined,
+        'a freed view no longer leads to its mapping',
+      );
     });
 
     it('splits requests larger than seg_max × size_max into device requests within the limits', async () => {
