@@ -2,10 +2,8 @@
 // A stand-in `readInto` makes one Promise per request the way the driver does (an executor that stores the
 // resolve function in a pooled record), and a batch round resolves every pending request — with the caller's
 // Buffer, as readInto does, or with undefined (`--resolve undefined`, as write() does) — from a microtask, a
-// nextTick or setImmediate (`--round`). Count its instructions per I/O the way bench/host-icount.mjs does:
-//
-//   for n in 100000 300000; do valgrind --tool=callgrind --callgrind-out-file=/dev/null \
-//     node --single-threaded bench/promise-floor.mjs --ios $n; done    # (difference) / 200000
+// nextTick or setImmediate (`--round`). Count its instructions per I/O with
+// `node bench/host-icount.mjs --floor [--resolve undefined]`.
 //
 // Measured with it (2026-11-30, QD32, microtask round): 1,860 instructions per I/O when resolving with the
 // Buffer, 1,271 with undefined. The difference, about 590, is V8's lookup of a `then` property along Buffer's
