@@ -279,7 +279,9 @@ export class BlockDevice extends EventEmitter {
    * writes from it need no copy. It stays mapped until {@link freeBuffer} or
    * {@link close} (and is remapped at the same address after a reset). Each
    * call maps its own region (page-rounded): allocate a few buffers and reuse
-   * them rather than one per request.
+   * them rather than one per request. The Buffer has an own, non-enumerable
+   * `then` property that is `undefined`: a read that resolves to it then
+   * skips V8's search of Buffer's prototype chain for a `then` method.
    */
   allocBuffer(size: number): Buffer {
     const error = this.#core.usableError('block device');

@@ -416,7 +416,9 @@ export class NetDevice extends EventEmitter {
   /**
    * A Buffer in DMA memory mapped for this device (data address space): frames
    * sent from it (or from a view of it) need no copy. Reuse a few; each maps a
-   * page-rounded region. Do not modify a frame until its send settles.
+   * page-rounded region. Do not modify a frame until its send settles. Like
+   * `BlockDevice.allocBuffer`, the Buffer has an own, non-enumerable `then`
+   * property that is `undefined`.
    */
   allocBuffer(size: number): Buffer {
     const error = this.#core.usableError('net device');

@@ -182,6 +182,22 @@ describe('BlockDevice (host, fake device)', () => {
       );
     });
 
+    it('gives an allocBuffer() view an own, hidden `then` that is undefined, so a read resolving to it is cheap', async () => {
+      const { dev } = start();
+      const buffer = dev.allocBuffer(4 * KiB);
+      // Resolving a Promise with an object looks up `then`; an own property ends that lookup at the view.
+      assert.deepEqual(Object.getOwnPropertyDescriptor(buffer, 'then'), {
+        value: undefined,
+        writable: false,
+        enumerable: false,
+        configurable: false,
+      });
+      assert.ok(!Object.keys(buffer).includes('then'), 'not enumerable');
+      assert.doesNotMatch(inspect(buffer), /then/);
+      assert.equal(await dev.readInto(0, buffer), buffer, 'a read still resolves to the view itself');
+      dev.freeBuffer(buffer);
+    });
+
     it('splits requests larger than seg_max × size_max into device requests within the limits', async () => {
       const { fake, dev } = start({ segMax: 4, sizeMax: 4096 });
       const data = pattern(100 * KiB, 3);
