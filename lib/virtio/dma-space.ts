@@ -112,7 +112,8 @@ export class DmaSpace {
     // Not a thenable, said in one own-property load. A read's Promise resolves to this view, and resolving
     // with an object looks up `then` on it; without an own `then` that lookup walks Buffer's prototype chain
     // (five objects): about 540 instructions per read, 12 % of a QD32 read's host instructions
-    // (bench/host-icount.mjs). The property is non-enumerable and undefined, as `view.then` was before.
+    // (bench/host-icount.mjs; under the lab's TCG the walk is cheap and nothing changed measurably there).
+    // The property is non-enumerable and undefined, as `view.then` was before.
     Object.defineProperty(view, 'then', {
       value: undefined,
       writable: false,

@@ -182,7 +182,7 @@ describe('BlockDevice (host, fake device)', () => {
       );
     });
 
-    it('gives an allocBuffer() view an own, hidden `then` that is undefined, so a read resolving to it is cheap', async () => {
+    it('gives an allocBuffer() view an own, hidden `then` that is undefined, where the thenable check of V8 stops', async () => {
       const { dev } = start();
       const buffer = dev.allocBuffer(4 * KiB);
       // Resolving a Promise with an object looks up `then`; an own property ends that lookup at the view.
