@@ -178,6 +178,7 @@ struct options {
   unsigned queue_size;  // 0 = the device's maximum
   uint64_t seed;
   uint64_t warmup_ios;  // completions before the ramp starts (symmetry with the JS harness)
+  uint64_t think_ns;    // busy-wait between seeing completions and resubmitting (models a slower driver)
 };
 
 static const char USAGE[] =
@@ -190,6 +191,8 @@ static const char USAGE[] =
     "  --bs BYTES       request size, a multiple of 512 up to the device's size_max (default 4096)\n"
     "  --queue-size N   virtqueue size (default: the device's maximum)\n"
     "  --seed N         offset generator seed (default 1)\n"
+    "  --think-us N     busy-wait N us after seeing completions before resubmitting (default 0): models\n"
+    "                   a driver whose turnaround is slower; latency is still counted from submission\n"
     "Prints {iops, p50_us, p99_us, cpu_us_per_io, ios, seconds, ...} as JSON.\n";
 
 static void usage_error(const char* fmt, ...) __attribute__((noreturn, format(printf, 1, 2)));
@@ -215,13 +218,19 @@ static double parse_number(const char* name, const char* s, double min, double m
 static struct options parse_options(int argc, char** argv) {
   struct options o = {.qd = 1, .seconds = 10, .ramp = 0, .poll_mode = true, .bs = 4096, .seed = 1};
   const char* rw = NULL;
-  static const struct option longopts[] = {
-      {"device", required_argument, 0, 'd'}, {"rw", required_argument, 0, 'r'},
-      {"qd", required_argument, 0, 'q'},     {"seconds", required_argument, 0, 's'},
-      {"ramp", required_argument, 0, 'R'},   {"mode", required_argument, 0, 'm'},
-      {"bs", required_argument, 0, 'b'},     {"queue-size", required_argument, 0, 'Q'},
-      {"seed", required_argument, 0, 'S'},   {"warmup-ios", required_argument, 0, 'W'},
-      {"help", no_argument, 0, 'h'},         {0, 0, 0, 0}};
+  static const struct option longopts[] = {{"device", required_argument, 0, 'd'},
+                                           {"rw", required_argument, 0, 'r'},
+                                           {"qd", required_argument, 0, 'q'},
+                                           {"seconds", required_argument, 0, 's'},
+                                           {"ramp", required_argument, 0, 'R'},
+                                           {"mode", required_argument, 0, 'm'},
+                                           {"bs", required_argument, 0, 'b'},
+                                           {"queue-size", required_argument, 0, 'Q'},
+                                           {"seed", required_argument, 0, 'S'},
+                                           {"warmup-ios", required_argument, 0, 'W'},
+                                           {"think-us", required_argument, 0, 'T'},
+                                           {"help", no_argument, 0, 'h'},
+                                           {0, 0, 0, 0}};
   int c;
   opterr = 0;
   while ((c = getopt_long(argc, argv, "", longopts, NULL)) != -1) {
@@ -257,6 +266,9 @@ static struct options parse_options(int argc, char** argv) {
         break;
       case 'W':
         o.warmup_ios = (uint64_t)parse_number("--warmup-ios", optarg, 0, 1e12);
+        break;
+      case 'T':
+        o.think_ns = (uint64_t)(parse_number("--think-us", optarg, 0, 1e6) * 1000);
         break;
       case 'S':
         o.seed = (uint64_t)parse_number("--seed", optarg, 1, 1e15);
@@ -558,6 +570,13 @@ static void run_load(struct run* r, struct window* w, struct histogram* h) {
       w->start_ns = t;
       w->cpu_start_us = cpu_us();
     }
+    // --think-us: the resubmissions below start this much later; their latency counts from then.
+    uint64_t submit_t = t;
+    if (r->o->think_ns && t < w->until_ns) {
+      while (now_ns() - t < r->o->think_ns) {
+      }
+      submit_t = now_ns();
+    }
     while (r->last_used != used_idx) {
       struct vring_used_elem* e = &d->used->ring[r->last_used & (d->qsize - 1)];
       unsigned slot = e->id / DESCS_PER_REQ;
@@ -572,7 +591,7 @@ static void run_load(struct run* r, struct window* w, struct histogram* h) {
         hist_add(h, t - r->submit_ns[slot]);
         w->ios++;
       }
-      if (t < w->until_ns) queue_slot(r, slot, t);
+      if (t < w->until_ns) queue_slot(r, slot, submit_t);
     }
     if (t < w->until_ns) publish_and_kick(r);
   }
