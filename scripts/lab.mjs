@@ -20,6 +20,8 @@ Options:
   --memory MIB        guest memory (default 2048)
   --cpus N            guest vCPUs (default 2)
   --tcg-cpu MODEL     QEMU -cpu model under TCG (default max,pku=off; see docs/lab.md, "Accelerator")
+  --tcg-plugin SPEC   load a QEMU TCG plugin: SPEC is QEMU's -plugin argument, FILE.so[,name=value...]
+                      (e.g. bench/tcg-count: guest instructions and host CPU per I/O; docs/bench.md)
   --quiet             no [lab] progress lines
   --verbose           also show the guest's serial console
   --prepare-only      only build/cache packages, kernel, modules and initramfs, then exit
@@ -67,6 +69,11 @@ function parseArgs(argv) {
     else if (a === '--memory') o.memoryMiB = number();
     else if (a === '--cpus') o.cpus = number();
     else if (a === '--tcg-cpu') o.tcgCpu = value();
+    else if (a === '--tcg-plugin') {
+      // QEMU resolves FILE from its own working directory: make it absolute here.
+      const [file, ...args] = value().split(',');
+      o.tcgPlugin = [path.resolve(file), ...args].join(',');
+    }
     else if (a === '--quiet') o.quiet = true;
     else if (a === '--verbose') o.verbose = true;
     else if (a === '--prepare-only') o.prepareOnly = true;

@@ -45,6 +45,8 @@ export { prepare } from './prepare.mjs';
  * @param {number} [opts.memoryMiB=2048]
  * @param {number} [opts.cpus=2]
  * @param {string} [opts.tcgCpu] QEMU `-cpu` model under TCG (default {@link DEFAULT_TCG_CPU}: `max` without PKU)
+ * @param {string} [opts.tcgPlugin] QEMU `-plugin` argument under TCG (`FILE.so[,name=value…]`), e.g. the
+ *   counting plugin of bench/tcg-count; ignored under KVM
  * @param {boolean} [opts.shell] connect the command's stdin/stdout/stderr to this terminal (a second serial
  *   port on QEMU's stdio, the guest's /dev/ttyS1, its controlling terminal): for `--shell`
  * @returns {Promise<{exitCode: number, accel: 'kvm'|'tcg',
@@ -150,6 +152,7 @@ export function normalizeOptions(opts) {
     memoryMiB: opts.memoryMiB ?? 2048,
     cpus: opts.cpus ?? 2,
     tcgCpu: opts.tcgCpu ?? DEFAULT_TCG_CPU,
+    tcgPlugin: opts.tcgPlugin,
     shell: !!opts.shell,
   };
 }

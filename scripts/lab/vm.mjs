@@ -150,7 +150,18 @@ const qemuEscape = (s) => s.replaceAll(',', ',,');
 export const DEFAULT_TCG_CPU = 'max,pku=off';
 
 /** QEMU's command line for one boot (exported for tests). */
-export function qemuArgs({ accel, assets, runDir, projectRoot, memoryMiB, cpus, tcgCpu, kernelArgs, shell }) {
+export function qemuArgs({
+  accel,
+  assets,
+  runDir,
+  projectRoot,
+  memoryMiB,
+  cpus,
+  tcgCpu,
+  tcgPlugin,
+  kernelArgs,
+  shell,
+}) {
   // no_timer_check: under TCG on a busy host the IO-APIC timer check can miss its window and panic the boot
   // ("IO-APIC + timer doesn't work!"); the check only guards against broken chipsets, which QEMU's is not.
   const cmdline = [
@@ -164,9 +175,13 @@ export function qemuArgs({ accel, assets, runDir, projectRoot, memoryMiB, cpus, 
   // prettier-ignore
   return [
     ...(accel === 'kvm' ? ['-accel', 'kvm', '-cpu', 'host'] : ['-accel', 'tcg', '-cpu', tcgCpu]),
+    // A TCG plugin (bench/tcg-count: guest instruction counts, vCPU host CPU time); KVM runs no plugins.
+    ...(accel === 'tcg' && tcgPlugin ? ['-plugin', tcgPlugin] : []),
     '-m', String(memoryMiB),
     '-smp', String(cpus),
     '-nodefaults', '-no-user-config', '-display', 'none', '-no-reboot', '-monitor', 'none',
+    // Thread names ("CPU 0/TCG", …) for host-side profiles and bench/tcg-count's vCPU CPU times.
+    '-name', 'debug-threads=on',
     '-serial', `file:${path.join(runDir, 'console.log')}`,
     // --shell: ttyS1 is our terminal (raw while QEMU runs; signal=off sends ^C to the guest, not to QEMU).
     ...(shell ? ['-chardev', 'stdio,id=shell,signal=off', '-serial', 'chardev:shell'] : []),

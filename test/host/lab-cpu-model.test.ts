@@ -5,7 +5,7 @@ import { evalModule, LAB_DIR } from './lab-module';
 const VM = path.join(LAB_DIR, 'vm.mjs');
 const INDEX = path.join(LAB_DIR, 'index.mjs');
 
-function cpuArgs(accel: 'kvm' | 'tcg', tcgCpu?: string): string[] {
+function cpuArgs(accel: 'kvm' | 'tcg', tcgCpu?: string, tcgPlugin?: string): string[] {
   return evalModule(
     `import { qemuArgs, DEFAULT_TCG_CPU } from ${JSON.stringify(VM)};
      const args = qemuArgs({
@@ -16,11 +16,13 @@ function cpuArgs(accel: 'kvm' | 'tcg', tcgCpu?: string): string[] {
        memoryMiB: 2048,
        cpus: 2,
        tcgCpu: ${tcgCpu === undefined ? 'DEFAULT_TCG_CPU' : JSON.stringify(tcgCpu)},
+       tcgPlugin: ${JSON.stringify(tcgPlugin)},
        kernelArgs: [],
        shell: false,
      });
      const i = args.indexOf('-cpu');
-     console.log(JSON.stringify(args.slice(i - 2, i + 2)));`,
+     const p = args.indexOf('-plugin');
+     console.log(JSON.stringify([...args.slice(i - 2, i + 2), ...(p < 0 ? [] : args.slice(p, p + 2))]));`,
   ) as string[];
 }
 
@@ -32,6 +34,18 @@ describe('lab: the emulated CPU', () => {
   it('takes another TCG model when asked, and uses the host CPU under KVM', () => {
     assert.deepEqual(cpuArgs('tcg', 'max'), ['-accel', 'tcg', '-cpu', 'max']);
     assert.deepEqual(cpuArgs('kvm', 'max'), ['-accel', 'kvm', '-cpu', 'host']);
+  });
+
+  it('loads a TCG plugin only when asked, and never under KVM', () => {
+    assert.deepEqual(cpuArgs('tcg', 'max', '/x/count.so,out=/o'), [
+      '-accel',
+      'tcg',
+      '-cpu',
+      'max',
+      '-plugin',
+      '/x/count.so,out=/o',
+    ]);
+    assert.deepEqual(cpuArgs('kvm', 'max', '/x/count.so'), ['-accel', 'kvm', '-cpu', 'host']);
   });
 
   it('runInLab defaults to that model and passes --tcg-cpu through', () => {
