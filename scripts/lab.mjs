@@ -73,8 +73,7 @@ function parseArgs(argv) {
       // QEMU resolves FILE from its own working directory: make it absolute here.
       const [file, ...args] = value().split(',');
       o.tcgPlugin = [path.resolve(file), ...args].join(',');
-    }
-    else if (a === '--quiet') o.quiet = true;
+    } else if (a === '--quiet') o.quiet = true;
     else if (a === '--verbose') o.verbose = true;
     else if (a === '--prepare-only') o.prepareOnly = true;
     else if (a === '--shell') o.shell = true;
