@@ -5,6 +5,7 @@ import fs from 'node:fs';
 import path from 'node:path';
 import { CACHE_ROOT } from './prepare.mjs';
 import { readJson, writeFileAtomic } from './util.mjs';
+import { VCPU_MARK, VCPU_TIMES, watchVcpuMarks } from './vcpu-times.mjs';
 
 const POLL_MS = 100;
 const CONSOLE_TAIL_LINES = 40;
@@ -227,7 +228,7 @@ function installCleanupHandlers() {
  */
 export function bootOnce({ accel, allowKvmFallback, assets, runDir, projectRoot, opts, log }) {
   installCleanupHandlers();
-  for (const f of ['console.log', 'stdout', 'stderr', 'status'])
+  for (const f of ['console.log', 'stdout', 'stderr', 'status', VCPU_MARK, VCPU_TIMES])
     fs.rmSync(path.join(runDir, f), { force: true });
   for (const f of ['console.log', 'stdout', 'stderr']) fs.writeFileSync(path.join(runDir, f), '');
 
@@ -275,6 +276,8 @@ export function bootOnce({ accel, allowKvmFallback, assets, runDir, projectRoot,
     ];
     const pollAll = () => followers.forEach((f) => f.poll());
     const poller = setInterval(pollAll, POLL_MS);
+    // setpriv execs QEMU: this pid is QEMU's.
+    const stopVcpuMarks = watchVcpuMarks(runDir, qemu.pid);
 
     let timedOut = false;
     const timeout = setTimeout(() => {
@@ -315,6 +318,7 @@ export function bootOnce({ accel, allowKvmFallback, assets, runDir, projectRoot,
       finished = true;
       liveVms.delete(qemu);
       clearInterval(poller);
+      stopVcpuMarks();
       clearTimeout(timeout);
       clearTimeout(kvmWatch);
       pollAll(); // whatever the guest wrote just before powering off
