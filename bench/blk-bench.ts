@@ -49,10 +49,19 @@ interface Options {
   threads: boolean;
   /** `--rw` and `--qd` lists: every combination, one after the other on the device opened once (rw-major). */
   matrix: { write: boolean; qd: number }[];
+  /**
+   * In the lab: `LABEL-start` / `LABEL-end` are written to {@link VCPU_MARK_FILE} when the measured window
+   * starts and ends, so the host records its vCPU threads' CPU time for the window (scripts/lab/vcpu-times.mjs).
+   */
+  vcpuMark: string | undefined;
 }
 
+/** The lab's guest→host request for vCPU CPU times (scripts/lab/vcpu-times.mjs). */
+const VCPU_MARK_FILE = '/run/lab/vcpu-mark';
+
 const USAGE = `Usage: node --expose-gc dist-test/bench/blk-bench.js --device /dev/vhost-vdpa-N --rw randread|randwrite
-  [--qd N] [--seconds S] [--ramp S] [--mode interrupt|poll] [--spin-us US] [--bs BYTES] [--warmup-ios N] [--heap-ios N] [--seed N] [--api zero-copy|bounce|callback] [--queues N] [--threads]
+  [--qd N] [--seconds S] [--ramp S] [--mode interrupt|poll] [--spin-us US] [--bs BYTES] [--warmup-ios N] [--heap-ios N] [--seed N] [--api zero-copy|bounce|callback] [--queues N] [--threads] [--vcpu-mark LABEL]
+  --vcpu-mark LABEL: in the lab, ask the host for its vCPU threads' CPU time at the window's start and end
   --device A,B,…: one process drives every device (scale), --qd loops per queue; with --threads, each device
     from its own worker thread (interrupt mode)
   --rw randread,randwrite and/or --qd 1,32: every combination in turn (one JSON line each; saves process starts)`;
@@ -76,6 +85,7 @@ function parseArgs(argv: string[]): Options {
     queues: 1,
     threads: false,
     matrix: [],
+    vcpuMark: undefined,
   };
   let rw: string | undefined;
   let qds = ['1'];
@@ -108,6 +118,7 @@ function parseArgs(argv: string[]): Options {
     else if (a === '--seed') o.seed = Math.floor(number(1, 0x7fffffff));
     else if (a === '--queues') o.queues = Math.floor(number(1, 64));
     else if (a === '--threads') o.threads = true;
+    else if (a === '--vcpu-mark') o.vcpuMark = value();
     else if (a === '--api') {
       const v = value();
       if (v !== 'zero-copy' && v !== 'bounce' && v !== 'callback')
@@ -345,6 +356,7 @@ class LoadGenerator {
           if (this.cpuAtStop === undefined) {
             this.cpuAtStop = process.cpuUsage();
             this.threadsAtStop = threadCpuMs();
+            this.#markWindow('end');
           }
           return resolve();
         }
@@ -364,6 +376,15 @@ class LoadGenerator {
     });
   }
 
+  /**
+   * `--vcpu-mark`: asks the lab's host for its vCPU times (twice per run, never per I/O). Not during the
+   * warm-up, whose completions also pass through the window's start (it ends by starting the window afresh).
+   */
+  #markWindow(edge: 'start' | 'end'): void {
+    if (this.#o.vcpuMark === undefined || this.#warmupLeft > 0) return;
+    fs.writeFileSync(VCPU_MARK_FILE, `${this.#o.vcpuMark}-${edge}\n`);
+  }
+
   /** Counts a completed I/O that started at `t0` if it ended inside the measured window. */
   #record(t0: number): void {
     const t1 = performance.now();
@@ -373,6 +394,7 @@ class LoadGenerator {
         this.cpuAtStart = process.cpuUsage();
         this.threadsAtStart = threadCpuMs();
         this.startedAt = t1;
+        this.#markWindow('start');
       }
       this.histogram.add((t1 - t0) * 1000);
       this.ios++;
@@ -389,6 +411,7 @@ class LoadGenerator {
         if (this.cpuAtStop === undefined) {
           this.cpuAtStop = process.cpuUsage();
           this.threadsAtStop = threadCpuMs();
+          this.#markWindow('end');
         }
         return;
       }

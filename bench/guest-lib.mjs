@@ -190,3 +190,44 @@ export function median(values) {
   const m = v.length >> 1;
   return v.length % 2 ? v[m] : (v[m - 1] + v[m]) / 2;
 }
+
+/**
+ * The lab's host records its vCPU threads' CPU time when a label is written to /run/lab/vcpu-mark
+ * (scripts/lab/vcpu-times.mjs); the engines write `LABEL-start` and `LABEL-end` at their measured window's
+ * edges (`--vcpu-mark LABEL`).
+ */
+export const LAB_RUN_DIR = '/run/lab';
+
+/**
+ * Host CPU µs per I/O of each vCPU thread between `LABEL-start` and `LABEL-end`, and their sum:
+ * `{ vcpus: number[], total: number }`, or undefined when the host did not record both (not in the lab, or
+ * an old lab runner). Waits up to 2 s for the end line (the host polls every 10 ms).
+ */
+export async function hostVcpuUsPerIo(label, ios) {
+  const file = path.join(LAB_RUN_DIR, 'vcpu-times');
+  const parse = (line) => {
+    const [name, , ...pairs] = line.trim().split(' ');
+    return { name, cpus: Object.fromEntries(pairs.map((p) => p.split('=')).map(([k, v]) => [k, Number(v)])) };
+  };
+  for (let waited = 0; waited <= 2000; waited += 20) {
+    let lines = [];
+    try {
+      lines = fs.readFileSync(file, 'utf8').split('\n').filter(Boolean).map(parse);
+    } catch {
+      // not written yet
+    }
+    const start = lines.findLast((l) => l.name === `${label}-start`);
+    const end = lines.findLast((l) => l.name === `${label}-end`);
+    if (start && end && ios > 0) {
+      const vcpus = Object.keys(end.cpus)
+        .filter((k) => k in start.cpus)
+        .sort((a, b) => Number(a.slice(3)) - Number(b.slice(3)))
+        .map((k) => Math.round(((end.cpus[k] - start.cpus[k]) / 1000 / ios) * 100) / 100);
+      if (vcpus.length === 0) return undefined;
+      return { vcpus, total: Math.round(vcpus.reduce((a, b) => a + b, 0) * 100) / 100 };
+    }
+    if (!fs.existsSync(LAB_RUN_DIR)) return undefined;
+    await new Promise((resolve) => setTimeout(resolve, 20));
+  }
+  return undefined;
+}

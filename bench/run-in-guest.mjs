@@ -33,6 +33,7 @@ import {
   warmupIosFor,
   fromFio,
   gitCommit,
+  hostVcpuUsPerIo,
   lastJson,
   lastJsonDocument,
   log,
@@ -135,9 +136,10 @@ async function runEngine(engine, o, rw, qd, round) {
     const mode = engine === 'c-poll' ? 'poll' : 'event';
     const args = ['--device', device, '--rw', rw, '--qd', String(qd), '--seconds', secs, '--ramp', ramp];
     args.push('--warmup-ios', String(warmupIos));
-    const res = await run(C_BIN, [...args, '--mode', mode], timeout);
+    const label = vcpuLabel(engine, rw, qd, round);
+    const res = await run(C_BIN, [...args, '--mode', mode, '--vcpu-mark', label], timeout);
     const r = lastJson(res.stdout);
-    return res.code === 0 && r ? r : failure('vdpa-blk-bench', res);
+    return res.code === 0 && r ? withHostCpu(r, label) : failure('vdpa-blk-bench', res);
   }
   const mode = engine.endsWith('-poll') ? 'poll' : 'interrupt';
   const node = ['--expose-gc', ...(engine.startsWith('ref-') ? o.refNodeFlags : [])];
@@ -151,13 +153,29 @@ async function runEngine(engine, o, rw, qd, round) {
   args.push('--mode', mode, '--warmup-ios', String(warmupIos));
   if (engine.startsWith('ours-cb-')) args.push('--api', 'callback');
   if (mode === 'poll') args.push('--spin-us', String(o.spinUs));
+  const label = vcpuLabel(engine, rw, qd, round);
+  args.push('--vcpu-mark', label);
   const res = await run(
     process.execPath,
     [...node, engine.startsWith('ref-') ? o.refJs : JS_BENCH, ...args],
     timeout,
   );
   const r = lastJson(res.stdout);
-  return res.code === 0 && r ? r : failure('blk-bench.js', res);
+  return res.code === 0 && r ? withHostCpu(r, label) : failure('blk-bench.js', res);
+}
+
+/** A label for the host's vCPU times of one run, unique within the boot. */
+const vcpuLabel = (engine, rw, qd, round) => `${engine}-${rw}-qd${qd}-r${round}-${Date.now()}`;
+
+/**
+ * Adds what the run's measured window cost the host's vCPU threads, per I/O: `host_cpu_us_per_io` (all vCPUs)
+ * and `host_vcpu_us_per_io` (by vCPU). Under TCG this is the emulation's real cost; the guest's own
+ * `cpu_us_per_io` charges a busy thread for time the host did not run it, and a sleeping driver's wake-ups
+ * partly to no one (docs/bench.md, "What each vCPU costs the host per I/O").
+ */
+async function withHostCpu(r, label) {
+  const host = await hostVcpuUsPerIo(label, r.ios);
+  return host ? { ...r, host_cpu_us_per_io: host.total, host_vcpu_us_per_io: host.vcpus } : r;
 }
 
 /**

@@ -167,7 +167,8 @@ function median(values) {
 }
 
 /**
- * results → Map(config → Map(engine → {runs, iops, p50_us, p99_us, cpu_us_per_io (medians), error})), configs in
+ * results → Map(config → Map(engine → {runs, iops, p50_us, p99_us, cpu_us_per_io, host_cpu_us_per_io (medians),
+ * error})), configs in
  * the order they first appear. An engine that failed in any round shows its first error.
  */
 function byConfig(doc) {
@@ -182,7 +183,8 @@ function byConfig(doc) {
   }
   for (const engines of m.values()) {
     for (const e of engines.values()) {
-      for (const k of ['iops', 'p50_us', 'p99_us', 'cpu_us_per_io']) e[k] = median(e.runs.map((r) => r[k]));
+      for (const k of ['iops', 'p50_us', 'p99_us', 'cpu_us_per_io', 'host_cpu_us_per_io'])
+        e[k] = median(e.runs.map((r) => r[k]));
       if (e.runs.length > 0) e.error = undefined;
     }
   }
@@ -284,6 +286,16 @@ function renderTables(doc) {
       lat('cpu_us_per_io'),
     ),
   );
+  if ([...configs.values()].some((engines) => [...engines.values()].some((e) => e.host_cpu_us_per_io))) {
+    out.push(
+      '',
+      table(
+        "Host CPU per I/O (µs; all of QEMU's vCPU threads in the window: the driver, the simulator worker, the guest kernel; what the emulation cost)",
+        header,
+        lat('host_cpu_us_per_io'),
+      ),
+    );
+  }
 
   // Whether the window measured a warmed driver: CPU of V8's and libuv's helper threads (TurboFan, GC) during
   // the warm-up and inside the window, per round; near zero in the window = steady state.
@@ -363,6 +375,11 @@ function targetLines(configs, heaps) {
     lines.push(
       `  ${config}: ours-irq / C-event CPU µs per I/O ≤ 1.5×: ${fmtRatio(r)} ${verdict(r, r <= 1.5)}`,
     );
+    const h = ratio(get(config, 'ours-irq')?.host_cpu_us_per_io, get(config, 'c-event')?.host_cpu_us_per_io);
+    if (h !== undefined)
+      lines.push(
+        `  ${config}: the same, as host CPU of all vCPUs (driver + simulator + kernel): ${fmtRatio(h)}`,
+      );
   }
   for (const h of heaps) {
     if (h.error) continue;

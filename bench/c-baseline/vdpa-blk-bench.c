@@ -177,8 +177,9 @@ struct options {
   unsigned bs;
   unsigned queue_size;  // 0 = the device's maximum
   uint64_t seed;
-  uint64_t warmup_ios;  // completions before the ramp starts (symmetry with the JS harness)
-  uint64_t think_ns;    // busy-wait between seeing completions and resubmitting (models a slower driver)
+  uint64_t warmup_ios;    // completions before the ramp starts (symmetry with the JS harness)
+  uint64_t think_ns;      // busy-wait between seeing completions and resubmitting (models a slower driver)
+  const char* vcpu_mark;  // in the lab: label for the host's vCPU CPU times of the window (NULL: none)
 };
 
 static const char USAGE[] =
@@ -193,6 +194,8 @@ static const char USAGE[] =
     "  --seed N         offset generator seed (default 1)\n"
     "  --think-us N     busy-wait N us after seeing completions before resubmitting (default 0): models\n"
     "                   a driver whose turnaround is slower; latency is still counted from submission\n"
+    "  --vcpu-mark L    in the lab, write L-start / L-end to /run/lab/vcpu-mark when the measured window\n"
+    "                   starts and ends (the host then records its vCPU threads' CPU time)\n"
     "Prints {iops, p50_us, p99_us, cpu_us_per_io, ios, seconds, ...} as JSON.\n";
 
 static void usage_error(const char* fmt, ...) __attribute__((noreturn, format(printf, 1, 2)));
@@ -218,19 +221,14 @@ static double parse_number(const char* name, const char* s, double min, double m
 static struct options parse_options(int argc, char** argv) {
   struct options o = {.qd = 1, .seconds = 10, .ramp = 0, .poll_mode = true, .bs = 4096, .seed = 1};
   const char* rw = NULL;
-  static const struct option longopts[] = {{"device", required_argument, 0, 'd'},
-                                           {"rw", required_argument, 0, 'r'},
-                                           {"qd", required_argument, 0, 'q'},
-                                           {"seconds", required_argument, 0, 's'},
-                                           {"ramp", required_argument, 0, 'R'},
-                                           {"mode", required_argument, 0, 'm'},
-                                           {"bs", required_argument, 0, 'b'},
-                                           {"queue-size", required_argument, 0, 'Q'},
-                                           {"seed", required_argument, 0, 'S'},
-                                           {"warmup-ios", required_argument, 0, 'W'},
-                                           {"think-us", required_argument, 0, 'T'},
-                                           {"help", no_argument, 0, 'h'},
-                                           {0, 0, 0, 0}};
+  static const struct option longopts[] = {
+      {"device", required_argument, 0, 'd'},   {"rw", required_argument, 0, 'r'},
+      {"qd", required_argument, 0, 'q'},       {"seconds", required_argument, 0, 's'},
+      {"ramp", required_argument, 0, 'R'},     {"mode", required_argument, 0, 'm'},
+      {"bs", required_argument, 0, 'b'},       {"queue-size", required_argument, 0, 'Q'},
+      {"seed", required_argument, 0, 'S'},     {"warmup-ios", required_argument, 0, 'W'},
+      {"think-us", required_argument, 0, 'T'}, {"vcpu-mark", required_argument, 0, 'V'},
+      {"help", no_argument, 0, 'h'},           {0, 0, 0, 0}};
   int c;
   opterr = 0;
   while ((c = getopt_long(argc, argv, "", longopts, NULL)) != -1) {
@@ -269,6 +267,9 @@ static struct options parse_options(int argc, char** argv) {
         break;
       case 'T':
         o.think_ns = (uint64_t)(parse_number("--think-us", optarg, 0, 1e6) * 1000);
+        break;
+      case 'V':
+        o.vcpu_mark = optarg;
         break;
       case 'S':
         o.seed = (uint64_t)parse_number("--seed", optarg, 1, 1e15);
@@ -537,6 +538,16 @@ struct window {
 };
 
 // Runs the load until `w->until_ns`, recording latencies of in-window completions into `h`.
+// --vcpu-mark: asks the lab's host for its vCPU threads' CPU time (scripts/lab/vcpu-times.mjs). Twice per
+// run.
+static void mark_window(const struct options* o, const char* edge) {
+  if (!o->vcpu_mark) return;
+  FILE* f = fopen("/run/lab/vcpu-mark", "w");
+  if (!f) die("--vcpu-mark: /run/lab/vcpu-mark: %s", strerror(errno));
+  fprintf(f, "%s-%s\n", o->vcpu_mark, edge);
+  fclose(f);
+}
+
 static void run_load(struct run* r, struct window* w, struct histogram* h) {
   struct device* d = r->dev;
   uint64_t last_progress = now_ns();
@@ -545,7 +556,10 @@ static void run_load(struct run* r, struct window* w, struct histogram* h) {
     uint16_t used_idx = atomic_load_explicit((_Atomic uint16_t*)&d->used->idx, memory_order_acquire);
     if (used_idx == r->last_used) {
       uint64_t t = now_ns();
-      if (t >= w->until_ns) return;
+      if (t >= w->until_ns) {
+        if (w->start_ns) mark_window(r->o, "end");
+        return;
+      }
       if (t - last_progress > STALL_NS)
         die("stalled: no completion for 5 s (used.idx %u, %u in flight)", used_idx, r->inflight);
       if (!r->o->poll_mode && !wait_call(r))
@@ -569,6 +583,7 @@ static void run_load(struct run* r, struct window* w, struct histogram* h) {
     if (in_window && w->start_ns == 0) {
       w->start_ns = t;
       w->cpu_start_us = cpu_us();
+      mark_window(r->o, "start");
     }
     // --think-us: the resubmissions below start this much later; their latency counts from then.
     uint64_t submit_t = t;
