@@ -34,6 +34,7 @@ import {
   fromFio,
   gitCommit,
   hostVcpuUsPerIo,
+  LAB_RUN_DIR,
   lastJson,
   lastJsonDocument,
   log,
@@ -137,7 +138,8 @@ async function runEngine(engine, o, rw, qd, round) {
     const args = ['--device', device, '--rw', rw, '--qd', String(qd), '--seconds', secs, '--ramp', ramp];
     args.push('--warmup-ios', String(warmupIos));
     const label = vcpuLabel(engine, rw, qd, round);
-    const res = await run(C_BIN, [...args, '--mode', mode, '--vcpu-mark', label], timeout);
+    if (label) args.push('--vcpu-mark', label);
+    const res = await run(C_BIN, [...args, '--mode', mode], timeout);
     const r = lastJson(res.stdout);
     return res.code === 0 && r ? withHostCpu(r, label) : failure('vdpa-blk-bench', res);
   }
@@ -154,7 +156,7 @@ async function runEngine(engine, o, rw, qd, round) {
   if (engine.startsWith('ours-cb-')) args.push('--api', 'callback');
   if (mode === 'poll') args.push('--spin-us', String(o.spinUs));
   const label = vcpuLabel(engine, rw, qd, round);
-  args.push('--vcpu-mark', label);
+  if (label) args.push('--vcpu-mark', label);
   const res = await run(
     process.execPath,
     [...node, engine.startsWith('ref-') ? o.refJs : JS_BENCH, ...args],
@@ -164,8 +166,9 @@ async function runEngine(engine, o, rw, qd, round) {
   return res.code === 0 && r ? withHostCpu(r, label) : failure('blk-bench.js', res);
 }
 
-/** A label for the host's vCPU times of one run, unique within the boot. */
-const vcpuLabel = (engine, rw, qd, round) => `${engine}-${rw}-qd${qd}-r${round}-${Date.now()}`;
+/** A label for the host's vCPU times of one run, unique within the boot; undefined outside the lab. */
+const vcpuLabel = (engine, rw, qd, round) =>
+  fs.existsSync(LAB_RUN_DIR) ? `${engine}-${rw}-qd${qd}-r${round}-${Date.now()}` : undefined;
 
 /**
  * Adds what the run's measured window cost the host's vCPU threads, per I/O: `host_cpu_us_per_io` (all vCPUs)
@@ -174,7 +177,7 @@ const vcpuLabel = (engine, rw, qd, round) => `${engine}-${rw}-qd${qd}-r${round}-
  * partly to no one (docs/bench.md, "What each vCPU costs the host per I/O").
  */
 async function withHostCpu(r, label) {
-  const host = await hostVcpuUsPerIo(label, r.ios);
+  const host = label === undefined ? undefined : await hostVcpuUsPerIo(label, r.ios);
   return host ? { ...r, host_cpu_us_per_io: host.total, host_vcpu_us_per_io: host.vcpus } : r;
 }
 
