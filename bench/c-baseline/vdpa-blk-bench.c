@@ -537,9 +537,8 @@ struct window {
   uint64_t ios;
 };
 
-// Runs the load until `w->until_ns`, recording latencies of in-window completions into `h`.
 // --vcpu-mark: asks the lab's host for its vCPU threads' CPU time (scripts/lab/vcpu-times.mjs). Twice per
-// run.
+// run, outside the timed loop's work.
 static void mark_window(const struct options* o, const char* edge) {
   if (!o->vcpu_mark) return;
   FILE* f = fopen("/run/lab/vcpu-mark", "w");
@@ -548,6 +547,7 @@ static void mark_window(const struct options* o, const char* edge) {
   fclose(f);
 }
 
+// Runs the load until `w->until_ns`, recording latencies of in-window completions into `h`.
 static void run_load(struct run* r, struct window* w, struct histogram* h) {
   struct device* d = r->dev;
   uint64_t last_progress = now_ns();
