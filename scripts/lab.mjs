@@ -21,7 +21,7 @@ Options:
   --cpus N            guest vCPUs (default 2)
   --tcg-cpu MODEL     QEMU -cpu model under TCG (default max,pku=off; see docs/lab.md, "Accelerator")
   --tcg-plugin SPEC   load a QEMU TCG plugin: SPEC is QEMU's -plugin argument, FILE.so[,name=value...]
-                      (e.g. bench/tcg-count: guest instructions and host CPU per I/O; docs/bench.md)
+                      (e.g. bench/tcg-count: guest instructions per I/O; docs/bench.md)
   --quiet             no [lab] progress lines
   --verbose           also show the guest's serial console
   --prepare-only      only build/cache packages, kernel, modules and initramfs, then exit

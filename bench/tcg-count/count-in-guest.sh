@@ -1,13 +1,14 @@
 #!/bin/bash
 # Runs the block benchmarks one after another in the lab and brackets 4 s of each one's steady state with
-# labels for the counting plugin (tcgcount.c). Run from the project root on the host:
+# labels, for the counting plugin (tcgcount.c) and for the lab's record of its vCPU threads' host CPU time
+# (/run/lab/vcpu-mark, docs/lab.md). Run from the project root on the host:
 #   make -C bench/tcg-count && mkdir -p .lab/tcg-count && rm -f .lab/tcg-count/*
 #   node scripts/lab.mjs --quiet --tcg-plugin \
 #     bench/tcg-count/tcgcount.so,out=$PWD/.lab/tcg-count/out.txt,mark=$PWD/.lab/tcg-count/mark \
 #     -- bash bench/tcg-count/count-in-guest.sh
 #   node bench/tcg-count/per-io.mjs .lab/tcg-count
-# Plugin options (after mark=…): percpu=on adds exact per-vCPU instruction counts (slower); count=off counts
-# nothing, so the run is not slowed and the labels carry only each vCPU thread's host CPU time.
+# Plugin options (after mark=…): percpu=on adds exact per-vCPU instruction counts (slower). Without
+# --tcg-plugin nothing is counted and nothing slowed: per-io.mjs then shows only the host CPU per I/O.
 # `-- env PIN=1 bash …`: the simulator's worker on CPU 0 and every driver on CPU 1 (as bench/run-in-guest.mjs
 # --pin), so that per-vCPU figures are the threads'.
 # Each engine's IOPS (its own measured window, which covers the labelled one) goes to results.txt.
@@ -31,9 +32,9 @@ one() {
   "$@" >"$DIR/$name.json" 2>/dev/null &
   local pid=$!
   sleep "$wait"
-  echo "start-$name" >"$DIR/mark"
+  echo "start-$name" | tee "$DIR/mark" /run/lab/vcpu-mark >/dev/null
   sleep 4
-  echo "end-$name" >"$DIR/mark"
+  echo "end-$name" | tee "$DIR/mark" /run/lab/vcpu-mark >/dev/null
   wait $pid
   echo "$name $(grep -o '"iops":[0-9.]*' "$DIR/$name.json" | cut -d: -f2)" >>"$DIR/results.txt"
 }
@@ -47,3 +48,6 @@ one ours-poll-qd32 24 $J "${common[@]}" --qd 32 --seconds 40 --warmup-ios 160000
 one ours-irq-qd32 24 $J "${common[@]}" --qd 32 --seconds 40 --warmup-ios 160000 --mode interrupt
 one ours-poll-qd1 18 $J "${common[@]}" --qd 1 --seconds 30 --warmup-ios 20000 --mode poll --spin-us 1000
 one ours-irq-qd1 18 $J "${common[@]}" --qd 1 --seconds 30 --warmup-ios 20000 --mode interrupt
+# The host appends to it within ~10 ms of the last label; /run/lab goes away with the VM.
+sleep 1
+cp /run/lab/vcpu-times "$DIR/vcpu-times"

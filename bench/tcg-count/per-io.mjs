@@ -1,6 +1,7 @@
 #!/usr/bin/env node
-// Per-I/O guest counts from the counting plugin's output (tcgcount.c) and count-in-guest.sh's IOPS:
-//   node bench/tcg-count/per-io.mjs DIR        (DIR holds out.txt and results.txt)
+// Per-I/O guest counts from the counting plugin's output (tcgcount.c), host CPU per I/O from the lab's
+// vcpu-times (scripts/lab/vcpu-times.mjs) and count-in-guest.sh's IOPS:
+//   node bench/tcg-count/per-io.mjs DIR        (DIR holds results.txt, vcpu-times and, with the plugin, out.txt)
 // For each engine: (counter at end − at start) ÷ (IOPS × seconds between the labels). Poll-mode engines spin,
 // so their user counts include the spinning; interrupt-mode counts are the work itself.
 import fs from 'node:fs';
@@ -11,38 +12,50 @@ if (!dir) {
   console.error('usage: per-io.mjs DIR');
   process.exit(2);
 }
-const snapshots = new Map();
-for (const line of fs.readFileSync(path.join(dir, 'out.txt'), 'utf8').trim().split('\n')) {
-  const [label, ns, ...pairs] = line.split(' ');
-  snapshots.set(label, {
-    ns: Number(ns),
-    ...Object.fromEntries(pairs.map((p) => p.split('=')).map(([k, v]) => [k, Number(v)])),
-  });
+/** `LABEL NS name=value…` lines → Map(label → {ns, name: value…}); none when the file is absent. */
+function readLabelled(file, rename = (k) => k) {
+  const map = new Map();
+  if (!fs.existsSync(file)) return map;
+  for (const line of fs.readFileSync(file, 'utf8').trim().split('\n')) {
+    const [label, ns, ...pairs] = line.split(' ');
+    map.set(label, {
+      ns: Number(ns),
+      ...Object.fromEntries(pairs.map((p) => p.split('=')).map(([k, v]) => [rename(k), Number(v)])),
+    });
+  }
+  return map;
 }
+// The plugin's counters (when it was loaded) and the lab's vCPU host CPU times (cpuN → hostN_ns), by label.
+const counts = readLabelled(path.join(dir, 'out.txt'));
+const hostTimes = readLabelled(path.join(dir, 'vcpu-times'), (k) => k.replace(/^cpu(\d+)$/, 'host$1_ns'));
 const KEYS = ['insns', 'tbs', 'mems', 'rets', 'indirect', 'trans'];
 const rows = [];
 for (const line of fs.readFileSync(path.join(dir, 'results.txt'), 'utf8').trim().split('\n')) {
   const [name, iops] = line.split(' ');
-  const a = snapshots.get(`start-${name}`);
-  const b = snapshots.get(`end-${name}`);
-  if (!a || !b || !(Number(iops) > 0)) {
+  const row = { engine: name, iops: Number(iops) };
+  // Each source over its own span between the two labels (the plugin and the lab's runner see them apart).
+  for (const source of [counts, hostTimes]) {
+    const a = source.get(`start-${name}`);
+    const b = source.get(`end-${name}`);
+    if (!a || !b || !(row.iops > 0)) continue;
+    const ios = row.iops * ((b.ns - a.ns) / 1e9);
+    for (const k of Object.keys(b)) if (k !== 'ns' && k in a) row[k] = (b[k] - a[k]) / ios;
+  }
+  if (Object.keys(row).length === 2) {
     console.error(`${name}: no labels or no IOPS, skipped`);
     continue;
   }
-  const ios = Number(iops) * ((b.ns - a.ns) / 1e9);
-  const per = (k) => (b[k] - a[k]) / ios;
-  const row = { engine: name, iops: Number(iops) };
-  for (const side of ['u', 'k']) for (const k of KEYS) row[`${side}_${k}`] = per(`${side}_${k}`);
-  for (const k of Object.keys(b)) if (/^(cpu\d+_|host\d+_ns)/.test(k) && k in a) row[k] = per(k);
   rows.push(row);
 }
 const cols = ['engine', 'iops', ...['u', 'k'].flatMap((s) => KEYS.map((k) => `${s}_${k}`))];
-console.log(`| ${cols.join(' | ')} |`);
-console.log(`|${cols.map(() => '---').join('|')}|`);
-for (const r of rows)
-  console.log(
-    `| ${cols.map((c) => (typeof r[c] === 'string' ? r[c] : c.endsWith('trans') ? r[c].toFixed(3) : Math.round(r[c]).toLocaleString('en-US'))).join(' | ')} |`,
-  );
+if (counts.size > 0) {
+  console.log(`| ${cols.join(' | ')} |`);
+  console.log(`|${cols.map(() => '---').join('|')}|`);
+  for (const r of rows)
+    console.log(
+      `| ${cols.map((c) => (typeof r[c] === 'string' ? r[c] : c.endsWith('trans') ? r[c].toFixed(3) : Math.round(r[c]).toLocaleString('en-US'))).join(' | ')} |`,
+    );
+}
 // percpu=on: instructions per I/O by vCPU (with PIN=1, CPU 0 is the simulator's worker, CPU 1 the driver).
 const cpus = [
   ...new Set(

@@ -2,14 +2,12 @@
 // instructions, translated blocks executed, memory accesses, returns and indirect calls/jumps, and blocks
 // translated, each split into user and kernel code by the block's address. A thread polls a marker file
 // (mark=PATH, 10 ms) and appends "LABEL HOST_NS u_insns=… k_insns=…" to out=PATH whenever the file's first
-// line changes, with the host CPU time of each vCPU thread (percpu=on adds per-vCPU counts; count=off counts
-// nothing, for a run the plugin does not slow down), so a guest script brackets a steady-state window by
+// line changes (percpu=on adds per-vCPU counts), so a guest script brackets a steady-state window by
 // writing two labels (see count-in-guest.sh and per-io.mjs). Load it with `node scripts/lab.mjs --tcg-plugin
 // bench/tcg-count/tcgcount.so,out=…,mark=…`.
 //
 // Written against QEMU 7.2's plugin API (version 1, the host's Debian QEMU). Its header is not packaged, so
 // the few declarations used are restated here; the functions are the ones the QEMU binary exports.
-#include <dirent.h>
 #include <pthread.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -61,8 +59,6 @@ struct vcpu_count {
 } __attribute__((aligned(64)));
 static struct vcpu_count per_vcpu[MAX_VCPUS];
 static int percpu;
-// count=off: no counting at all (no slowdown); the labels then carry only the vCPU threads' host CPU time.
-static int counting = 1;
 static char* mark_path;
 static FILE* out;
 
@@ -95,7 +91,6 @@ static void on_exec(unsigned int vcpu, void* userdata) {
 
 static void on_trans(qemu_plugin_id_t id, struct qemu_plugin_tb* tb) {
   (void)id;
-  if (!counting) return;
   size_t n = qemu_plugin_tb_n_insns(tb);
   int k = is_kernel(qemu_plugin_tb_vaddr(tb));
   uint64_t* c = k ? kcounters : ucounters;
@@ -114,42 +109,12 @@ static void on_trans(qemu_plugin_id_t id, struct qemu_plugin_tb* tb) {
   }
 }
 
-// Host CPU time (ns, from schedstat) of QEMU's vCPU threads ("CPU N/TCG"; named since the lab runs QEMU with
-// -name debug-threads=on): what emulating each vCPU cost
-// the host. The guest's own accounting cannot tell: under TCG it charges a running thread for the time the
-// host did not run its vCPU.
-static void print_vcpu_threads(void) {
-  DIR* d = opendir("/proc/self/task");
-  if (!d) return;
-  struct dirent* e;
-  while ((e = readdir(d))) {
-    if (e->d_name[0] == '.') continue;
-    char path[300], comm[64] = "";
-    snprintf(path, sizeof path, "/proc/self/task/%s/comm", e->d_name);
-    FILE* f = fopen(path, "r");
-    if (!f) continue;
-    if (!fgets(comm, sizeof comm, f)) comm[0] = 0;
-    fclose(f);
-    int vcpu;
-    if (sscanf(comm, "CPU %d/TCG", &vcpu) != 1) continue;
-    snprintf(path, sizeof path, "/proc/self/task/%s/schedstat", e->d_name);
-    unsigned long long ns = 0;
-    f = fopen(path, "r");
-    if (!f) continue;
-    if (fscanf(f, "%llu", &ns) != 1) ns = 0;
-    fclose(f);
-    fprintf(out, " host%d_ns=%llu", vcpu, ns);
-  }
-  closedir(d);
-}
-
 static void snapshot(const char* label) {
   struct timespec ts;
   clock_gettime(CLOCK_MONOTONIC, &ts);
   fprintf(out, "%s %llu", label, (unsigned long long)ts.tv_sec * 1000000000ull + ts.tv_nsec);
   for (int i = 0; i < NCOUNT; i++) fprintf(out, " u_%s=%llu", NAMES[i], (unsigned long long)ucounters[i]);
   for (int i = 0; i < NCOUNT; i++) fprintf(out, " k_%s=%llu", NAMES[i], (unsigned long long)kcounters[i]);
-  print_vcpu_threads();
   for (int v = 0; percpu && v < MAX_VCPUS; v++) {
     const struct vcpu_count* c = &per_vcpu[v];
     if (c->tbs[0] + c->tbs[1] == 0) continue;
@@ -196,7 +161,6 @@ __attribute__((visibility("default"))) int qemu_plugin_install(qemu_plugin_id_t 
     if (strncmp(argv[i], "out=", 4) == 0) out_path = argv[i] + 4;
     if (strncmp(argv[i], "mark=", 5) == 0) mark_path = argv[i] + 5;
     if (strcmp(argv[i], "percpu=on") == 0) percpu = 1;
-    if (strcmp(argv[i], "count=off") == 0) counting = 0;
   }
   out = fopen(out_path, "a");
   if (!out) return -1;

@@ -176,7 +176,7 @@ export function qemuArgs({
   // prettier-ignore
   return [
     ...(accel === 'kvm' ? ['-accel', 'kvm', '-cpu', 'host'] : ['-accel', 'tcg', '-cpu', tcgCpu]),
-    // A TCG plugin (bench/tcg-count: guest instruction counts, vCPU host CPU time); KVM runs no plugins.
+    // A TCG plugin (bench/tcg-count: guest instruction counts); KVM runs no plugins.
     ...(accel === 'tcg' && tcgPlugin ? ['-plugin', tcgPlugin] : []),
     '-m', String(memoryMiB),
     '-smp', String(cpus),
