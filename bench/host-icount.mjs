@@ -58,7 +58,8 @@ const UNNAMED = 'JIT code (unnamed)';
 async function jitMap(outFile) {
   const pid = /^pid: (\d+)$/m.exec(await readFile(outFile, 'utf8'))?.[1];
   if (pid === undefined) throw new Error(`no pid in ${outFile}`);
-  const file = path.join(os.tmpdir(), `perf-${pid}.map`);
+  // V8 writes the map to /tmp whatever TMPDIR says.
+  const file = `/tmp/perf-${pid}.map`;
   const rows = [];
   for (const line of (await readFile(file, 'utf8')).split('\n')) {
     const m = /^([0-9a-f]+) ([0-9a-f]+) (.*)$/.exec(line);
@@ -154,6 +155,8 @@ async function main(argv) {
   else if (o.trees.length === 0) o.trees.push(path.resolve(here, '..'));
   if (o.profile) {
     if (o.floor || o.trees.length !== 1) throw new Error('--profile takes one TREE (and no --floor)');
+    if (!Number.isInteger(o.top) || o.top < 1)
+      throw new Error(`--top: expected a positive integer, got ${o.top}`);
     return profile(o, o.trees[0]);
   }
   for (let r = 0; r < o.repeats; r++) {
