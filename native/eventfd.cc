@@ -78,8 +78,7 @@ class EventFd : public Napi::ObjectWrap<EventFd> {
   // resets) the counter and hands the count to the JavaScript callback.
   void OnReadable(int status) {
     if (status < 0 || !fd_.Valid()) return;
-    Napi::Env env = Env();
-    Napi::HandleScope scope(env);
+    Napi::Env env = Env();  // inside FdPoller::OnPoll's HandleScope
     napi_value argv[2] = {nullptr, nullptr};
     uint64_t count = 0;
     try {

@@ -15,7 +15,9 @@ namespace vdpa {
 class FdPoller {
  public:
   // Called on the loop thread with the owner passed to Start() and uv_poll's
-  // status (negative libuv error, or 0). May throw: FdPoller catches every
+  // status (negative libuv error, or 0), inside a HandleScope that OnPoll
+  // opened (a callback needs no scope of its own: in Node each one is a
+  // malloc and a free per wake-up). May throw: FdPoller catches every
   // exception before it could unwind into libuv (see OnPoll).
   using Callback = void (*)(void* owner, int status);
 

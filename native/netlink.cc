@@ -64,8 +64,7 @@ class NetlinkSocket : public Napi::ObjectWrap<NetlinkSocket> {
   // batch of datagrams and hands them to the JavaScript callback.
   void OnReadable(int status) {
     if (!fd_.Valid()) return;
-    Napi::Env env = Env();
-    Napi::HandleScope scope(env);
+    Napi::Env env = Env();  // inside FdPoller::OnPoll's HandleScope
     std::vector<Datagram> datagrams;
     int err = status < 0 ? -status : ReadBatch(&datagrams);
     if (err == 0 && datagrams.empty()) return;

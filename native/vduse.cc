@@ -53,8 +53,7 @@ class VduseFile : public Napi::ObjectWrap<VduseFile> {
   // Runs on the loop thread when the device fd is readable (requests queued)
   // or in error (the kernel marked the device broken): calls callback(status).
   void OnReadable(int status) {
-    Napi::Env env = Env();
-    Napi::HandleScope scope(env);
+    Napi::Env env = Env();  // inside FdPoller::OnPoll's HandleScope
     if (!fd_.Valid()) return;
     napi_value argv[1] = {nullptr};
     if (napi_create_int32(env, status, &argv[0]) != napi_ok) return;
